@@ -1,0 +1,35 @@
+"""ofas-wrap: Once For All Skip (OFAS) for any torchvision, timm or hand-written ResNet.
+
+Example:
+    >>> import torch, ofas_wrap
+    >>> model = ofas_wrap.adaptify(ofas_wrap.models.cifar_resnet(38), variant="I", threshold=0.5).eval()
+    >>> model(torch.randn(1, 3, 32, 32)).shape
+    torch.Size([1, 10])
+"""
+
+from . import models
+from ._errors import SurgeryError
+from ._factory import create_model
+from ._gating import hard_gates, mix_gated, straight_through_gates
+from ._head import OFASHead
+from ._model import GatedBlock, OFASModel
+from ._plan import BlockPlan, SurgeryPlan, count_flops
+from ._surgery import adaptify
+from ._version import __version__
+
+__all__ = [
+    "__version__",
+    "adaptify",
+    "create_model",
+    "OFASModel",
+    "GatedBlock",
+    "OFASHead",
+    "SurgeryError",
+    "SurgeryPlan",
+    "BlockPlan",
+    "count_flops",
+    "hard_gates",
+    "straight_through_gates",
+    "mix_gated",
+    "models",
+]

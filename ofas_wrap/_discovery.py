@@ -1,0 +1,299 @@
+"""Residual-block discovery with ``torch.fx``: find the blocks of any ResNet from its graph alone.
+
+A module call is a *residual block* when, inside it, an addition joins two values that both derive from
+the module's single tensor input ``x`` (Eq. 4's ``x + B(x)``):
+
+* the *shortcut* operand is ``x`` itself ("identity") or a projection of it (a path from ``x`` with no
+  further addition on it, such as torchvision's ``downsample`` or timm's avg-pool + conv of resnet-d);
+* the *branch* operand runs at least one parametrised module that the shortcut does not;
+* from the addition to the module's output there are only parameter-free single-input operations
+  (the final ReLU of a post-activation block, an identity, a dropout).
+
+Each such addition belongs to the innermost module call for which it qualifies (so a stage holding a single
+block gives the block, not the stage); a residual structure nested inside another one (a global-context
+module inside a block) is dropped, so gates never overlap. No ``isinstance`` check on block classes is
+used: a user's own ResNet is found the same way as torchvision's and timm's.
+"""
+
+from __future__ import annotations
+
+import operator
+import traceback
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ._errors import SurgeryError
+
+__all__ = ["ResidualBlock", "DiscoveryTracer", "find_residual_blocks", "trace_with_blocks_as_leaves"]
+
+_ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
+_ADD_METHODS = ("add", "add_")
+_LEAF_HINT = (
+    "If this module cannot be traced symbolically, pass it as a leaf: "
+    "adaptify(model, leaf_modules=[{cls}]) (a leaf is never looked into, so it cannot hold residual "
+    "blocks itself)."
+)
+
+
+@dataclass
+class _ModuleCall:
+    name: str
+    module: nn.Module
+    input_nodes: list[fx.Node]
+    output_node: fx.Node | None
+    nodes: list[fx.Node]
+
+
+@dataclass
+class ResidualBlock:
+    """A residual block found in the graph."""
+
+    name: str
+    module: nn.Module
+    shortcut: str  # "identity" or "projection"
+    shortcut_graph: fx.Graph | None = None  # for projections: the path from the block input to the shortcut
+    add_node_name: str = ""
+    nested: list[str] = field(default_factory=list)
+
+
+class DiscoveryTracer(fx.Tracer):
+    """An FX tracer that records the input and output node of every (non-leaf) module call.
+
+    ``leaf_modules`` (classes) and ``leaf_names`` (qualified names) are not traced into; timm's
+    registered no-trace modules and functions are honoured when timm is installed.
+    """
+
+    def __init__(self, leaf_modules: tuple[type, ...] = (), leaf_names: frozenset[str] = frozenset()) -> None:
+        autowrap: tuple = ()
+        timm_leaves: tuple[type, ...] = ()
+        try:
+            from timm.layers import get_notrace_functions, get_notrace_modules
+
+            autowrap = tuple(get_notrace_functions())
+            timm_leaves = tuple(get_notrace_modules())
+        except ImportError:
+            pass
+        super().__init__(autowrap_functions=autowrap)
+        self.leaf_types = tuple(leaf_modules) + timm_leaves
+        self.leaf_names = leaf_names
+        self.calls: list[_ModuleCall] = []
+        self._failed_in: str | None = None
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name in self.leaf_names:
+            return True
+        if self.leaf_types and isinstance(m, self.leaf_types):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m, forward, args, kwargs):
+        name = self.path_of_module(m)
+        if self.is_leaf_module(m, name):
+            return super().call_module(m, forward, args, kwargs)
+        start = len(self.graph.nodes)
+        try:
+            out = super().call_module(m, forward, args, kwargs)
+        except SurgeryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - re-raised with the module named
+            raise SurgeryError(_trace_failure_message(name, m, exc)) from exc
+        created = list(self.graph.nodes)[start:]
+        inputs = [a.node for a in list(args) + list(kwargs.values()) if isinstance(a, fx.Proxy)]
+        output = out.node if isinstance(out, fx.Proxy) else None
+        self.calls.append(_ModuleCall(name, m, inputs, output, created))
+        return out
+
+
+def _trace_failure_message(name: str, module: nn.Module, exc: Exception) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    user_frames = [f for f in frames if "/torch/" not in f.filename.replace("\\", "/")]
+    where = ""
+    if user_frames:
+        frame = user_frames[-1]
+        where = f"\n  traced line: {frame.filename}:{frame.lineno}: {frame.line}"
+    cls = type(module).__name__
+    return (
+        f"torch.fx could not trace module {name or '<root>'!r} ({cls}): {type(exc).__name__}: {exc}{where}\n"
+        + _LEAF_HINT.format(cls=cls)
+    )
+
+
+def _trace(tracer: DiscoveryTracer, model: nn.Module) -> fx.Graph:
+    try:
+        return tracer.trace(model)
+    except SurgeryError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise SurgeryError(_trace_failure_message("", model, exc)) from exc
+
+
+def _is_add(node: fx.Node) -> bool:
+    if node.op == "call_function" and node.target in _ADD_FUNCTIONS:
+        return len(node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args)
+    if node.op == "call_method" and node.target in _ADD_METHODS:
+        return len(node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args)
+    return False
+
+
+def _node_inputs(node: fx.Node) -> list[fx.Node]:
+    return list(node.all_input_nodes)
+
+
+def _ancestors(node: fx.Node, scope: set[fx.Node]) -> set[fx.Node]:
+    """The nodes of ``scope`` that ``node`` is computed from (``node`` included if in scope)."""
+    seen: set[fx.Node] = set()
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current in seen or current not in scope:
+            continue
+        seen.add(current)
+        stack.extend(_node_inputs(current))
+    return seen
+
+
+def _depends_on(node: fx.Node, source: fx.Node, scope: set[fx.Node]) -> bool:
+    if node is source:
+        return True
+    return any(source in _node_inputs(n) for n in _ancestors(node, scope))
+
+
+def _has_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+
+
+def _parametrised_modules(nodes: set[fx.Node], root: nn.Module) -> set[str]:
+    names = set()
+    for n in nodes:
+        if n.op == "call_module" and _has_parameters(root.get_submodule(n.target)):
+            names.add(str(n.target))
+        elif n.op == "get_attr":
+            names.add(str(n.target))
+    return names
+
+
+def _only_passthrough_to_output(add: fx.Node, output: fx.Node, scope: set[fx.Node], root: nn.Module) -> bool:
+    """True when the addition reaches the module output through parameter-free single-input ops only."""
+    current = add
+    while current is not output:
+        users = [u for u in current.users if u in scope]
+        if len(users) != 1 or len(current.users) != 1:
+            return False
+        (user,) = users
+        if len(_node_inputs(user)) != 1:
+            return False
+        if user.op == "call_module" and _has_parameters(root.get_submodule(user.target)):
+            return False
+        if user.op == "get_attr" or _is_add(user):
+            return False
+        current = user
+    return True
+
+
+def _classify_operands(add: fx.Node, x: fx.Node, scope: set[fx.Node], root: nn.Module):
+    """Return (shortcut_node, branch_node) if ``add`` is a residual addition on input ``x``, else None."""
+    left, right = add.args
+    options = []
+    for shortcut, branch in ((left, right), (right, left)):
+        if branch is x or not _depends_on(branch, x, scope):
+            continue
+        branch_anc = _ancestors(branch, scope)
+        if shortcut is x:
+            shortcut_anc: set[fx.Node] = set()
+        else:
+            if shortcut not in scope or not _depends_on(shortcut, x, scope):
+                continue
+            shortcut_anc = _ancestors(shortcut, scope)
+            if any(_is_add(n) for n in shortcut_anc) or branch in shortcut_anc or shortcut in branch_anc:
+                continue
+        if not _parametrised_modules(branch_anc - shortcut_anc, root):
+            continue
+        options.append((len(shortcut_anc), shortcut, branch))
+    if not options:
+        return None
+    options.sort(key=lambda item: item[0])
+    return options[0][1], options[0][2]
+
+
+def _shortcut_graph(shortcut: fx.Node, x: fx.Node, scope: set[fx.Node]) -> fx.Graph:
+    """A standalone graph computing the projection shortcut from the block input."""
+    needed = _ancestors(shortcut, scope)
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {x: graph.placeholder("x")}
+    for node in x.graph.nodes:  # graph order keeps dependencies satisfied
+        if node in needed:
+            env[node] = graph.node_copy(node, lambda n: env[n])
+    graph.output(env[shortcut])
+    return graph
+
+
+def _is_identity_path(shortcut: fx.Node, x: fx.Node, scope: set[fx.Node], root: nn.Module) -> bool:
+    """A shortcut made only of ``nn.Identity`` calls (timm's byobnet) is an identity shortcut."""
+    return all(
+        n.op == "call_module" and isinstance(root.get_submodule(n.target), nn.Identity)
+        for n in _ancestors(shortcut, scope)
+    )
+
+
+def find_residual_blocks(model: nn.Module, leaf_modules: tuple[type, ...] = ()) -> list[ResidualBlock]:
+    """Trace ``model`` and return its residual blocks in execution order (see the module docstring)."""
+    tracer = DiscoveryTracer(leaf_modules=leaf_modules)
+    _trace(tracer, model)
+    # innermost first: a call's node list is shorter than that of any call enclosing it
+    calls = sorted(tracer.calls, key=lambda c: len(c.nodes))
+    owner: dict[fx.Node, tuple[_ModuleCall, fx.Node]] = {}
+    for call in calls:
+        if len(call.input_nodes) != 1 or call.output_node is None or not call.name:
+            continue
+        x = call.input_nodes[0]
+        scope = set(call.nodes)
+        for node in call.nodes:
+            if node in owner or not _is_add(node):
+                continue
+            if not _only_passthrough_to_output(node, call.output_node, scope, model):
+                continue
+            operands = _classify_operands(node, x, scope, model)
+            if operands is None:
+                continue
+            owner[node] = (call, operands[0])
+    found: dict[str, ResidualBlock] = {}
+    spans: dict[str, set[fx.Node]] = {}
+    for add, (call, shortcut) in owner.items():
+        if call.name in found:
+            raise SurgeryError(
+                f"module {call.name!r} is called more than once in the forward pass, or holds two residual "
+                "additions; a shared residual block cannot be gated per position. Give each position its own "
+                "module, or pass it in leaf_modules= to leave it ungated inside its parent."
+            )
+        x = call.input_nodes[0]
+        if shortcut is not x and _is_identity_path(shortcut, x, set(call.nodes), model):
+            shortcut = x
+        found[call.name] = ResidualBlock(
+            name=call.name,
+            module=call.module,
+            shortcut="identity" if shortcut is x else "projection",
+            shortcut_graph=None if shortcut is x else _shortcut_graph(shortcut, x, set(call.nodes)),
+            add_node_name=add.name,
+        )
+        spans[call.name] = set(call.nodes)
+    # drop residual structures nested in another block (outermost wins)
+    outer: list[str] = []
+    for name in found:
+        enclosing = [other for other in found if other != name and spans[name] < spans[other]]
+        if enclosing:
+            found[min(enclosing, key=lambda other: len(spans[other]))].nested.append(name)
+        else:
+            outer.append(name)
+    node_order = {node: index for index, node in enumerate(tracer.graph.nodes)}
+    outer.sort(key=lambda name: min(node_order[n] for n in spans[name]))
+    return [found[name] for name in outer]
+
+
+def trace_with_blocks_as_leaves(model: nn.Module, block_names: list[str],
+                                leaf_modules: tuple[type, ...] = ()) -> fx.Graph:
+    """Trace ``model`` again with the residual blocks as leaves: each block becomes one call_module node."""
+    tracer = DiscoveryTracer(leaf_modules=leaf_modules, leaf_names=frozenset(block_names))
+    return _trace(tracer, model)

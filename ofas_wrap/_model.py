@@ -1,0 +1,214 @@
+"""The adapted model: a stem, the OFAS head, gated residual blocks and the backbone's tail.
+
+Everything here is TorchScript-scriptable: the gates stay real ``if`` branches (batch of one) and per-sample
+routing (larger batches) in the scripted graph.
+"""
+
+import contextlib
+from collections.abc import Iterator
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ._gating import mix_gated, straight_through_gates
+
+__all__ = ["GatedBlock", "OFASModel"]
+
+
+class GatedBlock(nn.Module):
+    """A residual block that can be skipped; when skipped its shortcut runs instead (Eq. 4).
+
+    ``block`` is the backbone's own module (not a copy); ``shortcut`` computes what the block's shortcut
+    computes (``nn.Identity`` or the projection path); ``after`` is whatever the backbone runs between this
+    block and the next one (usually nothing). ``gate_index`` is the column of the head's output that gates
+    this block, or -1 for a block that always runs.
+    """
+
+    def __init__(self, name: str, block: nn.Module, shortcut: nn.Module, gate_index: int,
+                 after: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        self.name = name
+        self.block = block
+        self.shortcut = shortcut
+        self.after = after if after is not None else nn.Identity()
+        self.gate_index = gate_index
+        self.identity_shortcut = isinstance(shortcut, nn.Identity)
+
+    def forward(self, x: Tensor, gate: Tensor) -> Tensor:
+        """Training form: ``gate`` is a float ``(batch,)`` tensor (0/1 forward value, straight-through)."""
+        if self.gate_index < 0:
+            return self.after(self.block(x))
+        return self.after(mix_gated(gate, self.block(x), self.shortcut(x)))
+
+    def forward_routed(self, x: Tensor, run: Tensor) -> Tensor:
+        """Inference form: ``run`` is a bool ``(batch,)`` tensor on the CPU; skipped samples are not computed.
+
+        A batch of one takes a plain branch; a larger batch runs the block only on the samples that
+        execute it (gather, compute, scatter), with fast paths when all or none of them do.
+        """
+        if self.gate_index < 0:
+            return self.after(self.block(x))
+        batch = x.shape[0]
+        if batch == 1:
+            if bool(run[0]):
+                return self.after(self.block(x))
+            return self.after(self.shortcut(x))
+        executed = int(run.sum())
+        if executed == batch:
+            return self.after(self.block(x))
+        if executed == 0:
+            return self.after(self.shortcut(x))
+        run_index = run.nonzero().flatten().to(x.device)
+        computed = self.block(x.index_select(0, run_index))
+        if self.identity_shortcut:
+            out = x.clone()
+        else:
+            skip_index = (~run).nonzero().flatten().to(x.device)
+            skipped = self.shortcut(x.index_select(0, skip_index))
+            out = computed.new_empty([batch] + list(computed.shape[1:]))
+            out.index_copy_(0, skip_index, skipped)
+        out.index_copy_(0, run_index, computed)
+        return self.after(out)
+
+
+class OFASModel(nn.Module):
+    """A ResNet with an OFAS head: one computation after the stem decides which blocks each input skips.
+
+    Built by :func:`ofas_wrap.adaptify`; a drop-in ``nn.Module`` with the backbone's output. In training mode
+    every block runs and the straight-through gates mix block and shortcut (Eq. 4); in eval mode skipped
+    blocks are not computed at all. ``threshold`` is the accuracy/latency knob (Eq. 1), stored in a buffer.
+    """
+
+    __jit_unused_properties__ = ["threshold", "num_gates", "gated_block_names"]
+    __jit_ignored_attributes__ = ["plan", "config", "_backbone"]
+
+    last_gates: Tensor
+    last_probs: Tensor
+    forced_gate_mask: Optional[Tensor]
+
+    def __init__(self, stem: nn.Module, head: nn.Module, blocks: List[GatedBlock], tail: nn.Module,
+                 threshold: float, backbone: nn.Module, plan=None, config: Optional[dict] = None) -> None:
+        super().__init__()
+        self.stem = stem
+        self.head = head
+        self.blocks = nn.ModuleList(blocks)
+        self.tail = tail
+        self.register_buffer("gate_threshold", torch.tensor(0.0))
+        self.threshold = threshold
+        num_gates = sum(1 for b in blocks if b.gate_index >= 0)
+        self.last_gates = torch.zeros(0, num_gates, dtype=torch.bool)
+        self.last_probs = torch.zeros(0, num_gates)
+        self.forced_gate_mask = None
+        self.__dict__["_backbone"] = backbone
+        self.__dict__["plan"] = plan
+        self.__dict__["config"] = dict(config or {})
+
+    # ----------------------------------------------------------------------------------------- the knob
+    @property
+    def threshold(self) -> float:
+        """T of Eq. 1, in [0, 1): a gate is open when the head's output is >= T. T = 0 runs every block."""
+        return float(self.gate_threshold)
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        value = float(value)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"threshold must be in [0, 1) (Eq. 1 of the paper), got {value}")
+        self.gate_threshold.fill_(value)
+
+    @property
+    def num_gates(self) -> int:
+        """The number of gated blocks, n in Table II."""
+        return sum(1 for b in self.blocks if b.gate_index >= 0)
+
+    @property
+    def gated_block_names(self) -> List[str]:
+        return [b.name for b in self.blocks if b.gate_index >= 0]
+
+    # -------------------------------------------------------------------------------------- forward
+    def gate_probabilities(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """Run the stem and the head: returns ``(stem_output, S_L)`` with ``S_L`` of shape (batch, n)."""
+        features = self.stem(x)
+        return features, self.head(features)
+
+    def forward_from_stem(self, features: Tensor, gates: Tensor) -> Tensor:
+        """Run the blocks and the tail under given gates, shape ``(batch, num_gates)``.
+
+        Float gates (training) mix block and shortcut as in Eq. 4 with gradients; bool gates run the
+        inference path where skipped blocks are not computed.
+        """
+        if gates.dtype == torch.bool:
+            decisions = gates.cpu()
+            for block in self.blocks:
+                features = block.forward_routed(features, decisions[:, max(block.gate_index, 0)])
+            return self.tail(features)
+        for block in self.blocks:
+            features = block(features, gates[:, max(block.gate_index, 0)])
+        return self.tail(features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        features, probs = self.gate_probabilities(x)
+        self.last_probs = probs
+        forced = self.forced_gate_mask
+        if self.training:
+            if forced is None:
+                gates = straight_through_gates(probs, self.gate_threshold)
+            else:
+                gates = forced.to(device=probs.device, dtype=probs.dtype).expand(probs.shape[0], -1)
+            self.last_gates = gates.detach() > 0.5
+            return self.forward_from_stem(features, gates)
+        if forced is None:
+            decisions = (probs >= self.gate_threshold).cpu()  # the one host synchronisation per forward
+        else:
+            decisions = forced.cpu().expand(probs.shape[0], -1)
+        self.last_gates = decisions
+        return self.forward_from_stem(features, decisions)
+
+    # ------------------------------------------------------------------------------------ utilities
+    @torch.jit.unused
+    @contextlib.contextmanager
+    def forced_gates(self, mask: Tensor) -> Iterator['OFASModel']:
+        """Force a gate pattern inside the ``with`` block (evaluation, RL, benchmarks).
+
+        ``mask`` is a bool tensor of shape ``(num_gates,)`` (the same for every sample) or
+        ``(batch, num_gates)``; ``True`` means execute.
+
+        Example:
+            >>> import torch, ofas_wrap
+            >>> model = ofas_wrap.adaptify(ofas_wrap.models.cifar_resnet(20)).eval()
+            >>> with model.forced_gates(torch.zeros(model.num_gates, dtype=torch.bool)):
+            ...     _ = model(torch.randn(2, 3, 32, 32))
+            >>> int(model.last_gates.sum())
+            0
+        """
+        mask = torch.as_tensor(mask)
+        if mask.dtype != torch.bool:
+            raise TypeError(f"forced gate mask must be a bool tensor (True = execute), got dtype {mask.dtype}")
+        if mask.dim() not in (1, 2) or mask.shape[-1] != self.num_gates:
+            raise ValueError(
+                f"forced gate mask must have shape (num_gates,) or (batch, num_gates) with num_gates="
+                f"{self.num_gates}, got {tuple(mask.shape)}"
+            )
+        previous = self.forced_gate_mask
+        self.forced_gate_mask = mask
+        try:
+            yield self
+        finally:
+            self.forced_gate_mask = previous
+
+    @torch.jit.unused
+    def unwrap(self) -> nn.Module:
+        """The plain backbone, with whatever training changed in its weights (they were shared, not copied)."""
+        return self._backbone
+
+    @torch.jit.unused
+    def executed_flops(self, gates: Optional[Tensor] = None) -> Tensor:
+        """FLOPs per sample (at the plan's input size) under ``gates`` (default: ``last_gates``), shape (batch,)."""
+        if self.plan is None:
+            raise RuntimeError("this model has no surgery plan; build it with ofas_wrap.adaptify")
+        gates = self.last_gates if gates is None else gates
+        return self.plan.executed_flops(gates.cpu())
+
+    def extra_repr(self) -> str:
+        return f"num_gates={self.num_gates}, threshold={self.threshold:.3g}"

@@ -1,0 +1,121 @@
+"""The surgery plan: what adaptify found and inserted, with shapes and FLOPs per sample."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["BlockPlan", "SurgeryPlan", "count_flops"]
+
+
+def count_flops(module: nn.Module, *inputs: Tensor) -> tuple[int, Tensor]:
+    """FLOPs of one forward of ``module`` (``torch.utils.flop_counter``) and its output."""
+    with FlopCounterMode(display=False) as counter:
+        output = module(*inputs)
+    return int(counter.get_total_flops()), output
+
+
+@dataclass
+class BlockPlan:
+    """One residual block found in the backbone."""
+
+    name: str
+    shortcut: str  # "identity" or "projection"
+    gated: bool
+    gate_index: int  # column of the head's output, -1 when not gated
+    flops: int  # per sample, at the plan's input size, when the block runs
+    skip_flops: int  # per sample when it is skipped (the projection shortcut; 0 for identity)
+    output_shape: tuple[int, ...] = ()
+    nested: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SurgeryPlan:
+    """The plan of an adapted model; iterating it yields one :class:`BlockPlan` per block, in order."""
+
+    input_size: tuple[int, int, int]
+    stem_nodes: list[str]
+    stem_output_shape: tuple[int, ...]
+    stem_flops: int
+    blocks: list[BlockPlan]
+    tail_flops: int
+    head_variant: str
+    head_params: int
+    head_flops: int
+
+    def __iter__(self):
+        return iter(self.blocks)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, index):
+        return self.blocks[index]
+
+    @property
+    def num_gates(self) -> int:
+        return sum(1 for b in self.blocks if b.gated)
+
+    @property
+    def total_flops(self) -> int:
+        """FLOPs per sample with every block executed (head included)."""
+        return self.stem_flops + self.head_flops + sum(b.flops for b in self.blocks) + self.tail_flops
+
+    @property
+    def backbone_flops(self) -> int:
+        return self.total_flops - self.head_flops
+
+    def executed_flops(self, gates: Tensor) -> Tensor:
+        """FLOPs per sample under bool ``gates`` of shape (batch, num_gates) or (num_gates,)."""
+        gates = torch.as_tensor(gates).bool()
+        if gates.dim() == 1:
+            gates = gates.unsqueeze(0)
+        total = torch.full((gates.shape[0],), float(self.stem_flops + self.head_flops + self.tail_flops),
+                           dtype=torch.float64)
+        for block in self.blocks:
+            if not block.gated:
+                total += block.flops
+            else:
+                run = gates[:, block.gate_index].to(torch.float64)
+                total += run * block.flops + (1 - run) * block.skip_flops
+        return total
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def table(self) -> str:
+        """The plan as a text table (what ``ofas-wrap inspect`` prints)."""
+        c, h, w = self.input_size
+        lines = [
+            f"input size: {c}x{h}x{w}",
+            f"stem: {len(self.stem_nodes)} ops ({', '.join(self.stem_nodes[:6])}"
+            f"{', ...' if len(self.stem_nodes) > 6 else ''}) -> {_shape(self.stem_output_shape)}, "
+            f"{self.stem_flops / 1e6:.2f} MFLOPs",
+            "",
+            f"{'#':>3}  {'block':<28} {'shortcut':<10} {'output':<14} {'MFLOPs':>9} {'skip MFLOPs':>11}  gated",
+        ]
+        for index, block in enumerate(self.blocks):
+            gate = f"yes (gate {block.gate_index})" if block.gated else "no"
+            lines.append(
+                f"{index:>3}  {block.name:<28} {block.shortcut:<10} {_shape(block.output_shape):<14} "
+                f"{block.flops / 1e6:>9.2f} {block.skip_flops / 1e6:>11.2f}  {gate}"
+            )
+        lines += [
+            "",
+            f"tail: {self.tail_flops / 1e6:.2f} MFLOPs",
+            f"OFAS head inserted after the stem: OFAS-{self.head_variant}, {self.stem_output_shape[0]} -> "
+            f"{self.num_gates} gates, {self.head_params:,} parameters, {self.head_flops / 1e6:.3f} MFLOPs",
+            f"total: {self.total_flops / 1e6:.2f} MFLOPs per sample with every block executed "
+            f"(backbone {self.backbone_flops / 1e6:.2f})",
+        ]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape)

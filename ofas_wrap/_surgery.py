@@ -1,0 +1,247 @@
+"""adaptify(): find the residual blocks, check everything, then build the OFAS model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ._discovery import ResidualBlock, find_residual_blocks, trace_with_blocks_as_leaves
+from ._errors import SurgeryError
+from ._head import OFASHead, resolve_variant
+from ._model import GatedBlock, OFASModel
+from ._plan import BlockPlan, SurgeryPlan, count_flops
+from .models import default_input_size
+
+__all__ = ["adaptify"]
+
+
+def adaptify(
+    model: nn.Module,
+    variant: str = "auto",
+    threshold: float = 0.5,
+    gate_downsample: bool = True,
+    hidden_act: str = "none",
+    detach_input: bool = True,
+    gate_bias_init: Optional[float] = None,
+    input_size: Optional[Sequence[int]] = None,
+    leaf_modules: Sequence[type] = (),
+) -> OFASModel:
+    """Turn a ResNet into an OFAS model: one head after the stem gates every residual block.
+
+    The residual blocks are found from the ``torch.fx`` graph (any torchvision, timm or hand-written
+    ResNet); the stem is everything before the first block. ``model`` itself is **not changed**: the
+    returned :class:`OFASModel` holds references to its submodules (no weight is copied), so training the
+    OFAS model trains these weights in place, and ``unwrap()`` returns ``model``.
+
+    Args:
+        model: the backbone, an ``nn.Module`` whose forward takes one image tensor.
+        variant: ``"I"`` (2 FC layers), ``"II"`` (3 FC layers) or ``"auto"`` (II for more than 50 layers).
+        threshold: T of Eq. 1, in [0, 1); a gate opens when the head's output is >= T.
+        gate_downsample: gate blocks with a projection shortcut too (skipped, they run only the projection);
+            ``False`` keeps them always on.
+        hidden_act: activation between the head's FC layers (``"none"`` as in the paper, or relu/gelu/silu).
+        detach_input: stop gradients from the head into the stem (as in the paper's reference code).
+        gate_bias_init: initial bias of the head's last FC (e.g. 2.0 opens every gate at first); ``None``
+            keeps PyTorch's default initialisation.
+        input_size: (channels, height, width) for shapes and FLOPs in ``model.plan``; defaults from timm's
+            ``pretrained_cfg``, 32x32 for the CIFAR ResNets and 224x224 otherwise.
+        leaf_modules: module classes ``torch.fx`` must not trace into (for code it cannot trace).
+
+    Raises:
+        TypeError / ValueError: bad arguments, before anything is traced.
+        SurgeryError: no residual block, an untraceable module (named, with a hint), blocks that do not
+            form a chain.
+
+    Example:
+        >>> import torch, ofas_wrap
+        >>> backbone = ofas_wrap.models.cifar_resnet(20).eval()
+        >>> model = ofas_wrap.adaptify(backbone, variant="I", threshold=0.0).eval()
+        >>> x = torch.randn(2, 3, 32, 32)
+        >>> bool(torch.allclose(model(x), backbone(x), atol=1e-5)), model.num_gates
+        (True, 9)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"adaptify expects a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, OFASModel):
+        raise TypeError("this model is already an OFASModel; call unwrap() first to adapt the plain backbone")
+    resolve_variant(variant, 0)  # validates the name
+    if not isinstance(threshold, (int, float)) or not 0.0 <= float(threshold) < 1.0:
+        raise ValueError(f"threshold must be a number in [0, 1) (Eq. 1 of the paper), got {threshold!r}")
+    if hidden_act not in ("none", "relu", "gelu", "silu"):
+        raise ValueError(f"unknown hidden_act {hidden_act!r}; allowed: 'none', 'relu', 'gelu', 'silu'")
+    leaf_modules = tuple(leaf_modules)
+    for leaf in leaf_modules:
+        if not (isinstance(leaf, type) and issubclass(leaf, nn.Module)):
+            raise TypeError(f"leaf_modules must hold nn.Module classes, got {leaf!r}")
+    size = tuple(int(s) for s in (input_size or default_input_size(model)))
+    if len(size) != 3 or min(size) < 1:
+        raise ValueError(f"input_size must be (channels, height, width) of positive ints, got {input_size!r}")
+
+    found = find_residual_blocks(model, leaf_modules)
+    if not found:
+        raise SurgeryError(
+            f"no residual addition was found in {type(model).__name__}: OFAS gates residual blocks "
+            "(x + F(x)), so it needs a ResNet-like model. If the blocks sit inside a module passed in "
+            "leaf_modules=, remove it from there."
+        )
+    graph = trace_with_blocks_as_leaves(model, [b.name for b in found], leaf_modules)
+    stem, links, tail, stem_nodes = _split_chain(model, graph, found)
+
+    gated_blocks: list[GatedBlock] = []
+    gate_index = 0
+    for block, after in zip(found, links):
+        gated = gate_downsample or block.shortcut == "identity"
+        shortcut: nn.Module = nn.Identity()
+        if block.shortcut_graph is not None:
+            shortcut = fx.GraphModule(model, block.shortcut_graph, class_name="Shortcut")
+        gated_blocks.append(GatedBlock(block.name, block.module, shortcut, gate_index if gated else -1, after))
+        gate_index += int(gated)
+    if gate_index == 0:
+        raise SurgeryError("every residual block has a projection shortcut and gate_downsample=False: "
+                           "nothing to gate; use gate_downsample=True")
+
+    depth = _weighted_depth(model, gated_blocks)
+    resolved = resolve_variant(variant, depth)
+    with _evaluation_mode(model):
+        example = torch.zeros(1, *size, device=_device_of(model))
+        stem_flops, features = count_flops(stem, example)
+        stem_shape = tuple(features.shape[1:])
+        if features.dim() != 4:
+            raise SurgeryError(
+                f"the stem's output has shape {tuple(features.shape)}; the OFAS head expects a (batch, "
+                "channels, height, width) feature map after the stem"
+            )
+        head = OFASHead(features.shape[1], gate_index, resolved, hidden_act, detach_input, gate_bias_init)
+        head.to(device=features.device, dtype=features.dtype)
+        head_flops, _ = count_flops(head.eval(), features)
+        block_plans = []
+        for gated_block, block in zip(gated_blocks, found):
+            skip_flops, _ = count_flops(gated_block.shortcut, features)
+            block_flops, features = count_flops(gated_block.block, features)
+            after_flops, features = count_flops(gated_block.after, features)
+            block_plans.append(BlockPlan(
+                name=block.name, shortcut=block.shortcut, gated=gated_block.gate_index >= 0,
+                gate_index=gated_block.gate_index, flops=block_flops + after_flops,
+                skip_flops=skip_flops + after_flops, output_shape=tuple(features.shape[1:]),
+                nested=list(block.nested),
+            ))
+        tail_flops, _ = count_flops(tail, features)
+    head.train(model.training)
+    plan = SurgeryPlan(
+        input_size=size, stem_nodes=stem_nodes, stem_output_shape=stem_shape,
+        stem_flops=stem_flops, blocks=block_plans, tail_flops=tail_flops, head_variant=resolved,
+        head_params=sum(p.numel() for p in head.parameters()), head_flops=head_flops,
+    )
+    config = {
+        "variant": resolved,
+        "threshold": float(threshold),
+        "gate_downsample": gate_downsample,
+        "hidden_act": hidden_act,
+        "detach_input": detach_input,
+        "gate_bias_init": gate_bias_init,
+        "input_size": list(size),
+        "gated_blocks": [b.name for b in gated_blocks if b.gate_index >= 0],
+        "blocks": [b.name for b in gated_blocks],
+    }
+    adapted = OFASModel(stem, head, gated_blocks, tail, float(threshold), model, plan, config)
+    adapted.train(model.training)
+    return adapted
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+class _evaluation_mode:
+    """Run the profiling forward in eval mode without gradients, then restore every module's mode."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.modes: list[tuple[nn.Module, bool]] = []
+
+    def __enter__(self):
+        self.modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        self.no_grad = torch.no_grad()
+        self.no_grad.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.no_grad.__exit__(*exc)
+        for module, mode in self.modes:
+            module.training = mode
+        return False
+
+
+def _weighted_depth(model: nn.Module, blocks: list[GatedBlock]) -> int:
+    """Conv and linear layers outside the projection shortcuts: 38 for ResNet38, 50 for ResNet50."""
+    shortcut_layers = {
+        id(m) for b in blocks if not b.identity_shortcut for m in b.shortcut.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    }
+    return sum(1 for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in shortcut_layers)
+
+
+def _split_chain(model: nn.Module, graph: fx.Graph, blocks: list[ResidualBlock]):
+    """Cut the traced graph into stem, the links between blocks, and tail; each a GraphModule."""
+    nodes = list(graph.nodes)
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise SurgeryError(
+            f"{type(model).__name__}.forward takes {len(placeholders)} inputs; adaptify supports models "
+            "whose forward takes one image tensor"
+        )
+    names = [b.name for b in blocks]
+    calls = [n for n in nodes if n.op == "call_module" and n.target in names]
+    if [str(n.target) for n in calls] != names:
+        raise SurgeryError(
+            "the residual blocks are not each called once, in order, by the model's forward: "
+            f"found calls {[str(n.target) for n in calls]} for blocks {names}"
+        )
+    for call in calls:
+        if len(call.args) != 1 or call.kwargs or not isinstance(call.args[0], fx.Node):
+            raise SurgeryError(f"block {call.target!r} is called with {call.args} {call.kwargs}; "
+                               "OFAS needs blocks that take one tensor")
+    (output,) = [n for n in nodes if n.op == "output"]
+    positions = {n: i for i, n in enumerate(nodes)}
+    boundaries = [placeholders[0], *calls]
+    ends = [c.args[0] for c in calls] + [output.args[0]]
+    segments = []
+    for index, (start, end) in enumerate(zip(boundaries, ends)):
+        stop = positions[calls[index]] if index < len(calls) else positions[output]
+        inner = [n for n in nodes[positions[start] + 1:stop] if n.op not in ("placeholder", "output")]
+        where = "the stem" if index == 0 else f"after block {names[index - 1]!r}"
+        kind = "Stem" if index == 0 else "Tail" if index == len(calls) else "Link"
+        segments.append(_extract(model, start, inner, end, where, kind))
+    stem, *links = segments
+    tail = links.pop()
+    stem_nodes = [str(n.target) if n.op == "call_module" else n.name
+                  for n in nodes[1:positions[calls[0]]] if n.op != "get_attr"]
+    links = [None if isinstance(link, nn.Identity) else link for link in links] + [None]  # none after the last
+    return stem, links, tail, stem_nodes
+
+
+def _extract(model: nn.Module, start: fx.Node, inner: list[fx.Node], end, where: str, class_name: str):
+    if not inner and end is start:
+        return nn.Identity()
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {start: graph.placeholder("x")}
+
+    def lookup(node: fx.Node) -> fx.Node:
+        if node not in env:
+            raise SurgeryError(
+                f"the residual blocks do not form a chain: {where}, the graph uses {node.name!r} computed "
+                "before the previous block. OFAS needs each block to feed the next (a plain ResNet)."
+            )
+        return env[node]
+
+    for node in inner:
+        env[node] = graph.node_copy(node, lookup)
+    graph.output(fx.node.map_arg(end, lookup))
+    return fx.GraphModule(model, graph, class_name=class_name)

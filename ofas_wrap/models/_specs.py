@@ -1,0 +1,121 @@
+"""Backbone spec strings: ``cifar:resnet38``, ``timm:resnet50``, ``torchvision:resnet18``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from ._cifar import cifar_resnet
+
+__all__ = ["BackboneSpec", "parse_backbone_spec", "create_backbone", "default_input_size"]
+
+SOURCES = ("cifar", "timm", "torchvision")
+
+
+@dataclass
+class BackboneSpec:
+    """How to rebuild a backbone: its source library, its name there and constructor keyword arguments."""
+
+    source: str
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.name}"
+
+
+def parse_backbone_spec(spec: str) -> BackboneSpec:
+    """Parse ``"source:name"``; ``source`` is one of cifar, timm, torchvision.
+
+    Example:
+        >>> parse_backbone_spec("cifar:resnet38")
+        BackboneSpec(source='cifar', name='resnet38', kwargs={})
+    """
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ValueError(
+            f"backbone spec {spec!r} is not of the form SOURCE:NAME; use e.g. 'cifar:resnet38', "
+            "'timm:resnet50' or 'torchvision:resnet18'"
+        )
+    source, name = spec.split(":", 1)
+    source = source.strip().lower()
+    name = name.strip()
+    if source not in SOURCES:
+        raise ValueError(f"unknown backbone source {source!r} in {spec!r}; allowed: {', '.join(SOURCES)}")
+    if not name:
+        raise ValueError(f"backbone spec {spec!r} has no model name after the colon")
+    if source == "cifar":
+        _cifar_depth(name)
+    return BackboneSpec(source, name)
+
+
+def _cifar_depth(name: str) -> int:
+    digits = name.removeprefix("cifar_").removeprefix("resnet")
+    if not digits.isdigit():
+        raise ValueError(f"CIFAR backbone name {name!r} must be 'resnetDEPTH', e.g. 'resnet38' or 'resnet110'")
+    return int(digits)
+
+
+def create_backbone(spec: str | BackboneSpec, num_classes: int | None = None, in_chans: int | None = None,
+                    **kwargs: Any) -> nn.Module:
+    """Build a backbone from a spec string, with random weights (nothing is downloaded).
+
+    Example:
+        >>> model = create_backbone("cifar:resnet20", num_classes=100)
+        >>> model.fc.out_features
+        100
+    """
+    if isinstance(spec, str):
+        spec = parse_backbone_spec(spec)
+    kwargs = {**spec.kwargs, **kwargs}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if in_chans is not None:
+        kwargs["in_chans"] = in_chans
+    if spec.source == "cifar":
+        return cifar_resnet(_cifar_depth(spec.name), **kwargs)
+    if spec.source == "timm":
+        import timm
+
+        if not timm.list_models(spec.name):
+            raise ValueError(f"timm has no model named {spec.name!r}; see timm.list_models('*resnet*')")
+        return timm.create_model(spec.name, pretrained=False, **kwargs)
+    import torchvision
+
+    builders = torchvision.models.list_models(module=torchvision.models)
+    if spec.name not in builders:
+        raise ValueError(
+            f"torchvision has no classification model named {spec.name!r}; "
+            "see torchvision.models.list_models(module=torchvision.models)"
+        )
+    channels = kwargs.pop("in_chans", 3)
+    model = torchvision.models.get_model(spec.name, weights=None, **kwargs)
+    if channels != 3:
+        raise ValueError(
+            f"torchvision models are built for 3 input channels; in_chans={channels} is not supported "
+            "for them (use a timm or cifar backbone, or expand grey images to 3 channels)"
+        )
+    return model
+
+
+def default_input_size(model: nn.Module) -> tuple[int, int, int]:
+    """The (channels, height, width) a backbone expects by default.
+
+    timm models carry it in ``pretrained_cfg["input_size"]``; the CIFAR ResNets use 32x32; anything else
+    (torchvision, users' models) 224x224. The channel count is read from the first convolution.
+    """
+    channels = 3
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            channels = module.in_channels
+            break
+    from ._cifar import CifarResNet
+
+    if isinstance(model, CifarResNet):
+        return (channels, 32, 32)
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("input_size"):
+        _, height, width = cfg["input_size"]
+        return (channels, int(height), int(width))
+    return (channels, 224, 224)
