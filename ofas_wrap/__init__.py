@@ -8,10 +8,13 @@ Example:
 """
 
 from . import models
+from ._bench import LatencyResult, SweepResult, format_sweep, measure_latency, sweep_thresholds
 from ._errors import SurgeryError
+from ._export import export_program, export_torchscript, load_torchscript
 from ._factory import create_model
 from ._gating import hard_gates, mix_gated, straight_through_gates
 from ._head import OFASHead
+from ._hub import CheckpointError
 from ._model import GatedBlock, OFASModel
 from ._plan import BlockPlan, SurgeryPlan, count_flops
 from ._surgery import adaptify
@@ -32,4 +35,13 @@ __all__ = [
     "straight_through_gates",
     "mix_gated",
     "models",
+    "CheckpointError",
+    "export_torchscript",
+    "load_torchscript",
+    "export_program",
+    "measure_latency",
+    "sweep_thresholds",
+    "format_sweep",
+    "LatencyResult",
+    "SweepResult",
 ]

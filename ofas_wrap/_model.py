@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ._gating import mix_gated, straight_through_gates
+from ._hub import OFASHubMixin
 
 __all__ = ["GatedBlock", "OFASModel"]
 
@@ -72,7 +73,7 @@ class GatedBlock(nn.Module):
         return self.after(out)
 
 
-class OFASModel(nn.Module):
+class OFASModel(OFASHubMixin, nn.Module):
     """A ResNet with an OFAS head: one computation after the stem decides which blocks each input skips.
 
     Built by :func:`ofas_wrap.adaptify`; a drop-in ``nn.Module`` with the backbone's output. In training mode

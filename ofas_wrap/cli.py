@@ -59,6 +59,145 @@ def _run_inspect(args: argparse.Namespace) -> int:
 SUBCOMMANDS: list[Callable] = [_add_inspect]
 
 
+# ------------------------------------------------------------------------------------- export / bench
+_SPEC_SOURCES = ("cifar:", "timm:", "torchvision:")
+
+
+def _add_source_arguments(parser) -> None:
+    parser.add_argument("--input-size", type=int, nargs="+", metavar="N",
+                        help="H W, or C H W, or one size for square inputs (a backbone spec only; default: its own)")
+    parser.add_argument("--num-classes", type=int, default=None, help="(a backbone spec only)")
+    parser.add_argument("--in-chans", type=int, default=None, help="(a backbone spec only)")
+    parser.add_argument("--threshold", type=float, nargs="+", metavar="T", default=None,
+                        help="threshold(s) T in [0, 1) (default: the model's own)")
+
+
+def _load_source(args: argparse.Namespace, allow_torchscript: bool):
+    """(model, config, kind) from a TorchScript file, a save_pretrained folder, a Hub repo id or a spec."""
+    from pathlib import Path
+
+    source = args.model
+    path = Path(source)
+    if path.is_file():
+        if not allow_torchscript:
+            raise ValueError(f"{source} is a file; export needs a save_pretrained folder, a repo id or a spec")
+        from ._export import load_torchscript
+
+        module, config = load_torchscript(path)
+        return module, config, "torchscript"
+    if not path.exists() and path.suffix in (".pt", ".pth", ".pt2", ".ts", ".safetensors"):
+        raise ValueError(f"{source}: no such file")
+    if not path.is_dir() and source.lower().startswith(_SPEC_SOURCES):
+        from ._factory import create_model
+
+        size = _input_size(args.input_size, args.in_chans or 3)
+        model = create_model(source, num_classes=args.num_classes, in_chans=args.in_chans, input_size=size)
+        print(f"note: {source} is built with random weights (its gates are untrained)", file=sys.stderr)
+        return model.eval(), model.config, "spec"
+    from ._model import OFASModel
+
+    try:
+        model = OFASModel.from_pretrained(source)
+    except FileNotFoundError as exc:
+        raise ValueError(str(exc)) from None
+    return model, model.config, "pretrained"
+
+
+def _add_export(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export", help="export an OFAS model to TorchScript (real skipping; loads with plain torch.jit.load)",
+        description="Script an OFAS model (a save_pretrained folder, a Hub repo id, or a backbone spec with "
+                    "random weights), check it against eager mode and write OUTPUT atomically. With "
+                    "--format export: torch.export with torch.cond gates, batch of one (a .pt2 file).",
+    )
+    parser.add_argument("model", help="save_pretrained folder, Hub repo id, or backbone spec (cifar:resnet20)")
+    parser.add_argument("output", help="the file to write, e.g. model.pt")
+    parser.add_argument("--format", default="torchscript", choices=["torchscript", "export"])
+    parser.add_argument("--batch-size", type=int, default=2, help="batch of the example input used for the check")
+    _add_source_arguments(parser)
+    parser.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    import torch
+
+    model, config, _ = _load_source(args, allow_torchscript=False)
+    if args.threshold:
+        if len(args.threshold) != 1:
+            raise ValueError("export takes one --threshold value (it stays settable in the exported model)")
+        model.threshold = args.threshold[0]
+    batch = 1 if args.format == "export" else args.batch_size
+    if batch < 1:
+        raise ValueError(f"--batch-size must be positive, got {batch}")
+    example = torch.randn(batch, *model.config["input_size"], generator=torch.Generator().manual_seed(0))
+    if args.format == "export":
+        from ._export import export_program
+
+        program = export_program(model, example)
+        torch.export.save(program, args.output)
+    else:
+        from ._export import export_torchscript
+
+        export_torchscript(model, args.output, example)
+    print(f"wrote {args.output} ({args.format}, threshold {model.threshold:.3g}, {model.num_gates} gates)")
+    return 0
+
+
+def _add_bench(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="latency per threshold on this machine (torch.utils.benchmark), executed blocks, MFLOPs",
+        description="Measure median / p90 latency of an OFAS model at each --threshold on random inputs. MODEL "
+                    "is a TorchScript file from `ofas-wrap export`, a save_pretrained folder, a Hub repo id or a "
+                    "backbone spec (random weights). On real images: recipes/bench_latency.py --data DIR.",
+    )
+    parser.add_argument("model", help="MODEL.pt, save_pretrained folder, Hub repo id, or backbone spec")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--torchscript", action="store_true", help="script an eager model before timing it")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    _add_source_arguments(parser)
+    parser.set_defaults(func=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from ._bench import format_sweep, sweep_thresholds
+
+    model, config, kind = _load_source(args, allow_torchscript=True)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.torchscript and kind != "torchscript":
+        import warnings
+
+        from ._hub import build_config
+
+        config = {**config, "flops": build_config(model)["flops"]}  # the scripted model has no plan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model = torch.jit.script(model.eval())
+    size = config["ofas"]["input_size"] if kind == "torchscript" else config["input_size"]
+    example = torch.randn(args.batch_size, *size, generator=torch.Generator().manual_seed(0))
+    thresholds = args.threshold or [float(model.gate_threshold)]
+    results = sweep_thresholds(model, example, thresholds, runs=args.runs, warmup=args.warmup,
+                               threads=args.threads, device=args.device, config=config)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        print(f"model: {args.model} ({'TorchScript' if kind == 'torchscript' or args.torchscript else 'eager'}), "
+              f"input {args.batch_size}x{'x'.join(str(s) for s in size)} random normal")
+        print(format_sweep(results))
+    return 0
+
+
+SUBCOMMANDS.extend([_add_export, _add_bench])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ofas-wrap", description="Once For All Skip for any ResNet.")
     subparsers = parser.add_subparsers(dest="command", required=True)

@@ -1,0 +1,245 @@
+"""Export an OFAS model for deployment: TorchScript with real skipping, and torch.export for a batch of one.
+
+``export_torchscript`` *scripts* (it does not trace) the model, so every gate stays a real ``if`` branch (a
+batch of one) or per-sample routing (larger batches) in the TorchScript graph; the threshold stays settable
+(``module.gate_threshold.fill_(T)``), and the model's config travels inside the file (``ofas_config.json``
+in ``_extra_files``), so a plain ``torch.jit.load`` on a device without ofas-wrap gets both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from ._hub import CheckpointError, build_config, read_config
+
+__all__ = ["EXTRA_CONFIG_NAME", "export_torchscript", "load_torchscript", "export_program"]
+
+EXTRA_CONFIG_NAME = "ofas_config.json"
+PathLike = Union[str, os.PathLike]
+
+
+def export_torchscript(model: nn.Module, path: PathLike, example_input: Optional[Tensor] = None, *,
+                       atol: float = 1e-5, rtol: float = 1e-4) -> Path:
+    """Script ``model`` (eval mode), check it against eager mode, and save it atomically to ``path``.
+
+    The check runs ``example_input`` (default: a seeded random batch of 2 at the model's input size) through
+    both at the model's threshold and at T = 0, and compares outputs and gate decisions; a mismatch is an
+    error and nothing is written. The file is written to a temporary name beside ``path`` and renamed.
+
+    Returns ``path``. Load it with ``torch.jit.load`` (no ofas-wrap needed) or :func:`load_torchscript`.
+
+    Example:
+        >>> import tempfile, torch, ofas_wrap
+        >>> model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16))
+        >>> path = ofas_wrap.export_torchscript(model, tempfile.mkdtemp() + "/resnet8.pt")
+        >>> extra = {"ofas_config.json": ""}
+        >>> scripted = torch.jit.load(str(path), _extra_files=extra)
+        >>> scripted.gate_threshold.fill_(0.7)  # the threshold stays settable
+        tensor(0.7000)
+        >>> scripted(torch.randn(1, 3, 16, 16)).shape
+        torch.Size([1, 10])
+    """
+    from ._model import OFASModel
+
+    if not isinstance(model, OFASModel):
+        raise TypeError(
+            f"export_torchscript expects an OFASModel (from ofas_wrap.adaptify), got {type(model).__name__}"
+        )
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name such as {path / 'model.pt'}")
+    device = _device_of(model)
+    if example_input is None:
+        generator = torch.Generator().manual_seed(0)
+        example_input = torch.randn(2, *model.config["input_size"], generator=generator)
+    if not isinstance(example_input, Tensor) or example_input.dim() < 1:
+        raise TypeError("example_input must be a batched input tensor, e.g. torch.randn(1, 3, 32, 32)")
+    example_input = example_input.to(device)
+    config = build_config(model)
+    config["export"] = {"format": "torchscript", "torch_version": torch.__version__.split("+")[0],
+                        "example_input_shape": list(example_input.shape)}
+    was_training, threshold = model.training, model.threshold
+    model.eval()
+    try:
+        with _quiet_jit():
+            scripted = torch.jit.script(model)
+        for value in sorted({threshold, 0.0}):
+            _check_same(model, scripted, example_input, value, atol, rtol)
+    finally:
+        model.threshold = threshold
+        model.train(was_training)
+    scripted.gate_threshold.fill_(threshold)
+    _atomic_jit_save(scripted, path, {EXTRA_CONFIG_NAME: json.dumps(config, indent=2)})
+    return path
+
+
+def load_torchscript(path: PathLike, map_location: Union[str, torch.device, None] = None) -> tuple[Any, dict]:
+    """Load a file written by :func:`export_torchscript`: returns ``(scripted_module, config)``.
+
+    Raises :class:`CheckpointError` for a file that is not TorchScript or is TorchScript without the
+    OFAS config (another model), and for a config from a newer ofas-wrap.
+
+    Example:
+        >>> import tempfile, ofas_wrap
+        >>> path = ofas_wrap.export_torchscript(ofas_wrap.create_model("cifar:resnet8"), tempfile.mkdtemp() + "/m.pt")
+        >>> module, config = ofas_wrap.load_torchscript(path)
+        >>> config["backbone"]["name"], config["ofas"]["gated_blocks"]
+        ('resnet8', ['layer1.0', 'layer2.0', 'layer3.0'])
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (expected a TorchScript file from export_torchscript)")
+    extra = {EXTRA_CONFIG_NAME: ""}
+    try:
+        with _quiet_jit():
+            module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path} is not a TorchScript file (torch.jit.load: {first}); export one with "
+            "ofas_wrap.export_torchscript or `ofas-wrap export`"
+        ) from None
+    raw = extra[EXTRA_CONFIG_NAME]
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+    if not text:
+        raise CheckpointError(
+            f"{path} is TorchScript but not an OFAS model export: it carries no {EXTRA_CONFIG_NAME}; export the "
+            "model with ofas_wrap.export_torchscript"
+        )
+    config = read_config(f"{path}:{EXTRA_CONFIG_NAME}", text=text)
+    if not hasattr(module, "gate_threshold"):
+        raise CheckpointError(f"{path}: the module has no gate_threshold buffer; it is not an OFAS model")
+    return module, config
+
+
+def export_program(model: nn.Module, example_input: Optional[Tensor] = None) -> Any:
+    """``torch.export`` the model for a **batch of one**, each gate a ``torch.cond`` (real skipping).
+
+    ``torch.cond`` takes one boolean per call, so it can route a single input but not a batch whose samples
+    take different paths: per-sample routing needs data-dependent batch sizes, which torch.export could not
+    trace through the backbone's layers on torch 2.14. Hence the exported program has a static batch of 1;
+    for batches use :func:`export_torchscript`. The threshold is the ``gate_threshold`` buffer of the program.
+    The result is checked against eager mode at the model's threshold and at T = 0.
+
+    Example:
+        >>> import torch, ofas_wrap
+        >>> model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16))
+        >>> program = ofas_wrap.export_program(model)
+        >>> program.module()(torch.randn(1, 3, 16, 16)).shape
+        torch.Size([1, 10])
+    """
+    from ._model import OFASModel
+
+    if not isinstance(model, OFASModel):
+        raise TypeError(f"export_program expects an OFASModel (from ofas_wrap.adaptify), got {type(model).__name__}")
+    if not hasattr(torch, "cond") or not hasattr(torch, "export"):
+        raise RuntimeError(f"export_program needs torch.cond and torch.export (torch >= 2.5), not {torch.__version__}")
+    if example_input is None:
+        example_input = torch.randn(1, *model.config["input_size"], generator=torch.Generator().manual_seed(0))
+    if example_input.dim() < 1 or example_input.shape[0] != 1:
+        raise ValueError(
+            f"export_program exports a batch of one (torch.cond routes one input), got batch {example_input.shape[0]}"
+            "; use export_torchscript for per-sample routing in batches"
+        )
+    example_input = example_input.to(_device_of(model))
+    was_training, threshold = model.training, model.threshold
+    model.eval()
+    try:
+        program = torch.export.export(_CondRouter(model).eval(), (example_input,))
+        for value in sorted({threshold, 0.0}):
+            model.threshold = value
+            with torch.no_grad():
+                expected, got = model(example_input), program.module()(example_input)
+            if not torch.allclose(expected, got, atol=1e-5, rtol=1e-4):
+                raise RuntimeError(f"the exported program differs from eager mode at T={value} by "
+                                   f"{(expected - got).abs().max().item():.3g}")
+    finally:
+        model.threshold = threshold
+        model.train(was_training)
+    return program
+
+
+class _CondRouter(nn.Module):
+    """The OFAS forward for one input with ``torch.cond`` per gate (for torch.export)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        features, probs = self.model.gate_probabilities(x)
+        run = probs[0] >= self.model.gate_threshold
+        for block in self.model.blocks:
+            if block.gate_index < 0:
+                features = block.after(block.block(features))
+                continue
+            skip = _clone if block.identity_shortcut else block.shortcut  # cond branches must not alias inputs
+            features = block.after(torch.cond(run[block.gate_index], block.block, skip, (features,)))
+        return self.model.tail(features)
+
+
+def _clone(x: Tensor) -> Tensor:
+    return x.clone()
+
+
+def _check_same(model: nn.Module, scripted: Any, x: Tensor, threshold: float, atol: float, rtol: float) -> None:
+    model.threshold = threshold  # the scripted module shares the threshold buffer; set both anyway
+    scripted.gate_threshold.fill_(threshold)
+    with torch.no_grad():
+        expected = model(x)
+        eager_gates = model.last_gates.clone()
+        got = scripted(x)
+    same_gates = torch.equal(eager_gates, scripted.last_gates.cpu())
+    if not same_gates or not torch.allclose(expected, got, atol=atol, rtol=rtol):
+        raise RuntimeError(
+            f"the scripted model differs from eager mode at T={threshold:g} (max |difference| "
+            f"{(expected - got).abs().max().item():.3g}, gates equal: {same_gates})"
+            "; nothing was written. Please report this with the backbone name."
+        )
+
+
+def _atomic_jit_save(module: Any, path: Path, extra_files: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(handle)
+    try:
+        with _quiet_jit():
+            torch.jit.save(module, temporary, _extra_files=extra_files)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; give it normal permissions
+        with open(temporary, "rb") as stream:
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+@contextlib.contextmanager
+def _quiet_jit() -> Iterator[None]:
+    """Silence torch's "torch.jit.* is deprecated" FutureWarning: TorchScript is what runs on the devices."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
+        yield
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")
+

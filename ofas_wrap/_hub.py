@@ -1,0 +1,748 @@
+"""Save, load and share OFAS models: ``model.safetensors`` + ``config.json`` + a ``README.md`` model card.
+
+The folder written by :meth:`OFASHubMixin.save_pretrained` is what :meth:`OFASHubMixin.push_to_hub` uploads
+and what :meth:`OFASHubMixin.from_pretrained` reads back, from disk or from the Hugging Face Hub. Loading
+never unpickles anything: the weights come only from safetensors, the settings only from JSON.
+
+Weight names are the backbone's own ``state_dict`` names under ``backbone.`` and the OFAS head's under
+``head.`` (``backbone.layer1.0.conv1.weight``, ``head.fcs.0.weight``), so the file does not depend on how
+adaptify() cut the backbone into stem, blocks and tail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from ._version import __version__
+
+__all__ = [
+    "CheckpointError",
+    "OFASHubMixin",
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "CARD_NAME",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "infer_backbone_spec",
+]
+
+FORMAT_NAME = "ofas-wrap"
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+MODEL_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+
+# the adaptify() settings a config must carry to rebuild the model
+OFAS_KEYS = ("variant", "threshold", "gate_downsample", "hidden_act", "detach_input", "gate_bias_init",
+             "input_size", "gated_blocks", "blocks")
+REQUIRED_KEYS = ("format", "format_version", "ofas_wrap_version", "backbone", "ofas")
+# optional descriptions of the model, read from model.config and written to config.json and the card
+METADATA_KEYS = ("class_names", "normalization", "datasets", "metrics", "license")
+METRIC_COLUMNS = (("threshold", "threshold"), ("accuracy", "accuracy"), ("executed_blocks", "executed blocks"),
+                  ("mflops", "MFLOPs"), ("latency_ms", "latency (ms)"), ("device", "device"))
+
+
+class CheckpointError(ValueError):
+    """A saved or exported OFAS model cannot be read: the message names the file, the problem and the fix."""
+
+
+PathLike = Union[str, os.PathLike]
+
+
+class OFASHubMixin:
+    """``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` for :class:`ofas_wrap.OFASModel`.
+
+    None of these methods is called from ``forward``, so ``torch.jit.script(model)`` never compiles them.
+    """
+
+    @torch.jit.unused
+    def save_pretrained(self, save_directory: PathLike, *, class_names: Optional[Sequence[str]] = None,
+                        normalization: Optional[dict[str, Sequence[float]]] = None,
+                        datasets: Optional[Sequence[str]] = None, metrics: Optional[Sequence[dict]] = None,
+                        license: Optional[str] = None, model_name: Optional[str] = None) -> Path:
+        """Write ``model.safetensors``, ``config.json`` and a ``README.md`` model card to ``save_directory``.
+
+        The write is atomic: everything goes to a hidden temporary folder beside ``save_directory``, which
+        then replaces it with a rename, so an interrupted save leaves the previous folder (or nothing)
+        rather than a half-written model. Files of an existing folder that are not ours are kept.
+
+        The optional descriptions default to the same keys of ``model.config`` (``class_names``,
+        ``normalization`` = ``{"mean": [...], "std": [...]}``, ``datasets`` (Hub dataset ids), ``metrics``
+        (rows of ``{"threshold", "accuracy", "executed_blocks", "mflops", "latency_ms"}``), ``license``);
+        a timm backbone's ``pretrained_cfg`` mean/std is used when no normalisation is given.
+
+        Example:
+            >>> import tempfile, ofas_wrap
+            >>> model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16))
+            >>> folder = model.save_pretrained(tempfile.mkdtemp() + "/resnet8-ofas")
+            >>> sorted(p.name for p in folder.iterdir())
+            ['README.md', 'config.json', 'model.safetensors']
+        """
+        target = Path(save_directory)
+        if target.exists() and not target.is_dir():
+            raise FileExistsError(f"{target} exists and is not a folder; save_pretrained writes a folder there")
+        overrides = {"class_names": class_names, "normalization": normalization, "datasets": datasets,
+                     "metrics": metrics, "license": license}
+        config = build_config(self, **overrides)
+        with _staging_folder(target) as staging:
+            _write_folder(self, config, staging, model_name=model_name, repo_id=None)
+        return target
+
+    @classmethod
+    @torch.jit.unused
+    def from_pretrained(cls, dir_or_repo_id: PathLike, backbone: Optional[nn.Module] = None, *,
+                        threshold: Optional[float] = None, device: Union[str, torch.device] = "cpu",
+                        revision: Optional[str] = None, token: Union[str, bool, None] = None,
+                        cache_dir: Optional[PathLike] = None, local_files_only: bool = False,
+                        leaf_modules: Sequence[type] = ()) -> Any:
+        """Rebuild a saved OFAS model (in eval mode) from a local folder or a Hugging Face Hub repo id.
+
+        The backbone is rebuilt from ``config.json`` (``cifar`` / ``timm`` / ``torchvision``, random weights,
+        nothing downloaded but the repo itself), adapted with the saved OFAS settings, and the weights are
+        loaded strictly: a missing or unexpected weight, a shape mismatch, other residual blocks or another
+        backbone are errors naming the offending entries. For your own backbone class, which no registry can
+        rebuild, build it yourself and pass it as ``backbone=`` (it is adapted and the weights loaded into it).
+
+        Args:
+            dir_or_repo_id: a folder written by ``save_pretrained``, or a Hub repo id (``"user/name"``).
+            backbone: the plain backbone to adapt instead of rebuilding it from the config.
+            threshold: override the saved threshold T.
+            device: where to put the model.
+            revision, token, cache_dir, local_files_only: passed to ``huggingface_hub.snapshot_download``.
+            leaf_modules: as for :func:`ofas_wrap.adaptify`, for backbones torch.fx cannot trace through.
+
+        Raises:
+            FileNotFoundError: the folder lacks ``config.json`` or ``model.safetensors``.
+            CheckpointError: a bad config, a corrupted weights file, weights that do not fit, an unknown or
+                unreachable repo id.
+
+        Example:
+            >>> import tempfile, ofas_wrap
+            >>> model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16), threshold=0.3)
+            >>> folder = model.save_pretrained(tempfile.mkdtemp() + "/m")
+            >>> round(ofas_wrap.OFASModel.from_pretrained(folder).threshold, 6)
+            0.3
+        """
+        folder = _resolve_folder(dir_or_repo_id, revision=revision, token=token, cache_dir=cache_dir,
+                                 local_files_only=local_files_only)
+        config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path} is missing: {folder} is not a folder written by save_pretrained "
+                    f"(it needs {CONFIG_NAME} and {WEIGHTS_NAME})"
+                )
+        config = read_config(config_path)
+        if threshold is not None and not (isinstance(threshold, (int, float)) and 0.0 <= threshold < 1.0):
+            raise ValueError(f"threshold must be a number in [0, 1), got {threshold!r}")
+        model = _rebuild(config, config_path, backbone, leaf_modules)
+        if not isinstance(model, cls):
+            raise TypeError(f"{cls.__name__}.from_pretrained built a {type(model).__name__}")
+        _load_weights(model, weights_path, config)
+        model.threshold = float(config["ofas"]["threshold"] if threshold is None else threshold)
+        model.config["backbone"] = config["backbone"] or infer_backbone_spec(model.unwrap())
+        for key in METADATA_KEYS:
+            if config.get(key) is not None:
+                model.config[key] = config[key]
+        return model.eval().to(device)
+
+    @torch.jit.unused
+    def push_to_hub(self, repo_id: str, *, private: Optional[bool] = None, token: Optional[str] = None,
+                    commit_message: str = "Upload OFAS model", revision: Optional[str] = None,
+                    create_pr: bool = False, **save_kwargs: Any) -> Any:
+        """Upload the ``save_pretrained`` folder to the Hub repo ``repo_id`` (created if missing).
+
+        Uses ``huggingface_hub.HfApi.create_repo`` (``exist_ok=True``) and ``HfApi.upload_folder``;
+        ``save_kwargs`` are those of :meth:`save_pretrained`. Returns the ``CommitInfo`` of the upload.
+        The repo id is checked before anything is written or sent.
+
+        Example (needs network access and a write token, so it is not run here):
+            >>> model.push_to_hub("your-name/resnet38-ofas-cifar10", private=True)  # doctest: +SKIP
+        """
+        check_repo_id(repo_id)
+        config = build_config(self, **{k: save_kwargs.pop(k, None) for k in METADATA_KEYS})
+        model_name = save_kwargs.pop("model_name", None)
+        if save_kwargs:
+            raise TypeError(f"push_to_hub got unexpected arguments {sorted(save_kwargs)}")
+        from huggingface_hub import HfApi
+
+        with tempfile.TemporaryDirectory(prefix="ofas-push-") as staging:
+            _write_folder(self, config, Path(staging), model_name=model_name, repo_id=repo_id)
+            api = HfApi(token=token)
+            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            return api.upload_folder(repo_id=repo_id, folder_path=staging, commit_message=commit_message,
+                                     revision=revision, create_pr=create_pr, repo_type="model")
+
+
+# ---------------------------------------------------------------------------------------------- config
+def build_config(model: Any, **overrides: Any) -> dict[str, Any]:
+    """The ``config.json`` of ``model``: backbone spec, OFAS settings, metadata, FLOPs; validated."""
+    ofas = {key: model.config.get(key) for key in OFAS_KEYS}
+    ofas["threshold"] = _float32_repr(model.threshold)
+    missing = [key for key in ("variant", "input_size", "gated_blocks", "blocks") if ofas[key] is None]
+    if missing:
+        raise ValueError(f"model.config lacks {missing}; build the model with ofas_wrap.adaptify or create_model")
+    backbone = model.unwrap()
+    spec = model.config.get("backbone") or infer_backbone_spec(backbone)
+    config: dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "ofas_wrap_version": __version__,
+        "torch_version": torch.__version__.split("+")[0],
+        "architecture": "OFASModel",
+        "backbone": _jsonable(spec) if spec else None,
+        "backbone_class": f"{type(backbone).__module__}.{type(backbone).__qualname__}",
+        "ofas": ofas,
+        "num_gates": model.num_gates,
+    }
+    for key in METADATA_KEYS:
+        value = overrides.get(key)
+        config[key] = value if value is not None else model.config.get(key)
+    if config["normalization"] is None:
+        config["normalization"] = _timm_normalization(backbone)
+    spec_kwargs = _jsonable(spec)["kwargs"] if spec else {}
+    num_classes = spec_kwargs.get("num_classes", getattr(backbone, "num_classes", None))
+    _validate_metadata(config, num_classes if isinstance(num_classes, int) else None)
+    config["flops"] = _flops_summary(model)
+    return json.loads(json.dumps(config))  # plain JSON types only (tuples -> lists), fails early if not JSON
+
+
+def read_config(path: PathLike, text: Optional[str] = None) -> dict[str, Any]:
+    """Read and check an ofas-wrap config (``config.json`` or the one inside a TorchScript export)."""
+    path = Path(path)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8") if text is None else text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc}); the file is damaged, save the model again") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    if config.get("format") not in (None, FORMAT_NAME):
+        raise CheckpointError(f"{path}: format {config.get('format')!r} is not an ofas-wrap model config")
+    missing = [key for key in REQUIRED_KEYS if key not in config]
+    ofas = config.get("ofas")
+    if isinstance(ofas, dict):
+        missing += [f"ofas.{key}" for key in OFAS_KEYS if key not in ofas]
+    elif "ofas" in config:
+        raise CheckpointError(f"{path}: 'ofas' must be an object with the adaptify settings, got {ofas!r}")
+    if missing:
+        raise CheckpointError(
+            f"{path}: missing fields {missing}; this is not a complete ofas-wrap config (save the model again "
+            "with save_pretrained / export_torchscript)"
+        )
+    version = config["format_version"]
+    if not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path}: format_version must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: written by ofas-wrap {config.get('ofas_wrap_version')} in format version {version}, but "
+            f"this ofas-wrap {__version__} reads format versions up to {FORMAT_VERSION}; upgrade it "
+            "(pip install -U ofas-wrap)"
+        )
+    backbone = config["backbone"]
+    if backbone is not None and not (isinstance(backbone, dict) and {"source", "name"} <= set(backbone)):
+        raise CheckpointError(f"{path}: 'backbone' must be null or {{'source', 'name', 'kwargs'}}, got {backbone!r}")
+    return config
+
+
+def infer_backbone_spec(backbone: nn.Module) -> Optional[dict[str, Any]]:
+    """How a registry can rebuild ``backbone``: ``{"source", "name", "kwargs"}``, or None if it cannot.
+
+    Recognises the CIFAR ResNets, timm models (``pretrained_cfg["architecture"]``) and torchvision ResNets;
+    a candidate counts only if a freshly built one has exactly the same weight names and shapes.
+
+    Example:
+        >>> from ofas_wrap.models import cifar_resnet
+        >>> infer_backbone_spec(cifar_resnet(14, num_classes=5))
+        {'source': 'cifar', 'name': 'resnet14', 'kwargs': {'num_classes': 5, 'in_chans': 3}}
+    """
+    from .models import CifarResNet
+
+    candidates: list[dict[str, Any]] = []
+    module_name = type(backbone).__module__
+    if type(backbone) is CifarResNet:
+        candidates.append({"source": "cifar", "name": f"resnet{backbone.depth}",
+                           "kwargs": {"num_classes": backbone.num_classes, "in_chans": backbone.in_chans}})
+    elif module_name.startswith("timm."):
+        cfg = getattr(backbone, "pretrained_cfg", None) or {}
+        architecture = cfg.get("architecture")
+        if architecture:
+            kwargs = {"in_chans": _in_channels(backbone)}
+            if isinstance(getattr(backbone, "num_classes", None), int):
+                kwargs["num_classes"] = backbone.num_classes
+            candidates.append({"source": "timm", "name": architecture, "kwargs": kwargs})
+    elif module_name.startswith("torchvision.models") and type(backbone).__name__ == "ResNet":
+        fc = getattr(backbone, "fc", None)
+        kwargs = {"num_classes": fc.out_features} if isinstance(fc, nn.Linear) else {}
+        for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+                     "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"):
+            candidates.append({"source": "torchvision", "name": name, "kwargs": dict(kwargs)})
+    expected = _shapes(backbone.state_dict())
+    for candidate in candidates:
+        rebuilt = _build_backbone(candidate, meta=True)
+        if rebuilt is not None and _shapes(rebuilt.state_dict()) == expected:
+            return candidate
+    return None
+
+
+def check_repo_id(repo_id: str) -> None:
+    """Raise ValueError unless ``repo_id`` is a valid Hub model id (``name`` or ``namespace/name``)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(repo_id, str):
+        raise ValueError(f"repo_id must be a string like 'your-name/model-name', got {type(repo_id).__name__}")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise ValueError(f"invalid Hub repo id {repo_id!r}: {exc} Use 'your-name/model-name'.") from None
+
+
+# --------------------------------------------------------------------------------------------- writing
+def _write_folder(model: Any, config: dict[str, Any], folder: Path, model_name: Optional[str],
+                  repo_id: Optional[str]) -> None:
+    weights, aliases = _weights_to_save(model)
+    weights_path = folder / WEIGHTS_NAME
+    _save_safetensors(weights, weights_path, metadata={
+        "format": "pt", "ofas_wrap_version": __version__, "aliases": json.dumps(aliases, sort_keys=True),
+    })
+    config = dict(config, weights_sha256=_sha256(weights_path))
+    _write_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+    _write_text(folder / CARD_NAME, model_card(config, model_name=model_name, repo_id=repo_id))
+
+
+def _save_safetensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    _fsync(path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def _staging_folder(target: Path) -> Iterator[Path]:
+    """Yield a hidden temporary folder beside ``target``; on success it replaces ``target`` by renames."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(staging, 0o777 & ~mask)  # mkdtemp makes it private; the saved folder gets normal permissions
+    try:
+        yield staging
+        if not target.exists():
+            os.rename(staging, target)
+            return
+        backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rmdir(backup)
+        os.rename(target, backup)
+        try:
+            os.rename(staging, target)
+        except BaseException:
+            os.rename(backup, target)
+            raise
+        for entry in backup.iterdir():  # keep the user's other files
+            if entry.name not in MODEL_FILES:
+                os.rename(entry, target / entry.name)
+        shutil.rmtree(backup, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _weights_to_save(model: Any) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Backbone and head tensors; a tensor shared under several names is stored once (``aliases``)."""
+    state = _named_state(model)
+    kept: dict[str, Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    storages: set[int] = set()
+    for name, tensor in state.items():
+        tensor = tensor.detach()
+        identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+                    tuple(tensor.stride()), tensor.dtype)
+        if tensor.numel() and identity in seen:
+            aliases[name] = seen[identity]
+            continue
+        seen[identity] = name
+        pointer = tensor.untyped_storage().data_ptr()
+        tensor = tensor.to("cpu").contiguous()
+        if pointer and pointer in storages:  # a view into a storage already stored: store a copy
+            tensor = tensor.clone()
+        storages.add(pointer)
+        kept[name] = tensor
+    _check_everything_saved(model, state)
+    return kept, aliases
+
+
+def _named_state(model: Any) -> dict[str, Tensor]:
+    state = {f"backbone.{k}": v for k, v in model.unwrap().state_dict().items()}
+    state.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
+    return state
+
+
+def _check_everything_saved(model: Any, state: dict[str, Tensor]) -> None:
+    """Every weight of the OFAS model must be one of the backbone's or the head's (they are shared)."""
+    saved = {t.untyped_storage().data_ptr() for t in state.values() if t.numel()}
+    lost = [name for name, t in model.state_dict().items()
+            if name != "gate_threshold" and t.numel() and t.untyped_storage().data_ptr() not in saved]
+    if lost:
+        raise RuntimeError(
+            f"these weights of the OFAS model are neither the backbone's nor the head's and would not be saved: "
+            f"{lost[:10]}; adapt the backbone again with ofas_wrap.adaptify instead of replacing submodules"
+        )
+
+
+# --------------------------------------------------------------------------------------------- loading
+def _resolve_folder(dir_or_repo_id: PathLike, *, revision: Optional[str], token: Union[str, bool, None],
+                    cache_dir: Optional[PathLike], local_files_only: bool) -> Path:
+    path = Path(dir_or_repo_id)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CheckpointError(f"{path} is a file; from_pretrained expects the folder written by save_pretrained")
+    name = str(dir_or_repo_id)
+    try:
+        check_repo_id(name)
+    except ValueError:
+        raise FileNotFoundError(
+            f"{name!r} is neither an existing folder nor a valid Hub repo id ('namespace/name'); check the path"
+        ) from None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(
+            name, revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only,
+            allow_patterns=list(MODEL_FILES), library_name="ofas-wrap", library_version=__version__,
+        ))
+    except Exception as exc:  # offline, unknown repo, gated/private repo, network failure
+        raise CheckpointError(
+            f"{name!r} is not a local folder, and the Hugging Face Hub could not provide a repo of that name: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} -- check the spelling, your "
+            "network, HF_HUB_OFFLINE (offline mode only finds repos already in the cache) and, for a private "
+            "repo, the token"
+        ) from exc
+
+
+def _rebuild(config: dict[str, Any], config_path: Path, backbone: Optional[nn.Module],
+             leaf_modules: Sequence[type]) -> Any:
+    from ._model import OFASModel
+    from ._surgery import adaptify
+
+    spec = config["backbone"]
+    if backbone is None:
+        if spec is None:
+            raise CheckpointError(
+                f"{config_path} records no backbone a registry can rebuild (it was made from "
+                f"{config.get('backbone_class', 'a custom class')}); build that backbone yourself and pass it: "
+                "OFASModel.from_pretrained(path, backbone=MyResNet(...))"
+            )
+        backbone = _build_backbone(spec, meta=False, config_path=config_path)
+    else:
+        if isinstance(backbone, OFASModel):
+            raise TypeError("backbone= must be the plain backbone, not an OFASModel; pass model.unwrap()")
+        if not isinstance(backbone, nn.Module):
+            raise TypeError(f"backbone= must be a torch.nn.Module, got {type(backbone).__name__}")
+        given = infer_backbone_spec(backbone) if spec is not None else None
+        if given is not None and (given["source"], given["name"]) != (spec["source"], spec["name"]):
+            raise CheckpointError(
+                f"{config_path} is for backbone {spec['source']}:{spec['name']}, but backbone= is "
+                f"{given['source']}:{given['name']}; pass a {spec['source']}:{spec['name']} or leave backbone= out"
+            )
+    ofas = config["ofas"]
+    model = adaptify(backbone, variant=ofas["variant"], threshold=0.0, gate_downsample=ofas["gate_downsample"],
+                     hidden_act=ofas["hidden_act"], detach_input=ofas["detach_input"],
+                     gate_bias_init=ofas["gate_bias_init"], input_size=ofas["input_size"], leaf_modules=leaf_modules)
+    for key in ("blocks", "gated_blocks"):
+        if list(model.config[key]) != list(ofas[key]):
+            only_saved = [b for b in ofas[key] if b not in model.config[key]]
+            only_model = [b for b in model.config[key] if b not in ofas[key]]
+            raise CheckpointError(
+                f"{config_path} is for another backbone: its {key} differ from the rebuilt model's "
+                f"(only in the config: {only_saved or 'none'}; only in the model: {only_model or 'none'}"
+                f"{'; same names in another order' if not only_saved and not only_model else ''})"
+            )
+    return model
+
+
+def _build_backbone(spec: dict[str, Any], meta: bool, config_path: Optional[Path] = None) -> Optional[nn.Module]:
+    from .models import BackboneSpec, create_backbone
+
+    parsed = BackboneSpec(str(spec["source"]), str(spec["name"]), dict(spec.get("kwargs") or {}))
+    if meta:
+        try:
+            with torch.device("meta"):
+                return create_backbone(parsed)
+        except Exception:
+            return None
+    try:
+        return create_backbone(parsed)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{config_path}: cannot rebuild backbone {parsed} {parsed.kwargs}: {exc}") from exc
+
+
+def _load_weights(model: Any, path: Path, config: dict[str, Any]) -> None:
+    """Check the file against the model (names, shapes), then load; nothing is loaded if anything is off."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    expected_hash = config.get("weights_sha256")
+    if expected_hash and _sha256(path) != expected_hash:
+        raise CheckpointError(
+            f"{path} does not match {CONFIG_NAME} (its SHA-256 differs from weights_sha256): the file is corrupted "
+            "or comes from another save; save the model again or re-download it"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+        tensors = load_file(str(path))
+    except SafetensorError as exc:
+        raise CheckpointError(
+            f"{path}: not a valid safetensors file ({exc}); it is truncated or corrupted, save the model again or "
+            "re-download it"
+        ) from None
+    try:
+        aliases = json.loads(metadata.get("aliases", "{}"))
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: the 'aliases' metadata is not JSON; the file is damaged") from None
+    state = _named_state(model)
+    missing, mismatched = [], []
+    for name, tensor in state.items():
+        stored = name if name in shapes else aliases.get(name)
+        if stored not in shapes:
+            missing.append(name)
+        elif shapes[stored] != tuple(tensor.shape):
+            mismatched.append(f"{name}: file {list(shapes[stored])} vs model {list(tensor.shape)}")
+    unexpected = sorted(set(shapes) - set(state))
+    problems = []
+    if missing:
+        problems.append(f"missing weights ({len(missing)}): {_names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected weights ({len(unexpected)}): {_names(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches ({len(mismatched)}): {_names(mismatched)}")
+    if problems:
+        raise CheckpointError(
+            f"{path} does not fit the model built from {CONFIG_NAME}: " + "; ".join(problems)
+            + ". Was it saved from another backbone, or with other num_classes / in_chans?"
+        )
+    full = {name: tensors[name if name in tensors else aliases[name]] for name in state}
+    backbone_state = {k.removeprefix("backbone."): v for k, v in full.items() if k.startswith("backbone.")}
+    head_state = {k.removeprefix("head."): v for k, v in full.items() if k.startswith("head.")}
+    model.unwrap().load_state_dict(backbone_state, strict=True)
+    model.head.load_state_dict(head_state, strict=True)
+
+
+# ---------------------------------------------------------------------------------------------- the card
+def model_card(config: dict[str, Any], model_name: Optional[str] = None, repo_id: Optional[str] = None) -> str:
+    """The ``README.md`` text: Hub metadata header (library, tags, datasets, license) and a description."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    spec = config.get("backbone")
+    backbone = f"{spec['source']}:{spec['name']}" if spec else config.get("backbone_class", "custom")
+    ofas = config["ofas"]
+    tags = ["ofas", "ofas-wrap", "adaptive-inference", "dynamic-depth", "resnet", "image-classification",
+            "safetensors", "pytorch"]
+    if spec:
+        tags.append(spec["source"])
+    data = ModelCardData(library_name="ofas-wrap", tags=tags, datasets=list(config.get("datasets") or []) or None,
+                         license=config.get("license"), pipeline_tag="image-classification")
+    title = model_name or f"OFAS-{ofas['variant']} {backbone}"
+    where = repo_id or "path/to/this/folder"
+    lines = [
+        f"# {title}",
+        "",
+        f"An input-adaptive {backbone} made with [ofas-wrap](https://pypi.org/project/ofas-wrap/) "
+        f"{config['ofas_wrap_version']}: an OFAS-{ofas['variant']} head after the stem decides, for each input, "
+        f"which of the {len(ofas['gated_blocks'])} gated residual blocks (of {len(ofas['blocks'])}) to skip "
+        "(Once For All Skip). A skipped block is not computed; its shortcut runs instead.",
+        "",
+        f"The threshold T = {ofas['threshold']:g} is the accuracy/latency knob: a block runs when its gate "
+        "output is >= T, so T = 0 runs every block and a higher T skips more.",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "import torch",
+        "from ofas_wrap import OFASModel",
+        "",
+        f'model = OFASModel.from_pretrained("{where}"'
+        + (")" if spec else ", backbone=MyResNet(...))  # your own backbone class"),
+        "model.threshold = 0.5  # in [0, 1): higher skips more blocks",
+        f"logits = model(torch.randn(1, {', '.join(str(s) for s in ofas['input_size'])}))",
+        "print(model.last_gates)  # which blocks ran",
+        "```",
+        "",
+    ]
+    metrics = config.get("metrics") or []
+    if metrics:
+        columns = [(key, label) for key, label in METRIC_COLUMNS if any(key in row for row in metrics)]
+        lines += ["## Accuracy, executed blocks and latency per threshold", "",
+                  "| " + " | ".join(label for _, label in columns) + " |",
+                  "|" + "|".join("---" for _ in columns) + "|"]
+        for row in metrics:
+            lines.append("| " + " | ".join(_cell(row.get(key)) for key, _ in columns) + " |")
+        lines.append("")
+    flops = config.get("flops")
+    if flops:
+        size = "x".join(str(s) for s in flops["input_size"])
+        lines += [
+            "## Compute",
+            "",
+            f"{flops['total'] / 1e6:.2f} MFLOPs per {size} input with every block executed (counted with "
+            f"`torch.utils.flop_counter`; the OFAS head adds {flops['head'] / 1e6:.3f}). Per gated block:",
+            "",
+            "| block | MFLOPs when run | MFLOPs when skipped |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {b['name']} | {b['flops'] / 1e6:.2f} | {b['skip_flops'] / 1e6:.2f} |"
+                  for b in flops["blocks"] if b["gated"]]
+        lines.append("")
+    lines += ["## Input", "", f"- size: {'x'.join(str(s) for s in ofas['input_size'])} (channels x height x width)"]
+    norm = config.get("normalization")
+    if norm:
+        lines.append(f"- normalisation: mean {_floats(norm['mean'])}, std {_floats(norm['std'])} "
+                     "(of pixel values scaled to [0, 1])")
+    names = config.get("class_names")
+    if names:
+        shown = ", ".join(names[:20]) + (f", ... ({len(names)} classes)" if len(names) > 20 else "")
+        lines.append(f"- classes: {shown}")
+    lines.append("")
+    content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)
+    return str(ModelCard(content))
+
+
+# -------------------------------------------------------------------------------------------- helpers
+def _validate_metadata(config: dict[str, Any], num_classes: Optional[int]) -> None:
+    names = config["class_names"]
+    if names is not None:
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"class_names must be a list of strings, got {names!r}")
+        config["class_names"] = list(names)
+        if num_classes is not None and num_classes != len(names):
+            raise ValueError(f"{len(names)} class_names for a backbone with num_classes={num_classes}")
+    norm = config["normalization"]
+    if norm is not None:
+        channels = config["ofas"]["input_size"][0]
+        ok = isinstance(norm, dict) and all(
+            isinstance(norm.get(k), (list, tuple)) and len(norm[k]) == channels
+            and all(isinstance(v, (int, float)) for v in norm[k]) for k in ("mean", "std"))
+        if not ok:
+            raise ValueError(f"normalization must be {{'mean': [{channels} floats], 'std': [{channels} floats]}}, "
+                             f"got {norm!r}")
+        config["normalization"] = {"mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]]}
+    datasets = config["datasets"]
+    if datasets is not None:
+        if isinstance(datasets, str):
+            datasets = [datasets]
+        if not all(isinstance(d, str) for d in datasets):
+            raise ValueError(f"datasets must be a list of Hub dataset ids, got {datasets!r}")
+        config["datasets"] = list(datasets)
+    metrics = config["metrics"]
+    if metrics is not None:
+        for row in metrics:
+            threshold = row.get("threshold") if isinstance(row, dict) else None
+            if not isinstance(threshold, (int, float)) or not 0.0 <= threshold < 1.0:
+                raise ValueError(f"each metrics row must be a dict with a 'threshold' in [0, 1), got {row!r}")
+        config["metrics"] = [dict(row) for row in metrics]
+    if config["license"] is not None and not isinstance(config["license"], str):
+        raise ValueError(f"license must be a string such as 'apache-2.0', got {config['license']!r}")
+
+
+def _flops_summary(model: Any) -> Optional[dict[str, Any]]:
+    plan = getattr(model, "plan", None)
+    if plan is None:
+        return None
+    return {
+        "input_size": list(plan.input_size),
+        "total": int(plan.total_flops),
+        "backbone": int(plan.backbone_flops),
+        "head": int(plan.head_flops),
+        "fixed": int(plan.stem_flops + plan.head_flops + plan.tail_flops),
+        "blocks": [{"name": b.name, "gated": b.gated, "gate_index": b.gate_index, "flops": int(b.flops),
+                    "skip_flops": int(b.skip_flops)} for b in plan],
+    }
+
+
+def _timm_normalization(backbone: nn.Module) -> Optional[dict[str, list[float]]]:
+    cfg = getattr(backbone, "pretrained_cfg", None)
+    if not type(backbone).__module__.startswith("timm.") or not isinstance(cfg, dict):
+        return None
+    mean, std = cfg.get("mean"), cfg.get("std")
+    channels = _in_channels(backbone)
+    if mean and std and len(mean) == len(std) == channels:
+        return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+    return None
+
+
+def _in_channels(module: nn.Module) -> int:
+    for sub in module.modules():
+        if isinstance(sub, nn.Conv2d):
+            return sub.in_channels
+    return 3
+
+
+def _shapes(state: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _jsonable(spec: Any) -> dict[str, Any]:
+    if not isinstance(spec, dict):
+        spec = {"source": spec.source, "name": spec.name, "kwargs": spec.kwargs}
+    return {"source": spec["source"], "name": spec["name"], "kwargs": dict(spec.get("kwargs") or {})}
+
+
+def _float32_repr(value: float) -> float:
+    """The shortest decimal that is the same float32 (the threshold buffer): 0.3, not 0.30000001192092896."""
+    exact = torch.tensor(float(value), dtype=torch.float32)
+    for digits in range(1, 10):
+        short = float(f"{float(value):.{digits}g}")
+        if torch.tensor(short, dtype=torch.float32) == exact:
+            return short
+    return float(value)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _names(names: list[str], limit: int = 12) -> str:
+    return ", ".join(names[:limit]) + (f", ... (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _floats(values: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"

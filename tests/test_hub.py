@@ -1,0 +1,382 @@
+"""save_pretrained / from_pretrained / push_to_hub: round trips, strict loading, bad files, atomic writes, Hub."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import ofas_wrap
+from ofas_wrap import CheckpointError, OFASModel
+from ofas_wrap._hub import _sha256
+
+SIZE = (3, 16, 16)
+
+
+def randomize(model: OFASModel, seed: int = 0) -> OFASModel:
+    """Give every weight and batch-norm statistic a distinctive value (a fresh model is too regular)."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {**model.unwrap().state_dict(), **{f"head.{k}": v for k, v in model.head.state_dict().items()}}
+    with torch.no_grad():
+        for name, tensor in state.items():
+            if name.endswith("running_var"):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+            elif tensor.is_floating_point():
+                tensor.add_(torch.randn(tensor.shape, generator=generator) * 0.1)
+            else:
+                tensor.fill_(7)
+    return model.eval()
+
+
+def tiny(seed: int = 0, **kwargs) -> OFASModel:
+    return randomize(ofas_wrap.create_model("cifar:resnet8", input_size=SIZE, **kwargs), seed)
+
+
+def skipping_threshold(model: OFASModel, x: torch.Tensor) -> float:
+    """A threshold that skips some gated blocks but not all, on ``x``."""
+    with torch.no_grad():
+        probs = model.gate_probabilities(x)[1]
+    return float(probs.flatten().sort().values[probs.numel() // 2])
+
+
+def rewrite_weights(folder: Path, change) -> None:
+    """Edit model.safetensors and keep config.json's checksum in step (to reach the strict-loading checks)."""
+    path = folder / "model.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(path))
+    change(tensors)
+    save_file(tensors, str(path), metadata=metadata)
+    edit_config(folder, lambda c: c.update(weights_sha256=_sha256(path)))
+
+
+def edit_config(folder: Path, change) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    change(config)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+class TinyBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return torch.relu(x + self.norm(self.conv(x)))
+
+
+class TinyResNet(nn.Module):
+    """A user's own ResNet that no registry knows."""
+
+    def __init__(self, tied: bool = False) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = nn.Sequential(TinyBlock(8), TinyBlock(8), TinyBlock(8))
+        self.fc = nn.Linear(8, 4)
+        if tied:
+            self.classifier = self.fc  # the same weights under a second name
+
+    def forward(self, x):
+        x = self.blocks(torch.relu(self.stem(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+# ------------------------------------------------------------------------------------------ round trips
+def test_round_trip_restores_weights_threshold_and_outputs(tmp_path):
+    model = tiny(threshold=0.35)
+    folder = model.save_pretrained(tmp_path / "m")
+    loaded = OFASModel.from_pretrained(folder)
+    assert loaded.threshold == model.threshold
+    original = {**model.unwrap().state_dict(), **{f"head.{k}": v for k, v in model.head.state_dict().items()}}
+    restored = {**loaded.unwrap().state_dict(), **{f"head.{k}": v for k, v in loaded.head.state_dict().items()}}
+    assert original.keys() == restored.keys()
+    assert all(torch.equal(original[k], restored[k]) for k in original)
+    x = torch.randn(4, *SIZE)
+    for threshold in (0.0, skipping_threshold(model, x)):
+        model.threshold = loaded.threshold = threshold
+        with torch.no_grad():
+            assert torch.equal(model(x), loaded(x))
+        assert torch.equal(model.last_gates, loaded.last_gates)
+    assert not bool(loaded.last_gates.all())  # the second threshold did skip blocks
+
+
+def test_saved_folder_holds_safetensors_config_and_card(tmp_path):
+    folder = tiny().save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["format"] == "ofas-wrap" and config["format_version"] == 1
+    assert config["ofas_wrap_version"] == ofas_wrap.__version__
+    assert config["backbone"] == {"source": "cifar", "name": "resnet8", "kwargs": {}}
+    assert config["ofas"]["gated_blocks"] == ["layer1.0", "layer2.0", "layer3.0"]
+    card = huggingface_hub.ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "ofas-wrap" and "ofas" in card.data.tags
+
+
+def test_model_card_and_config_carry_metrics_classes_and_datasets(tmp_path):
+    model = tiny()
+    model.config["metrics"] = [{"threshold": 0.0, "accuracy": 0.91, "executed_blocks": 3.0, "latency_ms": 2.5},
+                               {"threshold": 0.6, "accuracy": 0.88, "executed_blocks": 1.7, "latency_ms": 1.4}]
+    names = [f"class{i}" for i in range(10)]
+    folder = model.save_pretrained(tmp_path / "m", class_names=names, datasets=["cifar10"],
+                                   normalization={"mean": [0.5] * 3, "std": [0.25] * 3})
+    card = huggingface_hub.ModelCard.load(folder / "README.md")
+    assert card.data.datasets == ["cifar10"]
+    assert "| threshold | accuracy | executed blocks | latency (ms) |" in card.text
+    assert "| 0.6 | 0.88 | 1.7 | 1.4 |" in card.text
+    loaded = OFASModel.from_pretrained(folder)
+    assert loaded.config["class_names"] == names
+    assert loaded.config["normalization"] == {"mean": [0.5] * 3, "std": [0.25] * 3}
+
+
+def test_bad_metadata_is_refused_before_writing(tmp_path):
+    with pytest.raises(ValueError, match="class_names"):
+        tiny().save_pretrained(tmp_path / "m", class_names=["a", "b"])  # 10 classes
+    with pytest.raises(ValueError, match="normalization"):
+        tiny().save_pretrained(tmp_path / "m", normalization={"mean": [0.5], "std": [0.2]})
+    assert not (tmp_path / "m").exists()
+
+
+def test_plain_cifar_backbone_spec_is_inferred(tmp_path):
+    model = randomize(ofas_wrap.adaptify(ofas_wrap.models.cifar_resnet(8, num_classes=4), input_size=SIZE))
+    folder = model.save_pretrained(tmp_path / "m")
+    loaded = OFASModel.from_pretrained(folder)
+    assert loaded.config["backbone"] == {"source": "cifar", "name": "resnet8",
+                                         "kwargs": {"num_classes": 4, "in_chans": 3}}
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def test_timm_and_torchvision_specs_are_inferred():
+    import timm
+    import torchvision
+
+    assert ofas_wrap._hub.infer_backbone_spec(timm.create_model("resnet10t", num_classes=3)) == {
+        "source": "timm", "name": "resnet10t", "kwargs": {"in_chans": 3, "num_classes": 3}}
+    assert ofas_wrap._hub.infer_backbone_spec(torchvision.models.resnet18(num_classes=5)) == {
+        "source": "torchvision", "name": "resnet18", "kwargs": {"num_classes": 5}}
+
+
+def test_user_backbone_needs_backbone_argument(tmp_path):
+    model = randomize(ofas_wrap.adaptify(TinyResNet(), input_size=SIZE))
+    folder = model.save_pretrained(tmp_path / "m")
+    assert json.loads((folder / "config.json").read_text())["backbone"] is None
+    with pytest.raises(CheckpointError, match=r"backbone=MyResNet"):
+        OFASModel.from_pretrained(folder)
+    loaded = OFASModel.from_pretrained(folder, backbone=TinyResNet())
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def test_tied_weights_are_stored_once_and_restored(tmp_path):
+    model = randomize(ofas_wrap.adaptify(TinyResNet(tied=True), input_size=SIZE))
+    folder = model.save_pretrained(tmp_path / "m")
+    assert "backbone.classifier.weight" not in load_file(str(folder / "model.safetensors"))
+    loaded = OFASModel.from_pretrained(folder, backbone=TinyResNet(tied=True))
+    backbone = loaded.unwrap()
+    assert backbone.classifier.weight is backbone.fc.weight
+    assert torch.equal(backbone.fc.weight, model.unwrap().fc.weight)
+
+
+def test_from_pretrained_returns_eval_model_and_threshold_override(tmp_path):
+    folder = tiny(threshold=0.2).save_pretrained(tmp_path / "m")
+    loaded = OFASModel.from_pretrained(folder, threshold=0.7)
+    assert not loaded.training and abs(loaded.threshold - 0.7) < 1e-6
+
+
+# ----------------------------------------------------------------------------------------- strict load
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.pop("backbone.fc.bias"), r"missing weights \(1\): backbone\.fc\.bias"),
+    (lambda t: t.update({"backbone.extra.weight": torch.zeros(2)}), r"unexpected weights \(1\): backbone\.extra"),
+    (lambda t: t.update({"head.fcs.0.weight": torch.zeros(3, 3)}), r"head\.fcs\.0\.weight: file \[3, 3\] vs model"),
+], ids=["missing", "unexpected", "shape"])
+def test_strict_loading_names_the_offending_weights(tmp_path, change, message):
+    folder = tiny().save_pretrained(tmp_path / "m")
+    rewrite_weights(folder, change)
+    with pytest.raises(CheckpointError, match=message):
+        OFASModel.from_pretrained(folder)
+
+
+def test_config_for_another_backbone_is_an_error(tmp_path):
+    folder = tiny().save_pretrained(tmp_path / "m")
+    with pytest.raises(CheckpointError, match=r"is for backbone cifar:resnet8, but backbone= is cifar:resnet14"):
+        OFASModel.from_pretrained(folder, backbone=ofas_wrap.models.cifar_resnet(14))
+    edit_config(folder, lambda c: c["backbone"].update(name="resnet14"))
+    with pytest.raises(CheckpointError, match=r"for another backbone.*only in the model: \['layer1.1'"):
+        OFASModel.from_pretrained(folder)
+
+
+def test_weights_for_other_num_classes_are_a_shape_error(tmp_path):
+    folder = tiny().save_pretrained(tmp_path / "m")
+    edit_config(folder, lambda c: c["backbone"]["kwargs"].update(num_classes=5))
+    with pytest.raises(CheckpointError, match=r"backbone\.fc\.weight: file \[10, 64\] vs model \[5, 64\]"):
+        OFASModel.from_pretrained(folder)
+
+
+# ------------------------------------------------------------------------------------------- bad files
+def test_truncated_weights_file_is_reported(tmp_path):
+    folder = tiny().save_pretrained(tmp_path / "m")
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors does not match config\.json.*corrupted"):
+        OFASModel.from_pretrained(folder)
+
+
+def test_flipped_bytes_in_weights_are_reported(tmp_path):
+    folder = tiny().save_pretrained(tmp_path / "m")
+    data = bytearray((folder / "model.safetensors").read_bytes())
+    data[-10] ^= 0xFF
+    (folder / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupted"):
+        OFASModel.from_pretrained(folder)
+
+
+def test_unparsable_safetensors_is_reported(tmp_path):
+    folder = tiny().save_pretrained(tmp_path / "m")
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    edit_config(folder, lambda c: c.pop("weights_sha256"))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: not a valid safetensors file"):
+        OFASModel.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.pop("ofas"), r"missing fields \['ofas'\]"),
+    (lambda c: c["ofas"].pop("variant"), r"missing fields \['ofas\.variant'\]"),
+    (lambda c: c.update(format_version=99), r"written by .* in format version 99.*upgrade"),
+], ids=["no-ofas", "no-variant", "newer"])
+def test_bad_config_is_reported_with_the_file_name(tmp_path, change, message):
+    folder = tiny().save_pretrained(tmp_path / "m")
+    edit_config(folder, change)
+    with pytest.raises(CheckpointError, match=r"config\.json: " + message):
+        OFASModel.from_pretrained(folder)
+
+
+def test_config_that_is_not_json_is_reported(tmp_path):
+    folder = tiny().save_pretrained(tmp_path / "m")
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"config\.json: not valid JSON"):
+        OFASModel.from_pretrained(folder)
+
+
+def test_folder_without_model_files_is_reported(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"config\.json is missing"):
+        OFASModel.from_pretrained(tmp_path / "empty")
+
+
+def test_loading_never_unpickles(tmp_path, monkeypatch):
+    folder = tiny().save_pretrained(tmp_path / "m")
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("loading must not unpickle")
+
+    for module, name in ((torch, "load"), (pickle, "load"), (pickle, "loads")):
+        monkeypatch.setattr(module, name, forbidden)
+    OFASModel.from_pretrained(folder)
+
+
+# ---------------------------------------------------------------------------------------- atomic writes
+def failing_save(tensors, path, metadata):
+    Path(path).write_bytes(b"half a file")
+    raise OSError("disk full")
+
+
+def test_failed_save_leaves_the_old_folder_intact(tmp_path, monkeypatch):
+    folder = tiny(seed=1, threshold=0.2).save_pretrained(tmp_path / "m")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    monkeypatch.setattr(ofas_wrap._hub, "_save_safetensors", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        tiny(seed=2, threshold=0.6).save_pretrained(folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary folder left behind
+    assert abs(OFASModel.from_pretrained(folder).threshold - 0.2) < 1e-6
+
+
+def test_failed_first_save_leaves_nothing_loadable(tmp_path, monkeypatch):
+    monkeypatch.setattr(ofas_wrap._hub, "_save_safetensors", failing_save)
+    with pytest.raises(OSError):
+        tiny().save_pretrained(tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_saving_over_a_folder_replaces_the_model_and_keeps_other_files(tmp_path):
+    folder = tiny(seed=1, threshold=0.2).save_pretrained(tmp_path / "m")
+    (folder / "notes.txt").write_text("mine")
+    tiny(seed=2, threshold=0.6).save_pretrained(folder)
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert abs(OFASModel.from_pretrained(folder).threshold - 0.6) < 1e-6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+# ------------------------------------------------------------------------------------------------ Hub
+def test_unknown_repo_id_offline_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read once at import time
+    with pytest.raises(CheckpointError, match=r"'someone/no-such-ofas-model' is not a local folder.*HF_HUB_OFFLINE"):
+        OFASModel.from_pretrained("someone/no-such-ofas-model", cache_dir=tmp_path)
+
+
+def test_path_that_is_neither_folder_nor_repo_id(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither an existing folder nor a valid Hub repo id"):
+        OFASModel.from_pretrained(str(tmp_path / "missing" / "deeper"))
+
+
+class FakeHfApi:
+    """Records what push_to_hub would send, without any network."""
+
+    calls: list = []
+
+    def __init__(self, token=None):
+        self.token = token
+
+    def create_repo(self, repo_id, **kwargs):
+        FakeHfApi.calls.append(("create_repo", repo_id, kwargs))
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        copy = Path(FakeHfApi.target) / "uploaded"
+        shutil.copytree(folder_path, copy)
+        FakeHfApi.calls.append(("upload_folder", repo_id, kwargs))
+        return "commit-info"
+
+
+def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch):
+    FakeHfApi.calls, FakeHfApi.target = [], str(tmp_path)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    model = tiny(threshold=0.4)
+    assert model.push_to_hub("me/resnet8-ofas", private=True, token="t", datasets=["cifar10"]) == "commit-info"
+    (create, repo, create_kwargs), (upload, repo2, upload_kwargs) = FakeHfApi.calls
+    assert (create, repo, repo2) == ("create_repo", "me/resnet8-ofas", "me/resnet8-ofas")
+    assert create_kwargs["private"] is True and create_kwargs["exist_ok"] is True
+    assert upload_kwargs["repo_type"] == "model"
+    uploaded = tmp_path / "uploaded"
+    assert sorted(p.name for p in uploaded.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert 'from_pretrained("me/resnet8-ofas")' in (uploaded / "README.md").read_text()
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        assert torch.equal(OFASModel.from_pretrained(uploaded)(x), model(x))
+
+
+def test_push_to_hub_checks_the_repo_id_first(monkeypatch):
+    monkeypatch.setattr(huggingface_hub, "HfApi", None)  # any use of it would fail
+    with pytest.raises(ValueError, match="invalid Hub repo id 'not a repo'"):
+        tiny().push_to_hub("not a repo")
+
+
+def test_mixin_is_invisible_to_torchscript():
+    scripted = torch.jit.script(tiny())
+    assert not {"save_pretrained", "from_pretrained", "push_to_hub"} & set(scripted._c._method_names())
+    x = torch.randn(1, *SIZE)
+    with torch.no_grad():
+        assert scripted(x).shape == (1, 10)
