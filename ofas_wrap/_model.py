@@ -42,34 +42,40 @@ class GatedBlock(nn.Module):
             return self.after(self.block(x))
         return self.after(mix_gated(gate, self.block(x), self.shortcut(x)))
 
-    def forward_routed(self, x: Tensor, run: Tensor) -> Tensor:
-        """Inference form: ``run`` is a bool ``(batch,)`` tensor on the CPU; skipped samples are not computed.
+    def forward_single(self, x: Tensor, run: bool) -> Tensor:
+        """Inference for a batch of one: a plain branch, the skipped block is not computed."""
+        if run or self.gate_index < 0:
+            return self.after(self.block(x))
+        return self.after(self.shortcut(x))
 
-        A batch of one takes a plain branch; a larger batch runs the block only on the samples that
-        execute it (gather, compute, scatter), with fast paths when all or none of them do.
+    def forward_routed(self, x: Tensor, run: Tensor, executed: int) -> Tensor:
+        """Inference for a batch: ``run`` is a bool ``(batch,)`` tensor on the CPU, ``executed`` its count.
+
+        The block runs only on the samples that execute it (gather, compute, scatter); the others take the
+        shortcut. When all or none of the batch execute it, the batch goes through whole.
         """
         if self.gate_index < 0:
-            return self.after(self.block(x))
-        batch = x.shape[0]
-        if batch == 1:
-            if bool(run[0]):
-                return self.after(self.block(x))
-            return self.after(self.shortcut(x))
-        executed = int(run.sum())
-        if executed == batch:
-            return self.after(self.block(x))
+            executed = x.shape[0]
         if executed == 0:
             return self.after(self.shortcut(x))
-        run_index = run.nonzero().flatten().to(x.device)
-        computed = self.block(x.index_select(0, run_index))
+        batch = x.shape[0]
+        partial = executed < batch
+        inputs = x
+        run_index = torch.empty(0, dtype=torch.long)
+        if partial:
+            run_index = run.nonzero().flatten().to(x.device)
+            inputs = x.index_select(0, run_index)
+        computed = self.block(inputs)  # the block's only call site keeps the scripted graph small
+        if not partial:
+            return self.after(computed)
         if self.identity_shortcut:
-            out = x.clone()
+            out = x.index_copy(0, run_index, computed)
         else:
             skip_index = (~run).nonzero().flatten().to(x.device)
             skipped = self.shortcut(x.index_select(0, skip_index))
             out = computed.new_empty([batch] + list(computed.shape[1:]))
             out.index_copy_(0, skip_index, skipped)
-        out.index_copy_(0, run_index, computed)
+            out.index_copy_(0, run_index, computed)
         return self.after(out)
 
 
@@ -133,6 +139,7 @@ class OFASModel(OFASHubMixin, nn.Module):
         features = self.stem(x)
         return features, self.head(features)
 
+    @torch.jit.unused
     def forward_from_stem(self, features: Tensor, gates: Tensor) -> Tensor:
         """Run the blocks and the tail under given gates, shape ``(batch, num_gates)``.
 
@@ -140,31 +147,46 @@ class OFASModel(OFASHubMixin, nn.Module):
         inference path where skipped blocks are not computed.
         """
         if gates.dtype == torch.bool:
-            decisions = gates.cpu()
-            for block in self.blocks:
-                features = block.forward_routed(features, decisions[:, max(block.gate_index, 0)])
-            return self.tail(features)
+            return self._run_inference(features, gates.cpu())
+        return self._run_training(features, gates)
+
+    def _run_training(self, features: Tensor, gates: Tensor) -> Tensor:
         for block in self.blocks:
             features = block(features, gates[:, max(block.gate_index, 0)])
         return self.tail(features)
 
+    def _run_inference(self, features: Tensor, decisions: Tensor) -> Tensor:
+        """``decisions``: bool (batch, num_gates) on the CPU, read once; skipped blocks are not computed."""
+        if features.shape[0] == 1:
+            row: List[bool] = decisions[0].tolist()
+            for block in self.blocks:
+                features = block.forward_single(features, block.gate_index < 0 or row[block.gate_index])
+            return self.tail(features)
+        counts: List[int] = decisions.sum(0).tolist()
+        for block in self.blocks:
+            index = max(block.gate_index, 0)
+            features = block.forward_routed(features, decisions[:, index], counts[index])
+        return self.tail(features)
+
     def forward(self, x: Tensor) -> Tensor:
+        """Training mode (eager): straight-through gates. Eval mode, and always once scripted: real skipping."""
         features, probs = self.gate_probabilities(x)
         self.last_probs = probs
         forced = self.forced_gate_mask
-        if self.training:
-            if forced is None:
-                gates = straight_through_gates(probs, self.gate_threshold)
-            else:
-                gates = forced.to(device=probs.device, dtype=probs.dtype).expand(probs.shape[0], -1)
-            self.last_gates = gates.detach() > 0.5
-            return self.forward_from_stem(features, gates)
+        if not torch.jit.is_scripting():  # a scripted model keeps the inference path only: half the graph
+            if self.training:
+                if forced is None:
+                    gates = straight_through_gates(probs, self.gate_threshold)
+                else:
+                    gates = forced.to(device=probs.device, dtype=probs.dtype).expand(probs.shape[0], -1)
+                self.last_gates = gates.detach() > 0.5
+                return self._run_training(features, gates)
         if forced is None:
             decisions = (probs >= self.gate_threshold).cpu()  # the one host synchronisation per forward
         else:
             decisions = forced.cpu().expand(probs.shape[0], -1)
         self.last_gates = decisions
-        return self.forward_from_stem(features, decisions)
+        return self._run_inference(features, decisions)
 
     # ------------------------------------------------------------------------------------ utilities
     @torch.jit.unused

@@ -58,10 +58,10 @@ def test_scripted_equals_eager(model, exported, batch, skipping):
 def test_scripted_graph_keeps_the_gates_as_branches(exported):
     scripted, _ = ofas_wrap.load_torchscript(exported)
     for name, block in scripted.blocks.named_children():
-        routed = block._c._get_method("forward_routed").graph
-        text = str(routed)
-        assert "prim::If" in text, name  # batch of one: a real if/else around the block
-        assert "aten::index_select" in text and "aten::index_copy_" in text, name  # per-sample routing
+        single = str(block._c._get_method("forward_single").graph)
+        routed = str(block._c._get_method("forward_routed").graph)
+        assert "prim::If" in single, name  # batch of one: a real if/else around the block
+        assert "aten::index_select" in routed and "aten::index_copy" in routed, name  # per-sample routing
 
 
 def test_config_travels_in_the_file(model, exported):

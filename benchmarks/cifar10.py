@@ -1,0 +1,343 @@
+"""The paper's Table III setting on CIFAR-10, scaled to the machine: accuracy / latency of OFAS and its rivals.
+
+Trains, with one fixed budget (flags), and evaluates on the test split:
+
+* ``original``: the backbone (``cifar:resnet38`` by default) with ``recipes/train_backbone.py``;
+* ``ofas_e2e``: OFAS end to end from it (``recipes/e2e_finetune.py``), then ``ofas_rl``: the RL phase
+  (``recipes/rl_finetune.py``); both evaluated over the threshold sweep with ``recipes/evaluate.py``, T chosen on
+  the validation split carved from train (never on test);
+* ``early_exit``: BranchyNet-style exits after each stage (``benchmarks/baselines.py``), entropy thresholds;
+* ``static``: shallower plain ResNets (``cifar:resnet20/26/32``) trained with the same budget: the accuracy you
+  get by simply picking a smaller network of a given latency.
+
+Every run folder is reused when it is complete, so an interrupted benchmark continues where it stopped. Latency
+is batch 1, TorchScript, on this machine's CPU with ``--threads`` intra-op threads, the median over
+``--latency-samples`` test images. Writes ``OUT/cifar10.json`` (``rows``: method, threshold, top1,
+executed_blocks, mflops, latency_ms, ...), ``OUT/cifar10.md`` and ``OUT/cifar10.png``.
+
+    python benchmarks/cifar10.py --work runs/cifar10 --out docs/results            # the documented CPU budget
+    python benchmarks/cifar10.py --epochs 200 --e2e-epochs 50 --rl-epochs 20 ...   # a GPU user's full schedule
+    python benchmarks/cifar10.py --smoke --data DIR --work /tmp/w --out /tmp/o     # a seconds-long check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+THRESHOLDS = "0.3:0.8:0.05"
+ENTROPY_THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2)
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="CIFAR-10 imagefolder or its .tar.gz")
+    parser.add_argument("--work", default="runs/cifar10", help="folder of the training runs (reused when complete)")
+    parser.add_argument("--out", default="docs/results", help="where cifar10.json / .md / .png go")
+    parser.add_argument("--depth", type=int, default=38, help="the OFAS backbone, cifar:resnetDEPTH")
+    parser.add_argument("--static-depths", type=int, nargs="*", default=[20, 26, 32])
+    parser.add_argument("--epochs", type=int, default=3, help="backbone, static and early-exit training epochs")
+    parser.add_argument("--e2e-epochs", type=int, default=1)
+    parser.add_argument("--rl-epochs", type=int, default=1)
+    parser.add_argument("--train-subset", type=int, default=None, help="training images (after the carve)")
+    parser.add_argument("--val-size", type=int, default=5000, help="images carved from train to choose T")
+    parser.add_argument("--eval-subset", type=int, default=None, help="validation / test images used")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.1, help="backbone / static / early-exit learning rate")
+    parser.add_argument("--e2e-args", default="", help="extra flags for e2e_finetune.py, e.g. '--skip-weight 0.1'")
+    parser.add_argument("--rl-args", default="", help="extra flags for rl_finetune.py")
+    parser.add_argument("--thresholds", default=THRESHOLDS)
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads while timing")
+    parser.add_argument("--latency-samples", type=int, default=64)
+    parser.add_argument("--latency-runs", type=int, default=5)
+    parser.add_argument("--max-drop", type=float, default=1.0, help="accuracy points allowed when choosing T")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["early_exit", "static", "rl"],
+                        help="leave parts out")
+    parser.add_argument("--smoke", action="store_true", help="a seconds-long budget that checks the pipeline")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.depth, args.static_depths, args.epochs, args.e2e_epochs, args.rl_epochs = 8, [8], 1, 1, 1
+        args.train_subset, args.val_size, args.eval_subset = 64, 32, 32
+        args.batch_size, args.latency_samples, args.latency_runs, args.thresholds = 32, 2, 1, "0.5"
+    return args
+
+
+# ------------------------------------------------------------------------------------------------ the runs
+def _complete(run: Path) -> bool:
+    return (run / "metrics.json").is_file() and (run / "model.safetensors").is_file()
+
+
+def _recipe(name: str, run: Path, flags: list[str], log: Path) -> float:
+    """Run ``recipes/NAME.py`` into ``run`` (resuming a partial run) and return its wall time in seconds."""
+    if _complete(run):
+        print(f"[cifar10] reuse {run}", flush=True)
+        return float(json.loads((run / "metrics.json").read_text()).get("wall_seconds", math.nan))
+    command = [sys.executable, str(REPO / "recipes" / f"{name}.py"), *flags, "--output", str(run), "--no-progress"]
+    if (run / "checkpoints").is_dir():
+        command.append("--resume")
+    print(f"[cifar10] {' '.join(command)}", flush=True)
+    started = time.time()
+    with open(log, "a") as handle:
+        subprocess.run(command, check=True, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+    return time.time() - started
+
+
+def _evaluate(run: Path, args: argparse.Namespace, baseline: Path, thresholds: str, log: Path) -> dict[str, Any]:
+    out = run / "eval"
+    if not (out / "results.json").is_file():
+        command = [sys.executable, str(REPO / "recipes" / "evaluate.py"), str(run), "--thresholds", thresholds,
+                   "--baseline", str(baseline), "--threads", str(args.threads), "--max-drop", str(args.max_drop),
+                   "--latency-samples", str(args.latency_samples), "--latency-runs", str(args.latency_runs),
+                   "--output", str(out)]
+        if args.eval_subset:
+            command += ["--eval-subset", str(args.eval_subset)]
+        print(f"[cifar10] {' '.join(command)}", flush=True)
+        with open(log, "a") as handle:
+            subprocess.run(command, check=True, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+    return json.loads((out / "results.json").read_text())
+
+
+def _data_flags(args: argparse.Namespace) -> list[str]:
+    flags = ["--dataset", args.data, "--val-size", str(args.val_size), "--batch-size", str(args.batch_size)]
+    if args.train_subset:
+        flags += ["--train-subset", str(args.train_subset)]
+    if args.eval_subset:
+        flags += ["--eval-subset", str(args.eval_subset)]
+    return flags
+
+
+def _ofas_rows(method: str, result: dict[str, Any], seconds: float) -> list[dict[str, Any]]:
+    rows = []
+    for row in result["rows"]:
+        rows.append({
+            "method": method, "threshold": row["threshold"], "top1": row["test_accuracy"],
+            "val_top1": row["val_accuracy"], "executed_blocks": row["executed_blocks"], "mflops": row["mflops"],
+            "latency_ms": row["latency_ms"], "chosen": row["threshold"] == result["chosen_threshold"],
+            "train_seconds": seconds,
+        })
+    return rows
+
+
+def _baseline_row(method: str, result: dict[str, Any], seconds: float, blocks: int) -> dict[str, Any]:
+    base = result["baseline"]
+    return {"method": method, "threshold": None, "top1": base["test_accuracy"], "val_top1": base["val_accuracy"],
+            "executed_blocks": float(blocks), "mflops": base["mflops"], "latency_ms": base["latency_ms"],
+            "chosen": True, "train_seconds": seconds}
+
+
+# ------------------------------------------------------------------------------------------------ early exit
+def _early_exit(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """Train the BranchyNet-style baseline in process and sweep its entropy threshold."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from baselines import EarlyExitResNet, early_exit_loss
+
+    from ofas_wrap import measure_latency
+    from ofas_wrap.data import load_image_data, make_loader
+    from ofas_wrap.models import cifar_resnet
+
+    result_path = work / "early_exit" / "results.json"
+    if result_path.is_file():
+        print(f"[cifar10] reuse {result_path}", flush=True)
+        return json.loads(result_path.read_text())["rows"]
+    torch.manual_seed(0)
+    data = load_image_data(args.data, val_size=args.val_size, train_subset=args.train_subset,
+                           eval_subset=args.eval_subset, split_seed=0)
+    model = EarlyExitResNet(cifar_resnet(args.depth, num_classes=len(data.info.class_names)))
+    loader = make_loader(data.train, args.batch_size, shuffle=True, seed=0, drop_last=True)
+    steps = max(1, args.epochs * len(loader))
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.15)
+    started = time.time()
+    model.train()
+    step = 0
+    for epoch in range(args.epochs):
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        for images, labels in loader:
+            loss = early_exit_loss(model.forward_all(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            if step % 50 == 0:
+                print(f"[early_exit] step {step}/{steps} loss {loss.item():.3f}", flush=True)
+    seconds = time.time() - started
+    model.eval()
+
+    def sweep(split) -> dict[float, dict[str, float]]:
+        out = {}
+        with torch.no_grad():
+            all_exit_logits, all_labels = [], []
+            for images, labels in make_loader(split, 256):
+                all_exit_logits.append(model.forward_all(images))
+                all_labels.append(labels)
+        labels = torch.cat(all_labels)
+        per_exit = [torch.cat([batch[i] for batch in all_exit_logits]) for i in range(len(all_exit_logits[0]))]
+        exit_flops = torch.tensor(model.exit_flops(tuple(data.test.images.shape[1:])), dtype=torch.float64)
+        for threshold in ENTROPY_THRESHOLDS:
+            taken = torch.full((len(labels),), len(per_exit) - 1, dtype=torch.long)
+            for index in reversed(range(len(per_exit) - 1)):
+                probs = F.softmax(per_exit[index], dim=1)
+                entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1)
+                taken = torch.where(entropy < threshold, torch.full_like(taken, index), taken)
+            predictions = torch.stack([per_exit[e][i].argmax() for i, e in enumerate(taken.tolist())])
+            per_stage = (args.depth - 2) // 6
+            blocks_per_exit = torch.tensor([per_stage * (i + 1) for i in range(len(per_exit))], dtype=torch.float64)
+            out[threshold] = {"top1": (predictions == labels).double().mean().item(),
+                              "mflops": exit_flops[taken].mean().item() / 1e6,
+                              "executed_blocks": blocks_per_exit[taken].mean().item()}
+        return out
+
+    val, test = sweep(data.val), sweep(data.test)
+    scripted = torch.jit.script(model)
+    images = data.test.__getitems__(list(range(min(args.latency_samples, len(data.test)))))[0]
+    rows = []
+    for threshold in ENTROPY_THRESHOLDS:
+        scripted.threshold = threshold
+        times = [measure_latency(scripted, images[i:i + 1], runs=args.latency_runs, warmup=1,
+                                 threads=args.threads).median_ms for i in range(len(images))]
+        rows.append({"method": "early_exit", "threshold": threshold, "top1": test[threshold]["top1"],
+                     "val_top1": val[threshold]["top1"], "executed_blocks": test[threshold]["executed_blocks"],
+                     "mflops": test[threshold]["mflops"], "latency_ms": float(torch.tensor(times).median()),
+                     "chosen": False, "train_seconds": seconds})
+    result_path.parent.mkdir(parents=True, exist_ok=True)
+    result_path.write_text(json.dumps({"rows": rows}, indent=2))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ the report
+def _choose(rows: list[dict[str, Any]], reference_val: float, max_drop: float) -> None:
+    """Mark the row with the lowest latency whose validation accuracy is within max_drop points."""
+    eligible = [r for r in rows if r["val_top1"] is not None and r["val_top1"] >= reference_val - max_drop / 100]
+    for row in rows:
+        row["chosen"] = False
+    if eligible:
+        min(eligible, key=lambda r: r["latency_ms"])["chosen"] = True
+
+
+def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    original = next(r for r in rows if r["method"] == "original")
+    lines = [
+        "| method | T | top-1 (%) | Δ top-1 (pp) | executed blocks | MFLOPs | latency (ms) | Δ latency | train time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        if row["method"] not in ("original",) and not row.get("chosen") and not row["method"].startswith("static"):
+            continue
+        threshold = "-" if row["threshold"] is None else f"{row['threshold']:.2f}"
+        latency = row["latency_ms"]
+        lines.append(
+            f"| {row['method']} | {threshold} | {100 * row['top1']:.2f} "
+            f"| {100 * (row['top1'] - original['top1']):+.2f} "
+            f"| {row['executed_blocks']:.2f} | {row['mflops']:.2f} | {latency:.2f} "
+            f"| {100 * (latency / original['latency_ms'] - 1):+.1f} % | {row['train_seconds'] / 60:.1f} min |"
+        )
+    lines += ["", f"Budget: {meta['budget']}", f"Machine: {meta['machine']}", f"Command: `{meta['command']}`",
+              f"Commit: {meta['commit']}"]
+    return "\n".join(lines)
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    styles = {"ofas_e2e": ("tab:blue", "o-"), "ofas_rl": ("tab:red", "s-"), "early_exit": ("tab:green", "^-")}
+    for axis, key, label in ((axes[0], "latency_ms", "batch-1 CPU latency (ms)"), (axes[1], "mflops", "MFLOPs")):
+        for method, (color, style) in styles.items():
+            points = sorted((r[key], 100 * r["top1"]) for r in rows if r["method"] == method)
+            if points:
+                axis.plot(*zip(*points), style, color=color, label=method, markersize=4)
+        static = sorted((r[key], 100 * r["top1"], r["method"]) for r in rows
+                        if r["method"].startswith("static") or r["method"] == "original")
+        axis.plot([s[0] for s in static], [s[1] for s in static], "D--", color="gray", label="static ResNets")
+        original = next(r for r in rows if r["method"] == "original")
+        axis.axhline(100 * original["top1"], color="black", linewidth=0.8, linestyle=":")
+        axis.axvline(original[key], color="black", linewidth=0.8, linestyle=":")
+        axis.annotate("original", (original[key], 100 * original["top1"]))
+        axis.set_xlabel(label)
+        axis.set_ylabel("top-1 (%)")
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    figure.suptitle("CIFAR-10 (JPEG copy), accuracy against cost, with and without RL")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    work, out = Path(args.work).resolve(), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    log = work / "benchmark.log"
+    data = _data_flags(args)
+    spec = f"cifar:resnet{args.depth}"
+    backbone_flags = ["--lr", str(args.lr), "--weight-decay", "5e-4", "--epochs", str(args.epochs)]
+
+    original = work / "original"
+    seconds = {"original": _recipe("train_backbone", original, ["--model", spec, *data, *backbone_flags], log)}
+    seconds["ofas_e2e"] = _recipe("e2e_finetune", work / "e2e", ["--init", str(original), "--variant", "auto",
+                                                                  "--epochs", str(args.e2e_epochs), *data,
+                                                                  *args.e2e_args.split()], log)
+    results = {"ofas_e2e": _evaluate(work / "e2e", args, original, args.thresholds, log)}
+    if "rl" not in args.skip:
+        seconds["ofas_rl"] = _recipe("rl_finetune", work / "rl", ["--init", str(work / "e2e"), "--epochs",
+                                                                   str(args.rl_epochs), *data, *args.rl_args.split()],
+                                     log)
+        results["ofas_rl"] = _evaluate(work / "rl", args, original, args.thresholds, log)
+
+    num_blocks = results["ofas_e2e"]["all_blocks"]["num_blocks"]
+    rows = [_baseline_row("original", results["ofas_e2e"], seconds["original"], num_blocks)]
+    for method, result in results.items():
+        rows += _ofas_rows(method, result, seconds[method])
+    if "static" not in args.skip:
+        for depth in args.static_depths:
+            run = work / f"static_resnet{depth}"
+            took = _recipe("train_backbone", run, ["--model", f"cifar:resnet{depth}", *data, *backbone_flags], log)
+            result = _evaluate(run, args, run, "0.5", log)
+            rows.append(_baseline_row(f"static_resnet{depth}", result, took, 3 * (depth - 2) // 6))
+    if "early_exit" not in args.skip:
+        rows += _early_exit(args, work)
+
+    original_row = rows[0]
+    for method in ("ofas_e2e", "ofas_rl", "early_exit"):
+        _choose([r for r in rows if r["method"] == method], original_row["val_top1"], args.max_drop)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=REPO).stdout.strip()
+    meta = {
+        "budget": (f"backbone/static/early-exit {args.epochs} epochs, e2e {args.e2e_epochs}, RL {args.rl_epochs}, "
+                   f"batch {args.batch_size}, train subset {args.train_subset or 'all'} after carving "
+                   f"{args.val_size} validation images; T chosen on validation (largest latency cut within "
+                   f"{args.max_drop} pp of the original's validation accuracy)"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"latency with {args.threads} thread(s), batch 1, TorchScript, median over "
+                   f"{args.latency_samples} test images",
+        "command": "python benchmarks/cifar10.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "commit": commit,
+    }
+    (out / "cifar10.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (out / "cifar10.md").write_text(_markdown(rows, meta) + "\n")
+    _plot(rows, out / "cifar10.png")
+    print(_markdown(rows, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

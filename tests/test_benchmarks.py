@@ -1,0 +1,53 @@
+"""benchmarks/latency.py runs end to end on a tiny budget and writes the documented JSON (issue 5).
+
+No time is asserted: the values are only checked to be finite and positive.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+from benchmarks.latency import ModelSpec  # noqa: E402
+
+
+def test_model_spec_parsing() -> None:
+    assert ModelSpec.parse("cifar:resnet38") == ModelSpec("cifar:resnet38", 32, 32)
+    assert ModelSpec.parse("torchvision:resnet50") == ModelSpec("torchvision:resnet50", 224, 112)
+    assert ModelSpec.parse("timm:resnet50@96") == ModelSpec("timm:resnet50", 96, 96)
+    assert ModelSpec.parse("timm:resnet50@96/48") == ModelSpec("timm:resnet50", 96, 48)
+    with pytest.raises(ValueError):
+        ModelSpec.parse("cifar:resnet20@4")
+
+
+def test_latency_smoke_writes_the_documented_json(tmp_path) -> None:
+    json_path = tmp_path / "latency.json"
+    out_dir = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [sys.executable, os.path.join("benchmarks", "latency.py"), "--smoke", "--threads", "1",
+         "--json", str(json_path), "--out", str(out_dir)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "| model |" in completed.stdout  # the Markdown table
+    results = json.loads(json_path.read_text())
+    assert list(results) == ["cifar:resnet20"]
+    for entry in results.values():
+        values = [entry["overhead_ratio"], entry["skipnet_over_ofas"]]
+        assert set(entry["skip_efficiency"]) == {"0.25", "0.5", "0.75"}
+        assert set(entry["routing_vs_ideal"]) == {"32", "256"}
+        values += list(entry["skip_efficiency"].values()) + list(entry["routing_vs_ideal"].values())
+        for value in values:
+            assert isinstance(value, float) and math.isfinite(value) and value > 0, values
+        assert entry["details"]["threads"] == 1
+    for name in ("latency.md", "latency.csv", "latency.json"):
+        assert (out_dir / name).stat().st_size > 0
+    assert json.loads((out_dir / "latency.json").read_text()).keys() == results.keys()
