@@ -222,12 +222,16 @@ def _early_exit(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------------------ the report
 def _choose(rows: list[dict[str, Any]], reference_val: float, max_drop: float) -> None:
-    """Mark the row with the lowest latency whose validation accuracy is within max_drop points."""
+    """Mark the row with the lowest latency whose validation accuracy is within max_drop points (in pp)."""
     eligible = [r for r in rows if r["val_top1"] is not None and r["val_top1"] >= reference_val - max_drop / 100]
     for row in rows:
         row["chosen"] = False
     if eligible:
         min(eligible, key=lambda r: r["latency_ms"])["chosen"] = True
+    elif rows:  # nothing within max_drop: report the most accurate setting on validation, said as such
+        best = max(rows, key=lambda r: r["val_top1"] if r["val_top1"] is not None else -1.0)
+        best["chosen"] = True
+        best["note"] = f"no setting within {max_drop} pp on validation; the most accurate one"
 
 
 def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:

@@ -1,0 +1,67 @@
+"""The CIFAR ResNets and backbone spec strings."""
+
+import pytest
+import timm
+import torch
+
+import ofas_wrap
+from ofas_wrap.models import CifarResNet, cifar_resnet, create_backbone, default_input_size, parse_backbone_spec
+
+
+@pytest.mark.parametrize("depth", [20, 26, 32, 38, 44, 56, 110])
+def test_cifar_resnet_has_three_stages_of_n_blocks(depth):
+    model = cifar_resnet(depth)
+    blocks_per_stage = (depth - 2) // 6
+    assert [len(stage) for stage in (model.layer1, model.layer2, model.layer3)] == [blocks_per_stage] * 3
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) + 1 == depth  # 3x3 convs + the classifier = the nominal depth
+
+
+def test_cifar_resnet_grey_input_and_classes():
+    model = cifar_resnet(20, num_classes=100, in_chans=1)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 100)
+
+
+def test_cifar_resnet_rejects_bad_depth():
+    with pytest.raises(ValueError, match="6n\\+2"):
+        cifar_resnet(21)
+
+
+def test_cifar_resnets_are_registered_with_timm():
+    model = timm.create_model("cifar_resnet38", num_classes=7, in_chans=1)
+    assert isinstance(model, CifarResNet) and model.depth == 38
+    assert model.fc.out_features == 7 and model.conv1.in_channels == 1
+    with pytest.raises(ValueError, match="no published pretrained weights"):
+        timm.create_model("cifar_resnet20", pretrained=True)
+
+
+@pytest.mark.parametrize("spec,kind", [("cifar:resnet20", "CifarResNet"), ("timm:resnet18", "ResNet"),
+                                        ("torchvision:resnet18", "ResNet")])
+def test_spec_strings_build_backbones(spec, kind):
+    assert type(create_backbone(spec, num_classes=3)).__name__ == kind
+
+
+@pytest.mark.parametrize("spec,message", [("resnet50", "SOURCE:NAME"), ("keras:resnet50", "unknown backbone source"),
+                                           ("cifar:wide", "resnetDEPTH"), ("timm:", "no model name")])
+def test_bad_spec_strings_say_what_is_wrong(spec, message):
+    with pytest.raises(ValueError, match=message):
+        parse_backbone_spec(spec)
+
+
+def test_unknown_model_names_are_clear_errors():
+    with pytest.raises(ValueError, match="timm has no model"):
+        create_backbone("timm:resnet9999")
+    with pytest.raises(ValueError, match="torchvision has no"):
+        create_backbone("torchvision:resnet9999")
+
+
+def test_default_input_sizes():
+    assert default_input_size(cifar_resnet(20, in_chans=1)) == (1, 32, 32)
+    assert default_input_size(timm.create_model("resnet18")) == (3, 224, 224)
+
+
+def test_create_model_records_the_spec():
+    model = ofas_wrap.create_model("cifar:resnet20", num_classes=5, in_chans=1, variant="I")
+    assert model.config["backbone"] == {"source": "cifar", "name": "resnet20",
+                                        "kwargs": {"num_classes": 5, "in_chans": 1}}
+    assert model.plan.input_size == (1, 32, 32)
