@@ -7,7 +7,7 @@ Example:
     torch.Size([1, 10])
 """
 
-from . import models
+from . import data, models, rl
 from ._bench import LatencyResult, SweepResult, format_sweep, measure_latency, sweep_thresholds
 from ._errors import SurgeryError
 from ._export import export_program, export_torchscript, load_torchscript
@@ -35,6 +35,8 @@ __all__ = [
     "straight_through_gates",
     "mix_gated",
     "models",
+    "data",
+    "rl",
     "CheckpointError",
     "export_torchscript",
     "load_torchscript",

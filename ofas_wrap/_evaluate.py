@@ -1,0 +1,364 @@
+"""The threshold sweep of ``recipes/evaluate.py``: accuracy, executed blocks, FLOPs and latency per T.
+
+For every threshold T: top-1 accuracy on the validation split (carved from train, used to *choose* T) and on the
+test split (reported, never used for a choice), mean executed blocks and MFLOPs per test image, and the mean
+batch-1 latency of the TorchScript export on this machine (the median of ``--latency-runs`` timed runs per image,
+averaged over ``--latency-samples`` test images, since the executed blocks depend on the image). The original
+backbone (the ``train_backbone`` run at the root of the ``--init`` chain, or ``--baseline RUN``) is measured the
+same way and marked on the plots. Writes ``results.csv``, ``results.json``, ``accuracy_vs_cost.png`` and the
+TorchScript model at the chosen T into ``--output`` (default ``RUN/eval``).
+
+Example:
+    >>> from ofas_wrap._evaluate import parse_thresholds
+    >>> parse_thresholds("0.3:0.5:0.1")
+    [0.3, 0.4, 0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ._training import RunError, _write_json, evaluate_classifier, read_run
+from .data import DataError, load_image_data, make_loader
+
+__all__ = ["parse_thresholds", "evaluate_parser", "evaluate_run", "format_table", "choose_threshold"]
+
+
+def parse_thresholds(text: str) -> list[float]:
+    """``"0.3:0.8:0.05"`` (start:stop:step, stop included) or ``"0.3,0.5,0.7"``; values in [0, 1).
+
+    Example:
+        >>> parse_thresholds("0,0.5,0.7")
+        [0.0, 0.5, 0.7]
+    """
+    try:
+        if ":" in text:
+            start, stop, step = (float(v) for v in text.split(":"))
+            if step <= 0:
+                raise ValueError
+            count = int(math.floor((stop - start) / step + 1e-9)) + 1
+            values = [round(start + i * step, 6) for i in range(max(count, 0))]
+        else:
+            values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--thresholds takes START:STOP:STEP or a comma list, got {text!r}") from None
+    bad = [v for v in values if not 0.0 <= v < 1.0]
+    if not values or bad:
+        raise argparse.ArgumentTypeError(f"thresholds must lie in [0, 1) (Eq. 1), got {values}")
+    return sorted(set(values))
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    """Flags of ``recipes/evaluate.py``."""
+    parser = argparse.ArgumentParser(description="Accuracy / executed blocks / FLOPs / latency of an OFAS run per "
+                                                 "threshold T, with the original backbone marked.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("run", help="run folder (a saved OFAS model; its data.json / args.json give the data)")
+    parser.add_argument("--thresholds", type=parse_thresholds, default=parse_thresholds("0.3:0.8:0.05"),
+                        help="START:STOP:STEP or a comma list")
+    parser.add_argument("--output", default=None, help="where to write the results (default RUN/eval)")
+    parser.add_argument("--baseline", default=None,
+                        help="run folder of the original backbone (default: the train_backbone run found through "
+                             "the --init chain, else the run's own backbone)")
+    parser.add_argument("--dataset", default=None, help="override the run's dataset (same splits otherwise)")
+    parser.add_argument("--eval-subset", type=int, default=None, help="use only N validation / test images")
+    parser.add_argument("--batch-size", type=int, default=256, help="for the accuracy passes")
+    parser.add_argument("--max-drop", type=float, default=1.0,
+                        help="choose the largest T whose validation accuracy is within this many points of T=0")
+    parser.add_argument("--export-threshold", type=float, default=None, help="export at this T instead")
+    parser.add_argument("--latency-samples", type=int, default=32, help="test images timed per threshold (0: none)")
+    parser.add_argument("--latency-runs", type=int, default=10, help="timed runs per image")
+    parser.add_argument("--latency-warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads while timing")
+    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--cpu", action="store_true", help="force the CPU")
+    return parser
+
+
+def _find_baseline(run: dict[str, Any], explicit: Optional[str]) -> Optional[Path]:
+    if explicit:
+        read_run(explicit)
+        return Path(explicit)
+    seen = set()
+    current = run
+    while current is not None:
+        args = current.get("args") or {}
+        if args.get("phase") == "train_backbone":
+            return Path(current["path"])
+        init = args.get("init")
+        if not init or init in seen:
+            return None
+        seen.add(init)
+        try:
+            current = read_run(init)
+        except RunError:
+            return None
+    return None
+
+
+def choose_threshold(rows: Sequence[dict[str, Any]], reference: float, max_drop: float) -> float:
+    """The largest T whose validation accuracy is at least ``reference - max_drop`` points (validation only).
+
+    Example:
+        >>> rows = [{"threshold": 0.3, "val_accuracy": 0.91}, {"threshold": 0.5, "val_accuracy": 0.905},
+        ...         {"threshold": 0.7, "val_accuracy": 0.85}]
+        >>> choose_threshold(rows, reference=0.91, max_drop=1.0)
+        0.5
+    """
+    ok = [r["threshold"] for r in rows if r["val_accuracy"] * 100 >= reference * 100 - max_drop - 1e-9]
+    return max(ok) if ok else min(r["threshold"] for r in rows)
+
+
+def _latency_ms(module: Any, images: torch.Tensor, runs: int, warmup: int, threads: int) -> tuple[float, float]:
+    from ._bench import measure_latency
+
+    medians = []
+    for index in range(images.shape[0]):
+        result = measure_latency(module, images[index:index + 1], runs=runs, warmup=warmup, threads=threads)
+        medians.append(result.median_ms)
+    ordered = sorted(medians)
+    return sum(medians) / len(medians), ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+
+
+def _script_backbone(backbone: nn.Module, example: torch.Tensor) -> Any:
+    backbone.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.script(backbone)
+    except Exception:  # some timm / user backbones do not script: a trace is exact for a static network
+        with torch.no_grad():
+            return torch.jit.trace(backbone, example)
+
+
+def format_table(rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, Any]] = None,
+                 chosen: Optional[float] = None) -> str:
+    """The per-threshold results as a text table (what ``evaluate.py`` prints)."""
+    header = f"{'T':>5} {'val acc':>8} {'test acc':>8} {'blocks':>11} {'MFLOPs':>8} {'latency ms':>10}"
+    lines = [header, "-" * len(header)]
+
+    def fmt(value, spec):
+        return format(value, spec) if isinstance(value, (int, float)) else "-"
+
+    for row in rows:
+        mark = "  <- chosen on validation" if chosen is not None and row["threshold"] == chosen else ""
+        blocks = f"{row['executed_blocks']:.2f}/{row['num_blocks']}"
+        lines.append(f"{row['threshold']:>5.2f} {fmt(row.get('val_accuracy'), '8.4f')} "
+                     f"{fmt(row['test_accuracy'], '8.4f')} {blocks:>11} {row['mflops']:>8.2f} "
+                     f"{fmt(row.get('latency_ms'), '10.3f')}{mark}")
+    if baseline:
+        blocks = f"{baseline['num_blocks']}/{baseline['num_blocks']}"
+        lines.append(f"{'orig':>5} {fmt(baseline.get('val_accuracy'), '8.4f')} "
+                     f"{fmt(baseline['test_accuracy'], '8.4f')} {blocks:>11} {baseline['mflops']:>8.2f} "
+                     f"{fmt(baseline.get('latency_ms'), '10.3f')}  original backbone ({baseline['source']})")
+    return "\n".join(lines)
+
+
+def _plot(rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    have_latency = all(r.get("latency_ms") is not None for r in rows)
+    axes_keys = ([("latency_ms", "batch-1 latency (ms, TorchScript, this machine)")] if have_latency else [])
+    axes_keys.append(("mflops", "executed MFLOPs per image"))
+    figure, axes = plt.subplots(1, len(axes_keys), figsize=(5.5 * len(axes_keys), 4.2), squeeze=False)
+    accuracy = [100 * r["test_accuracy"] for r in rows]
+    for axis, (key, label) in zip(axes[0], axes_keys):
+        xs = [r[key] for r in rows]
+        axis.plot(xs, accuracy, "o-", color="tab:blue", label="OFAS, one point per T")
+        for row, x, y in zip(rows, xs, accuracy):
+            axis.annotate(f"{row['threshold']:.2f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if baseline and baseline.get(key) is not None:
+            unit = "ms" if key == "latency_ms" else "MFLOPs"
+            axis.axvline(baseline[key], color="tab:blue", linestyle="--", linewidth=1,
+                         label=f"original backbone: {baseline[key]:.2f} {unit}")
+            axis.axhline(100 * baseline["test_accuracy"], color="tab:red", linestyle="--", linewidth=1,
+                         label=f"original backbone: {100 * baseline['test_accuracy']:.2f}%")
+            axis.plot([baseline[key]], [100 * baseline["test_accuracy"]], "*", color="tab:red", markersize=12)
+        axis.set_xlabel(label)
+        axis.set_ylabel("top-1 test accuracy (%)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, loc="lower right")
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(tmp, dpi=120)
+    plt.close(figure)
+    os.replace(tmp, path)
+
+
+def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """Sweep the thresholds of a run (see the module docstring); returns what ``results.json`` holds.
+
+    Runs under ``python`` and under ``accelerate launch`` (the accuracy passes are sharded and gathered with
+    ``gather_for_metrics``; the latency is measured by the main process alone while the others wait).
+    """
+    from accelerate import Accelerator
+
+    from ._export import export_torchscript
+    from ._model import OFASModel
+
+    args = evaluate_parser().parse_args(argv)
+    run = read_run(args.run)
+    run_args, run_data = run.get("args") or {}, run.get("data") or {}
+    baseline_dir = _find_baseline(run, args.baseline)
+    out_dir = Path(args.output) if args.output else Path(args.run) / "eval"
+    if args.export_threshold is not None and not 0.0 <= args.export_threshold < 1.0:
+        raise RunError(f"--export-threshold must be in [0, 1), got {args.export_threshold}")
+    if args.latency_samples < 0 or args.latency_runs < 1 or args.threads < 1:
+        raise RunError("--latency-samples must be >= 0, --latency-runs and --threads >= 1")
+    dataset = args.dataset or run_args.get("dataset") or run_data.get("source")
+    if not dataset:
+        raise RunError(f"{args.run} records no dataset; pass --dataset")
+
+    accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available())
+    model = OFASModel.from_pretrained(run["path"]).eval()
+    channels = model.config["input_size"][0]
+    with accelerator.main_process_first():
+        data = load_image_data(
+            dataset, in_chans=channels, val_size=run_args.get("val_size", 0.1) if run_args else 0.1,
+            eval_subset=args.eval_subset, split_seed=run_args.get("split_seed", 0) if run_args else 0,
+            image_size=run_args.get("image_size"), augment=False, train_split=run_args.get("train_split") or "train",
+            test_split=run_args.get("test_split"), image_column=run_args.get("image_column"),
+            label_column=run_args.get("label_column"), config_name=run_args.get("dataset_config"),
+            normalization=model.config.get("normalization"),
+        )
+    info = data.info
+    test_loader = accelerator.prepare(make_loader(data.test, args.batch_size))
+    val_loader = accelerator.prepare(make_loader(data.val, args.batch_size)) if len(data.val) else None
+    if len(data.val) == 0:
+        accelerator.print("note: no validation split (--val-size 0 in the run); T is then chosen on nothing but "
+                          "the reference, and reported on test only")
+
+    latency_images = data.test.__getitems__(list(range(min(args.latency_samples, len(data.test)))))[0]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    scripted = None
+    if accelerator.is_main_process and len(latency_images):
+        # script once; the threshold is a buffer of the scripted model, set per T below
+        scripted_path = out_dir / ".sweep.pt"
+        export_torchscript(model, scripted_path, example_input=latency_images[:2])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            scripted = torch.jit.load(str(scripted_path))
+        scripted_path.unlink()
+    for threshold in [0.0] + [t for t in args.thresholds if t != 0.0]:
+        model.threshold = threshold
+        test = evaluate_classifier(accelerator, model, test_loader)
+        val = evaluate_classifier(accelerator, model, val_loader) if val_loader is not None else {}
+        row = {"threshold": threshold, "val_accuracy": val.get("accuracy"), "test_accuracy": test["accuracy"],
+               "executed_blocks": test["executed_blocks"], "num_blocks": len(model.blocks),
+               "executed_gates": test["executed_gates"], "num_gates": model.num_gates, "mflops": test["mflops"],
+               "latency_ms": None, "latency_p90_ms": None, "test_count": test["count"]}
+        if scripted is not None:
+            with torch.no_grad():
+                scripted.gate_threshold.fill_(threshold)
+            row["latency_ms"], row["latency_p90_ms"] = _latency_ms(
+                scripted, latency_images, args.latency_runs, args.latency_warmup, args.threads)
+        accelerator.wait_for_everyone()
+        rows.append(row)
+        accelerator.print(f"T={threshold:.2f}: test acc {row['test_accuracy']:.4f}, blocks "
+                          f"{row['executed_blocks']:.2f}/{row['num_blocks']}, {row['mflops']:.2f} MFLOPs"
+                          + (f", {row['latency_ms']:.3f} ms" if row["latency_ms"] is not None else ""))
+    reference = rows[0]
+    rows_sweep = rows if 0.0 in args.thresholds else rows[1:]
+
+    baseline = _measure_baseline(accelerator, baseline_dir, model, test_loader, val_loader, latency_images, args)
+    if val_loader is not None:
+        chosen = choose_threshold(rows_sweep, reference["val_accuracy"], args.max_drop)
+    else:
+        chosen = min(r["threshold"] for r in rows_sweep)
+    export_t = args.export_threshold if args.export_threshold is not None else chosen
+    result = {
+        "run": str(run["path"]), "dataset": info.source, "test_images": reference["test_count"],
+        "val_images": len(data.val), "threads": args.threads, "latency_samples": len(latency_images),
+        "latency_runs": args.latency_runs, "all_blocks": reference, "rows": rows_sweep, "baseline": baseline,
+        "chosen_threshold": chosen, "choice_rule": f"largest T with validation accuracy >= T=0's - {args.max_drop} "
+                                                   "points", "export_threshold": export_t,
+    }
+    if accelerator.is_main_process:
+        model.threshold = export_t
+        export_path = out_dir / f"model_T{export_t:.2f}.pt"
+        example = latency_images[:2] if len(latency_images) >= 2 else None
+        export_torchscript(model, export_path, example_input=example)
+        result["exported_model"] = str(export_path)
+        _write_csv(out_dir / "results.csv", rows_sweep, baseline)
+        _write_json(out_dir / "results.json", result)
+        if not args.no_plot:
+            plot = out_dir / "accuracy_vs_cost.png"
+            _plot(rows_sweep, baseline, plot, f"{Path(args.run).name}: {info.source} (test split, "
+                                              f"{reference['test_count']} images)")
+            result["plot"] = str(plot)
+        print(format_table(rows_sweep, baseline, chosen))
+        print(f"chosen on validation: T = {chosen:.2f} ({result['choice_rule']})")
+        print(f"exported TorchScript model (T = {export_t:.2f}): {export_path}")
+        print(f"results: {out_dir / 'results.csv'}, {out_dir / 'results.json'}"
+              + (f", {result['plot']}" if "plot" in result else ""))
+    accelerator.wait_for_everyone()
+    return result
+
+
+def _measure_baseline(accelerator, baseline_dir: Optional[Path], model, test_loader, val_loader, latency_images,
+                      args) -> dict[str, Any]:
+    from ._model import OFASModel
+
+    if baseline_dir is not None:
+        source = str(baseline_dir)
+        backbone = OFASModel.from_pretrained(baseline_dir).unwrap().eval()
+    else:
+        source = "the run's own backbone, every block"
+        backbone = model.unwrap().eval()
+    test = evaluate_classifier(accelerator, backbone, test_loader, ofas=False)
+    val = evaluate_classifier(accelerator, backbone, val_loader, ofas=False) if val_loader is not None else {}
+    plan = model.plan
+    baseline = {"source": source, "test_accuracy": test["accuracy"], "val_accuracy": val.get("accuracy"),
+                "mflops": plan.backbone_flops / 1e6, "num_blocks": len(model.blocks), "latency_ms": None,
+                "latency_p90_ms": None}
+    if accelerator.is_main_process and len(latency_images):
+        scripted = _script_backbone(backbone, latency_images[:1])
+        baseline["latency_ms"], baseline["latency_p90_ms"] = _latency_ms(
+            scripted, latency_images, args.latency_runs, args.latency_warmup, args.threads)
+    accelerator.wait_for_everyone()
+    return baseline
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, Any]]) -> None:
+    fields = ["threshold", "val_accuracy", "test_accuracy", "executed_blocks", "num_blocks", "executed_gates",
+              "num_gates", "mflops", "latency_ms", "latency_p90_ms"]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["model"] + fields, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({"model": "ofas", **row})
+        if baseline:
+            writer.writerow({"model": "original", "threshold": "", "executed_blocks": baseline["num_blocks"],
+                             "num_blocks": baseline["num_blocks"], **{k: baseline.get(k) for k in
+                                                                        ("val_accuracy", "test_accuracy", "mflops",
+                                                                         "latency_ms", "latency_p90_ms")}})
+    os.replace(tmp, path)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``recipes/evaluate.py``: exit 2 with a message for a bad run folder, flag or dataset."""
+    import sys
+
+    try:
+        evaluate_run(argv)
+    except (RunError, DataError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+

@@ -1,0 +1,357 @@
+"""The three training phases of the recipes, as importable functions (the ``recipes/*.py`` scripts call them).
+
+- :func:`train_backbone`: plain supervised training of the backbone (SGD + momentum, cosine or step schedule,
+  optional label smoothing); the run folder holds it as an OFAS model at T = 0 (every block runs).
+- :func:`e2e_finetune`: backbone + a fresh OFAS head trained end to end with straight-through gates (Section
+  IV-A), plain cross-entropy plus an optional computation penalty (``--skip-weight``).
+- :func:`rl_finetune`: the RL phase of Section IV-B (Eq. 5-10), see :mod:`ofas_wrap.rl`.
+
+Each takes ``argv`` like the command line and returns the run summary (also in ``OUTPUT/metrics.json``).
+
+Example:
+    >>> from ofas_wrap import _recipes
+    >>> args = _recipes.rl_parser().parse_args(["--init", "runs/e2e", "--output", "runs/rl"])
+    >>> args.flip_prob, args.gamma1, args.gamma2, args.keep_weight, args.policy_loss
+    (0.1, 0.3, 0.9, 0.9, 'paper')
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import rl
+from ._factory import create_model
+from ._gating import straight_through_gates
+from ._model import OFASModel
+from ._surgery import adaptify
+from ._training import RunError, Trainer, build_parser, evaluate_classifier, read_run
+from .data import DataInfo
+
+__all__ = [
+    "backbone_parser",
+    "e2e_parser",
+    "rl_parser",
+    "train_backbone",
+    "e2e_finetune",
+    "rl_finetune",
+    "DEFAULT_SKIP_WEIGHT",
+    "DEFAULT_FREEZE_BN",
+    "DEFAULT_RL_HEAD_LR",
+]
+
+# Defaults chosen by measurement (docs/training.md gives the numbers and the commands).
+DEFAULT_SKIP_WEIGHT = 0.3
+DEFAULT_FREEZE_BN = False
+DEFAULT_RL_HEAD_LR = None
+
+
+# ---------------------------------------------------------------------------------------------- parsers
+def _add_head_args(parser: argparse.ArgumentParser, threshold: float) -> None:
+    group = parser.add_argument_group("OFAS head")
+    group.add_argument("--variant", choices=["I", "II", "auto"], default="auto",
+                       help="OFAS-I (2 FC) or OFAS-II (3 FC); auto = II above 50 layers, as in the paper")
+    group.add_argument("--threshold", type=float, default=threshold, help="T of Eq. 1 used while training")
+    group.add_argument("--no-gate-downsample", action="store_true",
+                       help="leave the blocks with a projection shortcut always on")
+    group.add_argument("--hidden-act", choices=["none", "relu", "gelu", "silu"], default="none",
+                       help="activation between the head's FC layers (none in the paper)")
+    group.add_argument("--gate-bias-init", type=float, default=None,
+                       help="initial bias of the head's last FC (e.g. 2 opens every gate at first)")
+
+
+def backbone_parser() -> argparse.ArgumentParser:
+    """Flags of ``recipes/train_backbone.py``."""
+    parser = build_parser("train_backbone", "Train a backbone with plain supervised learning (no OFAS yet).",
+                          lr=0.1, epochs=30)
+    parser.add_argument("--model", default="cifar:resnet20",
+                        help="backbone spec: cifar:resnetDEPTH, timm:NAME, torchvision:NAME")
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--variant", choices=["I", "II", "auto"], default="auto",
+                        help="the (untrained) OFAS head saved with the backbone; e2e_finetune builds its own")
+    return parser
+
+
+def e2e_parser() -> argparse.ArgumentParser:
+    """Flags of ``recipes/e2e_finetune.py``."""
+    parser = build_parser("e2e_finetune", "Train backbone + OFAS head end to end (straight-through gates).",
+                          lr=0.01, epochs=10)
+    parser.add_argument("--init", default=None, help="run folder of train_backbone (or any saved OFAS model)")
+    parser.add_argument("--model", default=None, help="backbone spec when there is no --init (random weights)")
+    parser.add_argument("--keep-head", action="store_true", help="keep the --init model's OFAS head")
+    parser.add_argument("--head-lr", type=float, default=None, help="learning rate of the head (default: --lr)")
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--skip-weight", type=float, default=DEFAULT_SKIP_WEIGHT,
+                        help="weight of the computation penalty (fraction of gated FLOPs or gates executed); 0 = "
+                             "plain cross-entropy as in the reference code")
+    parser.add_argument("--skip-cost", choices=["flops", "gates"], default="flops",
+                        help="what the penalty counts: executed FLOPs of the gated blocks, or executed gates")
+    _add_head_args(parser, threshold=0.5)
+    return parser
+
+
+def rl_parser() -> argparse.ArgumentParser:
+    """Flags of ``recipes/rl_finetune.py``; the RL constants default to the paper's values (Section IV-B)."""
+    parser = build_parser("rl_finetune", "RL fine-tuning of the OFAS head (Section IV-B, Eq. 5-10).",
+                          lr=0.001, epochs=5)
+    parser.add_argument("--init", required=True, help="run folder of e2e_finetune (a saved OFAS model)")
+    parser.add_argument("--threshold", type=float, default=None, help="T of Eq. 1 (default: the --init model's)")
+    parser.add_argument("--head-lr", type=float, default=DEFAULT_RL_HEAD_LR,
+                        help="learning rate of the head, l_r of Eq. 9 (default: --lr)")
+    group = parser.add_argument_group("RL (paper defaults)")
+    group.add_argument("--policy-loss", choices=["paper", "reinforce"], default="paper",
+                       help="paper: Eq. 9 with p of Eq. 10; reinforce: Bernoulli log-likelihood with a baseline")
+    group.add_argument("--sampling", choices=["explore", "bernoulli"], default="explore",
+                       help="explore: Eq. 5 (flip each head decision with --flip-prob); bernoulli: a ~ Bernoulli(S_L)")
+    group.add_argument("--flip-prob", type=float, default=0.1, help="Eq. 5")
+    group.add_argument("--beta", type=float, default=None, help="Eq. 6 step size (default 0.1 / n)")
+    group.add_argument("--gamma1", type=float, default=0.3, help="Eq. 6 weight of the accuracy reward")
+    group.add_argument("--gamma2", type=float, default=0.9, help="Eq. 6 discount of the next gate's reward")
+    group.add_argument("--keep-weight", type=float, default=0.9, help="Eq. 10 p for an unchanged gate")
+    group.add_argument("--flip-weight", type=float, default=0.1, help="Eq. 10 p for a flipped gate")
+    group.add_argument("--policy-weight", type=float, default=1.0, help="weight of the policy loss")
+    group.add_argument("--ce-weight", type=float, default=1.0,
+                       help="weight of the backbone's cross-entropy under the sampled actions")
+    group.add_argument("--baseline-momentum", type=float, default=0.9,
+                       help="reinforce: running-mean baseline per gate")
+    group.add_argument("--freeze-backbone", action="store_true",
+                       help="train only the head (implies --freeze-bn); by default the backbone keeps training with "
+                            "cross-entropy under the sampled actions, as in the reference implementation")
+    group.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=DEFAULT_FREEZE_BN,
+                       help="keep BatchNorm running statistics fixed during RL (random skip patterns shift them)")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _sgd(groups: Sequence[tuple[Sequence[nn.Parameter], float]], args: argparse.Namespace) -> torch.optim.SGD:
+    param_groups = [{"params": [p for p in params if p.requires_grad], "lr": lr} for params, lr in groups]
+    param_groups = [g for g in param_groups if g["params"]]
+    if not param_groups:
+        raise RunError("nothing to train: every parameter is frozen")
+    return torch.optim.SGD(param_groups, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+
+def _save(model: OFASModel, info: DataInfo) -> Any:
+    datasets = [info.source] if info.kind == "hub" else None
+
+    def save(run_dir: Path) -> None:
+        model.save_pretrained(run_dir, class_names=info.class_names,
+                              normalization={"mean": info.mean, "std": info.std}, datasets=datasets)
+    return save
+
+
+def _load_init(path: str) -> tuple[OFASModel, dict[str, Any]]:
+    run = read_run(path)
+    run["path"] = Path(os.path.abspath(path))  # recorded in args.json: evaluate.py follows the chain from anywhere
+    model = OFASModel.from_pretrained(run["path"])
+    return model, run
+
+
+def _check_classes(model: OFASModel, info: DataInfo) -> None:
+    size = model.config["input_size"]
+    model.eval()
+    with torch.no_grad():
+        out = model.unwrap()(torch.zeros(1, *size))
+    if out.shape[-1] != info.num_classes:
+        raise RunError(f"the --init model predicts {out.shape[-1]} classes but the dataset has {info.num_classes}")
+
+
+def _ofas_eval(trainer: Trainer):
+    def evaluate(module: nn.Module, loader) -> dict[str, float]:
+        target = module.model if isinstance(module, rl.PolicyRollout) else module
+        return evaluate_classifier(trainer.accelerator, target, loader)
+    return evaluate
+
+
+def _head_params(model: OFASModel) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    head = {id(p) for p in model.head.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in head]
+    return list(model.head.parameters()), rest
+
+
+# ----------------------------------------------------------------------------------------------- phases
+def train_backbone(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """Plain supervised training of ``--model`` on ``--dataset``; saves it as an OFAS model at T = 0.
+
+    Example (the command line): ``python recipes/train_backbone.py --model cifar:resnet20 --dataset
+    fashion-mnist --in-chans 1 --epochs 2 --output runs/base``
+    """
+    args = backbone_parser().parse_args(argv)
+    trainer = Trainer(args, "train_backbone")
+    info = trainer.load_data().info
+    model = create_model(args.model, num_classes=info.num_classes, in_chans=info.channels,
+                         input_size=(info.channels, *info.image_size), variant=args.variant, threshold=0.0)
+    backbone = model.unwrap()
+    optimizer = _sgd([(list(backbone.parameters()), args.lr)], args)
+
+    def step(module: nn.Module, batch) -> dict[str, Any]:
+        images, labels = batch
+        logits = module(images)
+        return {"loss": F.cross_entropy(logits, labels, label_smoothing=args.label_smoothing),
+                "logits": logits, "targets": labels}
+
+    def evaluate(module: nn.Module, loader) -> dict[str, float]:
+        return evaluate_classifier(trainer.accelerator, module, loader, ofas=False)
+
+    model.threshold = 0.0
+    return trainer.fit(backbone, optimizer, step, eval_fn=evaluate, save_fn=_save(model, info),
+                       config={"num_classes": info.num_classes})
+
+
+def _gate_costs(model: OFASModel, kind: str) -> Tensor:
+    costs = torch.ones(model.num_gates)
+    if kind == "flops" and model.plan is not None:
+        for block in model.plan:
+            if block.gated:
+                costs[block.gate_index] = float(max(block.flops - block.skip_flops, 0))
+    return costs / costs.sum().clamp_min(1e-12)
+
+
+def e2e_finetune(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """Train the backbone and a fresh OFAS head end to end with straight-through gates (Section IV-A).
+
+    Loss: cross-entropy of the gated network (training mode: the hard 0/1 gates of Eq. 1 forward, the head's
+    gradient through the straight-through estimator) plus ``--skip-weight`` times the executed fraction of the
+    gated FLOPs (or gates), also straight-through.
+
+    Example: ``python recipes/e2e_finetune.py --init runs/base --variant I --epochs 2 --output runs/e2e``
+    """
+    args = e2e_parser().parse_args(argv)
+    if not 0.0 <= args.threshold < 1.0:
+        raise RunError(f"--threshold must be in [0, 1), got {args.threshold}")
+    if args.skip_weight < 0:
+        raise RunError(f"--skip-weight must be >= 0, got {args.skip_weight}")
+    base, init = (None, None)
+    if args.init:
+        base, init = _load_init(args.init)
+        args.init = str(init["path"])
+    elif not args.model:
+        raise RunError("give --init RUN (a trained backbone) or --model SPEC (random weights)")
+    trainer = Trainer(args, "e2e_finetune", init_args=init.get("args") if init else None)
+    channels = base.config["input_size"][0] if base is not None else None
+    info = trainer.load_data(channels, base.config.get("normalization") if base is not None else None).info
+    size = (info.channels, *info.image_size)
+    head_kwargs = dict(variant=args.variant, threshold=args.threshold, gate_downsample=not args.no_gate_downsample,
+                       hidden_act=args.hidden_act, gate_bias_init=args.gate_bias_init, input_size=size)
+    if base is None:
+        model = create_model(args.model, num_classes=info.num_classes, in_chans=info.channels, **head_kwargs)
+    else:
+        _check_classes(base, info)
+        if args.keep_head:
+            model = base
+            model.threshold = args.threshold
+        else:
+            model = adaptify(base.unwrap(), **head_kwargs)
+            model.config["backbone"] = base.config.get("backbone")
+    model.train()
+    head, rest = _head_params(model)
+    optimizer = _sgd([(rest, args.lr), (head, args.head_lr or args.lr)], args)
+    costs = _gate_costs(model, args.skip_cost)
+
+    def step(module: nn.Module, batch) -> dict[str, Any]:
+        images, labels = batch
+        logits = module(images)
+        ce = F.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
+        loss = ce
+        metrics = {"ce": float(ce.detach())}
+        if args.skip_weight > 0:
+            gates = straight_through_gates(model.last_probs, model.gate_threshold)
+            cost = (gates * costs.to(gates.device)).sum(dim=1).mean()
+            loss = ce + args.skip_weight * cost
+            metrics["cost"] = float(cost.detach())
+        skip = 1.0 - float(model.last_gates.float().mean()) if model.num_gates else 0.0
+        return {"loss": loss, "logits": logits, "targets": labels, "skip": skip, "metrics": metrics}
+
+    return trainer.fit(model, optimizer, step, eval_fn=_ofas_eval(trainer), save_fn=_save(model, info),
+                       config={"num_classes": info.num_classes, "num_gates": model.num_gates,
+                               "variant": model.config["variant"]})
+
+
+class RunningMean:
+    """A per-gate exponential moving average (the REINFORCE baseline), checkpointable."""
+
+    def __init__(self, size: int, momentum: float) -> None:
+        self.value = torch.zeros(size)
+        self.momentum = momentum
+        self.initialised = False
+
+    def update(self, batch_mean: Tensor) -> None:
+        batch_mean = batch_mean.detach().cpu().to(self.value.dtype)
+        if not self.initialised:
+            self.value = batch_mean.clone()
+            self.initialised = True
+        else:
+            self.value = self.momentum * self.value + (1 - self.momentum) * batch_mean
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "initialised": self.initialised}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value, self.initialised = state["value"], state["initialised"]
+
+
+def rl_finetune(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """The RL phase of Section IV-B: exploration (Eq. 5), per-gate rewards (Eq. 6-8), policy loss (Eq. 9-10).
+
+    Each step: the head's gates ``g`` at T, actions ``a`` = ``g`` with each gate flipped with probability
+    ``--flip-prob``, the network run under ``a``; the head minimises the policy loss, and (unless
+    ``--freeze-backbone``) the backbone minimises the cross-entropy under ``a``.
+
+    Example: ``python recipes/rl_finetune.py --init runs/e2e --epochs 1 --output runs/rl``
+    """
+    args = rl_parser().parse_args(argv)
+    for name in ("flip_prob", "keep_weight", "flip_weight"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise RunError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    model, init = _load_init(args.init)
+    args.init = str(init["path"])
+    trainer = Trainer(args, "rl_finetune", init_args=init.get("args"))
+    info = trainer.load_data(model.config["input_size"][0], model.config.get("normalization")).info
+    _check_classes(model, info)
+    if args.threshold is not None:
+        model.threshold = args.threshold
+    if model.num_gates == 0:
+        raise RunError("the --init model has no gate to train")
+    freeze_bn = args.freeze_bn or args.freeze_backbone
+    head, rest = _head_params(model)
+    if args.freeze_backbone:
+        for p in rest:
+            p.requires_grad_(False)
+    model.train()
+    optimizer = _sgd([(rest, args.lr), (head, args.head_lr or args.lr)], args)
+    rollout = rl.PolicyRollout(model, flip_prob=args.flip_prob, sampling=args.sampling)
+    baseline = RunningMean(model.num_gates, args.baseline_momentum)
+
+    def step(module: nn.Module, batch) -> dict[str, Any]:
+        images, labels = batch
+        logits, probs, gates, actions = module(images)
+        ce = F.cross_entropy(logits, labels, reduction="none")
+        r_acc = rl.accuracy_reward(logits, labels)
+        rewards = rl.gate_rewards(actions, r_acc, beta=args.beta, gamma1=args.gamma1, gamma2=args.gamma2)
+        if args.policy_loss == "paper":
+            policy = rl.paper_policy_loss(probs, actions, gates, rewards, args.keep_weight, args.flip_weight)
+        else:
+            base = baseline.value.to(rewards.device) if baseline.initialised else None
+            policy = rl.reinforce_loss(probs, actions, rewards, base)
+            baseline.update(rewards.mean(dim=0))
+        loss = args.policy_weight * policy
+        if not args.freeze_backbone:
+            loss = loss + args.ce_weight * ce.mean()
+        skip = 1.0 - float(actions.float().mean())
+        metrics = {"ce": float(ce.detach().mean()), "policy": float(policy.detach()),
+                   "reward": float(rewards.mean()), "head_skip": 1.0 - float(gates.float().mean())}
+        return {"loss": loss, "logits": logits, "targets": labels, "skip": skip, "metrics": metrics}
+
+    train_mode = rl.freeze_batchnorm_statistics if freeze_bn else None
+    extra = (baseline,) if args.policy_loss == "reinforce" else ()
+    return trainer.fit(rollout, optimizer, step, eval_fn=_ofas_eval(trainer), save_fn=_save(model, info),
+                       train_mode_fn=train_mode, extra_state=extra,
+                       config={"num_classes": info.num_classes, "num_gates": model.num_gates,
+                               "threshold": model.threshold, "freeze_bn_effective": freeze_bn})

@@ -1,0 +1,729 @@
+"""Shared machinery of the training recipes: flags, the Accelerator, the loop, checkpoints, the run directory.
+
+Every recipe (``recipes/train_backbone.py``, ``e2e_finetune.py``, ``rl_finetune.py``) builds a parser with
+:func:`build_parser`, a :class:`Trainer`, and calls :meth:`Trainer.fit` with a step function. The loop:
+
+- runs unchanged under ``python`` (one process) and ``accelerate launch --cpu --num_processes 2`` (gloo DDP):
+  ``Accelerator.prepare`` shards the data and wraps the model, ``gather_for_metrics`` collects evaluations;
+- drives the learning-rate schedule by the **global** optimizer step (never the step inside the epoch);
+- checkpoints with ``save_state`` every ``--checkpoint-every`` steps and at each epoch end, atomically (written to
+  a hidden folder, then renamed), keeps the last ``--keep-checkpoints``; ``--resume`` continues from the newest
+  one with the same step count, epoch, position in the epoch, schedule, optimizer and RNG states;
+- stops on a NaN/inf loss before the bad step touches the weights (:class:`NonFiniteLossError`), leaving the last
+  good checkpoint; stops cleanly on SIGINT/SIGTERM at the next step with a checkpoint;
+- writes ``args.json``, ``data.json``, ``metrics.json`` and the model (``save_pretrained``) into ``--output``.
+
+Example (a complete tiny run on IDX files written on the spot):
+    >>> import tempfile, numpy as np, torch
+    >>> from ofas_wrap import data, _training
+    >>> root = tempfile.mkdtemp()
+    >>> for split in ("train", "t10k"):
+    ...     data.write_idx(f"{root}/{split}-images-idx3-ubyte", np.zeros((16, 8, 8), np.uint8))
+    ...     data.write_idx(f"{root}/{split}-labels-idx1-ubyte", np.arange(16, dtype=np.uint8) % 2)
+    >>> args = _training.build_parser("demo").parse_args(
+    ...     ["--dataset", root, "--output", root + "/run", "--max-steps", "2", "--batch-size", "8", "--no-progress"])
+    >>> trainer = _training.Trainer(args, phase="demo")
+    >>> bundle = trainer.load_data()
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    >>> def step(module, batch):
+    ...     x, y = batch
+    ...     logits = module(x)
+    ...     return {"loss": torch.nn.functional.cross_entropy(logits, y), "logits": logits, "targets": y}
+    >>> summary = trainer.fit(net, opt, step, save_fn=lambda run_dir: None)  # doctest: +ELLIPSIS
+    [demo] done: 2 steps, ...
+    run folder: ...
+    >>> summary["global_step"]
+    2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from .data import DataError, ImageData, load_image_data, make_loader
+
+__all__ = [
+    "RunError",
+    "NonFiniteLossError",
+    "TrainingInterrupted",
+    "build_parser",
+    "LRSchedule",
+    "make_scheduler",
+    "TrainState",
+    "Trainer",
+    "evaluate_classifier",
+    "read_run",
+    "DATA_KEYS",
+    "main_guard",
+]
+
+ARGS_NAME = "args.json"
+DATA_NAME = "data.json"
+METRICS_NAME = "metrics.json"
+CHECKPOINTS = "checkpoints"
+LATEST = "LATEST"
+DATA_KEYS = ("dataset", "dataset_config", "in_chans", "val_size", "split_seed", "image_size", "train_split",
+             "test_split", "image_column", "label_column")
+DATA_DEFAULTS = {"in_chans": "auto", "val_size": 0.1, "split_seed": 0, "train_split": "train"}
+
+
+class RunError(ValueError):
+    """A recipe cannot start: a bad flag, an existing output folder, nothing to resume, a bad ``--init`` run."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped before the bad step changed the weights."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM or ``--stop-at-step``: the run saved a checkpoint and stopped; ``--resume`` continues it."""
+
+
+# ------------------------------------------------------------------------------------------------ flags
+def _val_size(text: str) -> Union[int, float]:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--val-size must be >= 0, got {text}")
+    return value if value < 1 else int(value)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def _in_chans(text: str) -> str:
+    if text not in ("auto", "1", "3"):
+        raise argparse.ArgumentTypeError(f"--in-chans must be auto, 1 or 3, got {text}")
+    return text
+
+
+def build_parser(phase: str, description: str = "", *, lr: float = 0.1, epochs: int = 30, batch_size: int = 128,
+                 weight_decay: float = 5e-4) -> argparse.ArgumentParser:
+    """The flags every recipe shares (data, budget, run folder, optimiser); recipes add their own.
+
+    Example:
+        >>> args = build_parser("x").parse_args(["--dataset", "fashion-mnist", "--output", "runs/x", "--epochs", "2"])
+        >>> args.epochs, args.max_steps, args.resume
+        (2, None, False)
+    """
+    parser = argparse.ArgumentParser(description=description or f"ofas-wrap recipe: {phase}",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default=None,
+                      help="Hub id, image folder (train/ test/), archive of one, save_to_disk dir, IDX dir, or "
+                           "'fashion-mnist' (Debian's package); default: the --init run's dataset")
+    data.add_argument("--dataset-config", default=None, help="configuration name of a Hub dataset")
+    data.add_argument("--in-chans", type=_in_chans, default=None,
+                      help="auto (the images' own), 1 (grey) or 3 (grey expanded); default: auto or the --init run's")
+    data.add_argument("--val-size", type=_val_size, default=None,
+                      help="validation images carved from train (count, or fraction < 1), used to choose T; "
+                           "default 0.1")
+    data.add_argument("--split-seed", type=int, default=None, help="seed of the validation carve and subsets (0)")
+    data.add_argument("--image-size", type=int, default=None, help="resize images to N x N")
+    data.add_argument("--train-split", default=None, help="name of the training split (train)")
+    data.add_argument("--test-split", default=None, help="name of the test split (test, validation, ...)")
+    data.add_argument("--image-column", default=None)
+    data.add_argument("--label-column", default=None)
+    data.add_argument("--no-augment", action="store_true", help="no pad-4 random crop + flip on the training split")
+
+    budget = parser.add_argument_group("budget (the same flags in every recipe)")
+    budget.add_argument("--epochs", type=_positive, default=epochs)
+    budget.add_argument("--max-steps", type=_positive, default=None,
+                        help="total optimizer steps; overrides --epochs (the schedule spans exactly these steps)")
+    budget.add_argument("--train-subset", type=_positive, default=None, help="use only N training images")
+    budget.add_argument("--eval-subset", type=_positive, default=None, help="use only N validation / test images")
+    budget.add_argument("--batch-size", type=_positive, default=batch_size, help="per process")
+    budget.add_argument("--eval-batch-size", type=_positive, default=256)
+    budget.add_argument("--seed", type=int, default=0)
+
+    run = parser.add_argument_group("run folder")
+    run.add_argument("--output", required=True, help="run folder: model, args.json, metrics.json, checkpoints/")
+    run.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    run.add_argument("--overwrite", action="store_true", help="delete an existing --output first")
+    run.add_argument("--checkpoint-every", type=_non_negative, default=200,
+                     help="save a checkpoint every N steps (0: only at epoch ends)")
+    run.add_argument("--keep-checkpoints", type=_positive, default=2)
+    run.add_argument("--stop-at-step", type=_positive, default=None,
+                     help="checkpoint and stop after this global step, as if interrupted (the schedule is unchanged)")
+    run.add_argument("--report-to", choices=["none", "tensorboard"], default="none",
+                     help="experiment tracker (logs go to OUTPUT/logs)")
+    run.add_argument("--log-every", type=_positive, default=10, help="record train metrics every N steps")
+    run.add_argument("--eval-every-epoch", action=argparse.BooleanOptionalAction, default=True,
+                     help="evaluate on the validation split at each epoch end")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--cpu", action="store_true", help="force the CPU even when a GPU is present")
+
+    optim = parser.add_argument_group("optimiser (SGD with momentum)")
+    optim.add_argument("--lr", type=float, default=lr)
+    optim.add_argument("--momentum", type=float, default=0.9)
+    optim.add_argument("--weight-decay", type=float, default=weight_decay)
+    optim.add_argument("--schedule", choices=["cosine", "step", "constant"], default="cosine")
+    optim.add_argument("--milestones", type=float, nargs="+", default=[0.5, 0.75],
+                       help="for --schedule step: fractions of the run where the lr is divided by 10")
+    optim.add_argument("--warmup-steps", type=_non_negative, default=0)
+    optim.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm (0: off)")
+    parser.set_defaults(phase=phase)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------- schedule
+@dataclass
+class LRSchedule:
+    """The learning-rate factor as a function of the **global** optimizer step (a picklable ``LambdaLR`` rule).
+
+    Example:
+        >>> rule = LRSchedule("cosine", total_steps=10)
+        >>> [round(rule(s), 3) for s in (0, 5, 10)]
+        [1.0, 0.5, 0.0]
+    """
+
+    kind: str
+    total_steps: int
+    warmup_steps: int = 0
+    milestones: Sequence[float] = (0.5, 0.75)
+
+    def __call__(self, step: int) -> float:
+        if self.warmup_steps and step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.kind == "constant":
+            return 1.0
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, max(0.0, (step - self.warmup_steps) / span))
+        if self.kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if self.kind == "step":
+            return 0.1 ** sum(progress >= m for m in self.milestones)
+        raise ValueError(f"unknown schedule {self.kind!r}")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int, warmup_steps: int = 0,
+                   milestones: Sequence[float] = (0.5, 0.75)) -> torch.optim.lr_scheduler.LambdaLR:
+    """A ``LambdaLR`` stepped once per optimizer step; its ``last_epoch`` is the global step (checkpointed)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, LRSchedule(kind, total_steps, warmup_steps,
+                                                                   tuple(milestones)))
+
+
+# ------------------------------------------------------------------------------------------------ state
+@dataclass
+class TrainState:
+    """Where the run is; registered with ``accelerator.register_for_checkpointing`` so it resumes exactly."""
+
+    global_step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    samples: int = 0
+    train_seconds: float = 0.0
+    history: list = field(default_factory=list)
+    evals: list = field(default_factory=list)
+    resumed_from: list = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            if key in self.__dataclass_fields__:
+                setattr(self, key, value)
+
+
+# --------------------------------------------------------------------------------------------- run dirs
+def read_run(path: Union[str, os.PathLike]) -> dict[str, Any]:
+    """The ``args.json`` / ``data.json`` / ``metrics.json`` of a run folder (those that exist) and its path.
+
+    Raises :class:`RunError` when ``path`` is not a folder holding a saved model (``config.json``).
+    """
+    run = Path(path)
+    if not run.is_dir():
+        raise RunError(f"run folder {run} does not exist")
+    if not (run / "config.json").is_file():
+        raise RunError(f"{run} holds no saved model (config.json); give a run folder written by a recipe or "
+                       "by save_pretrained")
+    out: dict[str, Any] = {"path": run}
+    for key, name in (("args", ARGS_NAME), ("data", DATA_NAME), ("metrics", METRICS_NAME)):
+        if (run / name).is_file():
+            out[key] = json.loads((run / name).read_text())
+    return out
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _fill_data_args(args: argparse.Namespace, init_args: Optional[dict[str, Any]]) -> None:
+    for key in DATA_KEYS:
+        if getattr(args, key, None) is None and init_args is not None and init_args.get(key) is not None:
+            setattr(args, key, init_args[key])
+    for key, value in DATA_DEFAULTS.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+
+
+# ------------------------------------------------------------------------------------------------- eval
+@torch.no_grad()
+def evaluate_classifier(accelerator, model: nn.Module, loader, ofas: Optional[bool] = None) -> dict[str, float]:
+    """Top-1 accuracy (and, for an OFAS model, executed gates / blocks / MFLOPs per sample) over ``loader``.
+
+    ``model`` is the plain (unwrapped) module; ``loader`` a prepared loader (sharded across processes); results
+    are gathered with ``gather_for_metrics`` so duplicated padding samples are not counted twice.
+    """
+    from ._model import OFASModel
+
+    ofas = isinstance(model, OFASModel) if ofas is None else ofas
+    was_training = model.training
+    model.eval()
+    correct = count = 0
+    gates_sum = flops_sum = 0.0
+    try:
+        for images, labels in loader:
+            logits = model(images)
+            predicted = logits.argmax(dim=1)
+            if ofas:
+                gates = model.last_gates.to(torch.bool)
+                executed = gates.sum(dim=1).to(torch.float64).to(predicted.device)
+                flops = model.executed_flops(gates).to(predicted.device)
+                predicted, labels, executed, flops = accelerator.gather_for_metrics(
+                    (predicted, labels, executed, flops))
+                gates_sum += float(executed.sum())
+                flops_sum += float(flops.sum())
+            else:
+                predicted, labels = accelerator.gather_for_metrics((predicted, labels))
+            correct += int((predicted == labels).sum())
+            count += int(labels.numel())
+    finally:
+        model.train(was_training)
+    result = {"accuracy": correct / max(count, 1), "count": count}
+    if ofas:
+        n = max(model.num_gates, 1)
+        result["executed_gates"] = gates_sum / max(count, 1)
+        result["executed_blocks"] = result["executed_gates"] + (len(model.blocks) - model.num_gates)
+        result["skip_ratio"] = 1.0 - result["executed_gates"] / n
+        result["mflops"] = flops_sum / max(count, 1) / 1e6
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+StepFn = Callable[[nn.Module, Any], dict[str, Any]]
+
+
+class Trainer:
+    """One recipe run: validates the run folder, owns the Accelerator, loads data, runs the loop, saves.
+
+    Nothing is written until :meth:`fit` starts (after the data and the model were built), so a bad flag, a
+    missing dataset or an existing output folder fail before the run folder is touched.
+    """
+
+    def __init__(self, args: argparse.Namespace, phase: str, init_args: Optional[dict[str, Any]] = None) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.args = args
+        self.phase = phase
+        _fill_data_args(args, init_args)
+        if not args.dataset:
+            raise RunError("--dataset is required (or --init a run that recorded one)")
+        self.run_dir = Path(args.output)
+        self.checkpoint_root = self.run_dir / CHECKPOINTS
+        self.resume_from: Optional[Path] = None
+        if args.resume and args.overwrite:
+            raise RunError("--resume and --overwrite contradict each other")
+        if args.resume:
+            self.resume_from = self.latest_checkpoint()
+            if self.resume_from is None:
+                raise RunError(f"--resume: no checkpoint in {self.checkpoint_root} to continue from")
+        elif self.run_dir.exists() and any(self.run_dir.iterdir()) and not args.overwrite:
+            raise RunError(f"output folder {self.run_dir} exists and is not empty; pass --resume to continue that run, "
+                           "--overwrite to replace it, or choose another --output")
+        if args.stop_at_step is not None and args.max_steps is not None and args.stop_at_step > args.max_steps:
+            raise RunError(f"--stop-at-step {args.stop_at_step} is beyond --max-steps {args.max_steps}")
+        log_with = None if args.report_to == "none" else args.report_to
+        cpu = args.cpu or not torch.cuda.is_available()  # so torchrun / --multi_gpu on a CPU box gives gloo DDP
+        self.accelerator = Accelerator(cpu=cpu, log_with=log_with, project_dir=str(self.run_dir / "logs"))
+        self.is_main = self.accelerator.is_main_process
+        set_seed(args.seed, device_specific=True)  # DDP copies rank 0's initial weights to the other ranks
+        self.state = TrainState()
+        self.data: Optional[ImageData] = None
+        self._stop_signal: Optional[str] = None
+        self.started = time.time()
+
+    # ------------------------------------------------------------------------------------------- data
+    def load_data(self, channels: Optional[int] = None,
+                  normalization: Optional[dict[str, Sequence[float]]] = None) -> ImageData:
+        """Load the dataset (the main process first, so a cache is built once); raises DataError early.
+
+        ``channels`` and ``normalization`` come from an ``--init`` model: its input channels and the normalisation
+        it was trained with (so every phase sees the same inputs whatever its subsets).
+        """
+        args = self.args
+        in_chans: Union[int, str] = args.in_chans
+        if channels is not None:
+            if in_chans not in ("auto", str(channels)):
+                raise RunError(f"--in-chans {in_chans} does not match the model, which takes {channels} channels")
+            in_chans = channels
+        with self.accelerator.main_process_first():
+            self.data = load_image_data(
+                args.dataset, in_chans=in_chans, val_size=args.val_size, train_subset=args.train_subset,
+                eval_subset=args.eval_subset, split_seed=args.split_seed, image_size=args.image_size,
+                augment=not args.no_augment, train_split=args.train_split, test_split=args.test_split,
+                image_column=args.image_column, label_column=args.label_column, config_name=args.dataset_config,
+                normalization=normalization,
+            )
+        if len(self.data.val) == 0 and args.eval_every_epoch:
+            self.print("note: --val-size 0, so the 'validation' numbers come from the test split")
+        return self.data
+
+    # ---------------------------------------------------------------------------------------- helpers
+    def print(self, *parts: Any) -> None:
+        self.accelerator.print(*parts)
+
+    def latest_checkpoint(self) -> Optional[Path]:
+        root = self.checkpoint_root
+        pointer = root / LATEST
+        if pointer.is_file():
+            candidate = root / pointer.read_text().strip()
+            if candidate.is_dir():
+                return candidate
+        found = sorted(p for p in root.glob("step-*") if p.is_dir()) if root.is_dir() else []
+        return found[-1] if found else None
+
+    def save_checkpoint(self) -> Path:
+        """``save_state`` into a hidden folder, then rename it to ``checkpoints/step-NNNNNNNN`` (atomic)."""
+        acc = self.accelerator
+        name = f"step-{self.state.global_step:08d}"
+        final = self.checkpoint_root / name
+        staging = self.checkpoint_root / f".tmp-{name}"
+        if self.is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        acc.wait_for_everyone()
+        # pickled state dicts, not safetensors: OFAS models share tensors between the stem / shortcut graphs
+        # and the backbone's blocks, which safetensors does not round-trip
+        acc.save_state(str(staging), safe_serialization=False)
+        acc.wait_for_everyone()
+        if self.is_main:
+            if final.is_dir():  # the same step saved again (an epoch end right after a periodic save): newer wins
+                stale = self.checkpoint_root / f".old-{name}"
+                shutil.rmtree(stale, ignore_errors=True)
+                os.replace(final, stale)
+                os.replace(staging, final)
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                os.replace(staging, final)
+            pointer = self.checkpoint_root / f".{LATEST}.tmp"
+            pointer.write_text(name + "\n")
+            os.replace(pointer, self.checkpoint_root / LATEST)
+            kept = sorted(p for p in self.checkpoint_root.glob("step-*") if p.is_dir())
+            for old in kept[:-self.args.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def _install_signal_handlers(self) -> dict:
+        previous = {}
+
+        first = [0.0]
+
+        def handler(signum, frame):  # first signal: stop at the next step boundary; a later one: stop now
+            if self._stop_signal is not None:
+                if time.time() - first[0] < 2.0:  # the same Ctrl-C, delivered twice (terminal + a supervisor)
+                    return
+                signal.signal(signum, previous.get(signum, signal.SIG_DFL))
+                raise KeyboardInterrupt
+            first[0] = time.time()
+            self._stop_signal = signal.Signals(signum).name
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread
+                pass
+        return previous
+
+    def _should_stop(self, loss_finite: bool) -> tuple[bool, bool]:
+        flags = torch.tensor([0.0 if loss_finite else 1.0, 1.0 if self._stop_signal else 0.0],
+                             device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            flags = self.accelerator.reduce(flags, reduction="sum")
+        return bool(flags[0] > 0), bool(flags[1] > 0)
+
+    # -------------------------------------------------------------------------------------------- loop
+    def fit(self, module: nn.Module, optimizer: torch.optim.Optimizer, step_fn: StepFn, *,
+            eval_fn: Optional[Callable[[nn.Module, Any], dict[str, float]]] = None,
+            save_fn: Optional[Callable[[Path], None]] = None,
+            train_mode_fn: Optional[Callable[[nn.Module], None]] = None,
+            extra_state: Sequence[Any] = (), config: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        """Train ``module`` with ``optimizer``; ``step_fn(prepared_module, batch)`` returns a dict with ``loss``.
+
+        ``step_fn`` may also return ``logits`` and ``targets`` (for the running accuracy), ``skip`` (fraction of
+        gates skipped) and any float ``metrics``. ``eval_fn(unwrapped_module, val_loader)`` gives the validation
+        metrics at each epoch end and at the end; ``save_fn(run_dir)`` saves the model (main process only);
+        ``train_mode_fn(module)`` is called after ``module.train()`` (e.g. to freeze BatchNorm statistics).
+        Returns the summary also written to ``metrics.json``.
+        """
+        from tqdm.auto import tqdm
+
+        args, acc, state = self.args, self.accelerator, self.state
+        if self.data is None:
+            self.load_data()
+        data = self.data
+        train_loader = make_loader(data.train, args.batch_size, shuffle=True, seed=args.seed)
+        sampler = train_loader.sampler
+        val_loader = make_loader(data.val if len(data.val) else data.test, args.eval_batch_size)
+        module, optimizer, train_loader, val_loader = acc.prepare(module, optimizer, train_loader, val_loader)
+        steps_per_epoch = len(train_loader)
+        if steps_per_epoch == 0:
+            raise DataError("the training split yields no batch")
+        total_steps = args.max_steps or args.epochs * steps_per_epoch
+        num_epochs = math.ceil(total_steps / steps_per_epoch)
+        scheduler = make_scheduler(optimizer.optimizer, args.schedule, total_steps, args.warmup_steps,
+                                   args.milestones)
+        acc.register_for_checkpointing(scheduler, state, *extra_state)
+
+        # ---- the run folder: written from here on
+        if self.resume_from is not None:
+            acc.load_state(str(self.resume_from))
+            state.resumed_from.append(state.global_step)
+            self.print(f"resumed {self.run_dir} from {self.resume_from.name}: step {state.global_step}/{total_steps}, "
+                       f"epoch {state.epoch}, batch {state.step_in_epoch} of {steps_per_epoch}")
+        elif self.is_main:
+            if args.overwrite and self.run_dir.exists():
+                shutil.rmtree(self.run_dir)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        run_args = {**vars(args), "world_size": acc.num_processes, "steps_per_epoch": steps_per_epoch,
+                    "total_steps": total_steps, "num_epochs": num_epochs, **(config or {})}
+        if self.is_main:
+            _write_json(self.run_dir / ARGS_NAME, run_args)
+            _write_json(self.run_dir / DATA_NAME, data.info.to_dict())
+        if args.report_to != "none":
+            hparams = {k: v for k, v in run_args.items() if isinstance(v, (int, float, str, bool))}
+            acc.init_trackers(self.phase, config=hparams)
+
+        self._stop_signal = None
+        previous_handlers = self._install_signal_handlers()
+        bar = tqdm(total=total_steps, initial=state.global_step, disable=not self.is_main or args.no_progress,
+                   desc=self.phase, dynamic_ncols=True, mininterval=1.0)
+        running = {"loss": 0.0, "correct": 0, "count": 0, "skip": 0.0, "skip_n": 0, "steps": 0}
+        stop_reason = None
+        try:
+            while state.global_step < total_steps and stop_reason is None:
+                epoch = state.epoch
+                sampler.set_epoch(epoch)
+                train_loader.set_epoch(epoch)
+                loader = train_loader
+                if state.step_in_epoch:
+                    loader = acc.skip_first_batches(train_loader, state.step_in_epoch)
+                    loader.set_epoch(epoch)
+                module.train()
+                if train_mode_fn is not None:
+                    train_mode_fn(module)
+                for batch in loader:
+                    tick = time.perf_counter()
+                    out = step_fn(module, batch)
+                    loss = out["loss"]
+                    nonfinite, stop_requested = self._should_stop(bool(torch.isfinite(loss.detach()).all()))
+                    if nonfinite:
+                        raise NonFiniteLossError(self._nan_message(float(loss.detach()), total_steps))
+                    optimizer.zero_grad(set_to_none=True)
+                    acc.backward(loss)
+                    if args.grad_clip > 0:
+                        acc.clip_grad_norm_(module.parameters(), args.grad_clip)
+                    optimizer.step()
+                    scheduler.step()
+                    state.train_seconds += time.perf_counter() - tick
+                    state.global_step += 1
+                    state.step_in_epoch += 1
+                    state.samples += int(batch[1].shape[0]) * acc.num_processes
+                    self._accumulate(running, out, loss)
+                    if self.is_main:
+                        bar.update(1)
+                        bar.set_postfix(self._postfix(running, scheduler), refresh=False)
+                    if state.global_step % args.log_every == 0 or state.global_step == total_steps:
+                        self._record(running, scheduler, epoch)
+                    at_end = state.global_step >= total_steps
+                    if args.checkpoint_every and state.global_step % args.checkpoint_every == 0 and not at_end:
+                        self.save_checkpoint()
+                    if args.stop_at_step is not None and state.global_step >= args.stop_at_step and not at_end:
+                        stop_reason = f"--stop-at-step {args.stop_at_step}"
+                    elif stop_requested:
+                        stop_reason = self._stop_signal or "a signal on another process"
+                    if stop_reason or at_end:
+                        break
+                if stop_reason is None and (state.step_in_epoch >= steps_per_epoch or state.global_step >= total_steps):
+                    # epoch end: evaluate, then checkpoint (so a resumed run does not repeat the evaluation)
+                    state.epoch += 1
+                    state.step_in_epoch = 0
+                    if eval_fn is not None and args.eval_every_epoch:
+                        metrics = eval_fn(acc.unwrap_model(module), val_loader)
+                        self._record_eval(metrics, epoch)
+                        module.train()
+                        if train_mode_fn is not None:
+                            train_mode_fn(module)
+                    self.save_checkpoint()
+            if stop_reason is not None:
+                self.save_checkpoint()
+                raise TrainingInterrupted(
+                    f"stopped by {stop_reason} at step {state.global_step}/{total_steps}; checkpoint saved in "
+                    f"{self.latest_checkpoint()}; continue with the same command and --resume"
+                )
+        finally:
+            bar.close()
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+
+        # ---- the end: final evaluation, the model, metrics.json
+        final = {}
+        if state.evals and state.evals[-1]["step"] == state.global_step:
+            final = {k: v for k, v in state.evals[-1].items() if k not in ("step", "epoch")}
+        elif eval_fn is not None:
+            final = eval_fn(acc.unwrap_model(module), val_loader)
+        summary = {
+            "phase": self.phase, "global_step": state.global_step, "total_steps": total_steps,
+            "epochs_completed": state.epoch, "samples_seen": state.samples,
+            "train_seconds": round(state.train_seconds, 2), "wall_seconds": round(time.time() - self.started, 2),
+            "samples_per_second": round(state.samples / max(state.train_seconds, 1e-9), 1),
+            "world_size": acc.num_processes, "resumed_from_steps": state.resumed_from,
+            "final_val": final, "evals": state.evals, "history": state.history,
+        }
+        if args.report_to != "none":
+            acc.log({f"final/{k}": v for k, v in final.items() if isinstance(v, (int, float))}, step=state.global_step)
+            acc.end_training()
+        acc.wait_for_everyone()
+        if self.is_main:
+            if save_fn is not None:
+                save_fn(self.run_dir)
+            _write_json(self.run_dir / METRICS_NAME, summary)
+        acc.wait_for_everyone()
+        self.print(self._summary_text(summary))
+        return summary
+
+    # ------------------------------------------------------------------------------------ bookkeeping
+    def _nan_message(self, value: float, total_steps: int) -> str:
+        last = self.latest_checkpoint()
+        where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        step = f"{self.state.global_step + 1}/{total_steps}"
+        return (f"the loss became {value} at step {step} (epoch {self.state.epoch}); "
+                f"the run stopped before this step changed the weights; {where}. Lower --lr (now {self.args.lr}) "
+                "or set --grad-clip, then rerun (with --resume to start from that checkpoint)")
+
+    @staticmethod
+    def _accumulate(running: dict, out: dict, loss: Tensor) -> None:
+        running["loss"] += float(loss.detach())
+        running["steps"] += 1
+        if "logits" in out and "targets" in out:
+            running["correct"] += int((out["logits"].detach().argmax(1) == out["targets"]).sum())
+            running["count"] += int(out["targets"].numel())
+        if out.get("skip") is not None:
+            running["skip"] += float(out["skip"])
+            running["skip_n"] += 1
+        for key, value in (out.get("metrics") or {}).items():
+            running.setdefault(f"m:{key}", 0.0)
+            running[f"m:{key}"] += float(value)
+
+    @staticmethod
+    def _means(running: dict) -> dict[str, float]:
+        steps = max(running["steps"], 1)
+        means = {"loss": running["loss"] / steps}
+        if running["count"]:
+            means["acc"] = running["correct"] / running["count"]
+        if running["skip_n"]:
+            means["skip"] = running["skip"] / running["skip_n"]
+        for key, value in running.items():
+            if key.startswith("m:"):
+                means[key[2:]] = value / steps
+        return means
+
+    def _postfix(self, running: dict, scheduler) -> dict[str, str]:
+        means = self._means(running)
+        shown = {"loss": f"{means['loss']:.3f}"}
+        if "acc" in means:
+            shown["acc"] = f"{means['acc']:.3f}"
+        if "skip" in means:
+            shown["skip"] = f"{means['skip']:.2f}"
+        shown["lr"] = f"{scheduler.get_last_lr()[0]:.2e}"
+        return shown
+
+    def _record(self, running: dict, scheduler, epoch: int) -> None:
+        if not running["steps"]:
+            return
+        row = {"step": self.state.global_step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
+               **{k: round(v, 6) for k, v in self._means(running).items()}}
+        self.state.history.append(row)
+        if self.args.report_to != "none":
+            self.accelerator.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
+        for key in list(running):
+            running[key] = 0 if isinstance(running[key], int) else 0.0
+
+    def _record_eval(self, metrics: dict[str, float], epoch: int) -> None:
+        row = {"step": self.state.global_step, "epoch": epoch, **metrics}
+        self.state.evals.append(row)
+        if self.args.report_to != "none":
+            self.accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=self.state.global_step)
+        text = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+        self.print(f"[{self.phase}] epoch {epoch} step {self.state.global_step}: val {text}")
+
+    def _summary_text(self, summary: dict[str, Any]) -> str:
+        final = summary["final_val"]
+        parts = [f"[{self.phase}] done: {summary['global_step']} steps, {summary['train_seconds']:.1f} s of training "
+                 f"({summary['samples_per_second']:.0f} samples/s, {summary['world_size']} process(es))"]
+        if final:
+            parts.append("validation: " + ", ".join(
+                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in final.items()))
+        parts.append(f"run folder: {self.run_dir}")
+        return "\n".join(parts)
+
+
+def main_guard(run: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Sequence[str]] = None) -> int:
+    """Run a recipe's main function and turn the expected failures into a clear message and an exit code.
+
+    2: bad flags, data or run folder (nothing was written); 3: a NaN/inf loss; 130: interrupted (checkpoint saved).
+    """
+    try:
+        run(argv)
+    except (RunError, DataError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except TrainingInterrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return 130
+    return 0
+

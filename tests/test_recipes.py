@@ -1,0 +1,323 @@
+"""The recipes end to end on tiny IDX data the tests write: python and accelerate launch, resume, NaN, errors, demo.
+
+Each recipe runs once with ``python recipes/X.py`` and once with ``accelerate launch --cpu --num_processes 2``
+(two gloo processes); the chain backbone -> e2e -> rl -> evaluate is built once per module in this process.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ofas_wrap
+from ofas_wrap import data
+from ofas_wrap._recipes import e2e_finetune, rl_finetune, train_backbone
+from ofas_wrap._training import main_guard
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = REPO / "recipes"
+PYTHON = sys.executable
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+TINY = ["--batch-size", "8", "--eval-batch-size", "16", "--no-progress", "--log-every", "1"]
+
+
+def write_tiny_idx(root: Path, n_train=64, n_test=24, size=12) -> str:
+    """Four classes, each a bright square in its own corner, plus noise: learnable in a few steps."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 4
+        images = rng.integers(0, 60, (n, size, size)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            r, c = divmod(int(label), 2)
+            images[i, r * 6:r * 6 + 6, c * 6:c * 6 + 6] += 180
+        data.write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
+        data.write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recipes")
+    cache = root / "cache"
+    previous = os.environ.get("OFAS_WRAP_CACHE")
+    os.environ["OFAS_WRAP_CACHE"] = str(cache)  # the in-process runs; the subprocesses get it through "env"
+    dataset = write_tiny_idx(root / "idx")
+    # one thread: these runs are tiny, and two OpenMP threads on a busy 2-core machine are many times slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield {"root": root, "dataset": dataset, "env": dict(os.environ, OFAS_WRAP_CACHE=str(cache), OMP_NUM_THREADS="1")}
+    torch.set_num_threads(threads)
+    if previous is None:
+        os.environ.pop("OFAS_WRAP_CACHE", None)
+    else:
+        os.environ["OFAS_WRAP_CACHE"] = previous
+
+
+@pytest.fixture(scope="module")
+def base_run(env):
+    out = env["root"] / "base"
+    assert main_guard(train_backbone, ["--dataset", env["dataset"], "--model", "cifar:resnet8", "--max-steps", "6",
+                                       "--val-size", "16", "--output", str(out), *TINY]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def e2e_run(env, base_run):
+    out = env["root"] / "e2e"
+    assert main_guard(e2e_finetune, ["--init", str(base_run), "--max-steps", "4", "--output", str(out), *TINY]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def rl_run(env, e2e_run):
+    out = env["root"] / "rl"
+    assert main_guard(rl_finetune, ["--init", str(e2e_run), "--max-steps", "4", "--output", str(out), *TINY]) == 0
+    return out
+
+
+def run(cmd, env, timeout=150, expect=0):
+    result = subprocess.run([str(c) for c in cmd], env=env["env"], capture_output=True, text=True, timeout=timeout,
+                            cwd=REPO)
+    if expect is not None:
+        tail = f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        assert result.returncode == expect, f"exit {result.returncode}\n{tail}"
+    return result
+
+
+def python(recipe, *args):
+    return [PYTHON, RECIPES / recipe, *args]
+
+
+def accelerate(recipe, *args):
+    return [ACCELERATE, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", RECIPES / recipe, *args]
+
+
+def metrics(run_dir):
+    return json.loads((Path(run_dir) / "metrics.json").read_text())
+
+
+def assert_run_folder(run_dir, steps, world_size):
+    run_dir = Path(run_dir)
+    for name in ("config.json", "model.safetensors", "args.json", "data.json", "metrics.json"):
+        assert (run_dir / name).is_file(), name
+    summary = metrics(run_dir)
+    assert summary["global_step"] == steps and summary["world_size"] == world_size
+    assert summary["final_val"]["accuracy"] >= 0
+    assert (run_dir / "checkpoints" / "LATEST").is_file()
+    args = json.loads((run_dir / "args.json").read_text())
+    assert args["world_size"] == world_size
+    return ofas_wrap.OFASModel.from_pretrained(run_dir)
+
+
+# ------------------------------------------------------------------------------------------- the phases
+
+
+def test_in_process_chain(base_run, e2e_run, rl_run):
+    base = assert_run_folder(base_run, 6, 1)
+    assert base.threshold == 0.0 and base.config["normalization"]["mean"]
+    e2e = assert_run_folder(e2e_run, 4, 1)
+    assert e2e.threshold == 0.5 and metrics(e2e_run)["final_val"]["executed_blocks"] <= 3
+    rl = assert_run_folder(rl_run, 4, 1)
+    assert rl.config["normalization"] == base.config["normalization"]  # every phase sees the same inputs
+    history = metrics(rl_run)["history"]
+    assert [row["step"] for row in history] == [1, 2, 3, 4]
+    assert {"policy", "reward", "ce", "skip", "head_skip"} <= set(history[0])
+
+
+def test_train_backbone_python(env):
+    out = env["root"] / "py-base"
+    result = run(python("train_backbone.py", "--dataset", env["dataset"], "--model", "cifar:resnet8", "--max-steps",
+                        "3", "--label-smoothing", "0.1", "--schedule", "step", "--report-to", "tensorboard",
+                        "--output", out, *TINY), env)
+    assert "done: 3 steps" in result.stdout
+    model = assert_run_folder(out, 3, 1)
+    assert list((out / "logs").rglob("events.out.tfevents.*"))
+    assert model.config["input_size"] == [1, 12, 12]
+
+
+@pytest.mark.slow
+def test_train_backbone_accelerate(env):
+    out = env["root"] / "acc-base"
+    result = run(accelerate("train_backbone.py", "--dataset", env["dataset"], "--model", "cifar:resnet8",
+                            "--max-steps", "3", "--in-chans", "3", "--output", out, *TINY), env)
+    assert "2 process(es)" in result.stdout
+    model = assert_run_folder(out, 3, 2)
+    assert model.config["input_size"] == [3, 12, 12]
+    ckpt = Path(out) / "checkpoints" / (Path(out) / "checkpoints" / "LATEST").read_text().strip()
+    assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
+
+
+def test_e2e_python_with_skip_penalty(env, base_run):
+    out = env["root"] / "py-e2e"
+    run(python("e2e_finetune.py", "--init", base_run, "--max-steps", "3", "--skip-weight", "0.5", "--variant", "II",
+               "--output", out, *TINY), env)
+    model = assert_run_folder(out, 3, 1)
+    assert model.config["variant"] == "II"
+    assert all("cost" in row for row in metrics(out)["history"])
+
+
+@pytest.mark.slow
+def test_e2e_accelerate(env, base_run):
+    out = env["root"] / "acc-e2e"
+    run(accelerate("e2e_finetune.py", "--init", base_run, "--max-steps", "3", "--output", out, *TINY), env)
+    assert_run_folder(out, 3, 2)
+
+
+def test_rl_python_reinforce(env, e2e_run):
+    out = env["root"] / "py-rl"
+    run(python("rl_finetune.py", "--init", e2e_run, "--max-steps", "3", "--policy-loss", "reinforce",
+               "--sampling", "bernoulli", "--freeze-backbone", "--output", out, *TINY), env)
+    assert_run_folder(out, 3, 1)
+    before = ofas_wrap.OFASModel.from_pretrained(e2e_run)
+    after = ofas_wrap.OFASModel.from_pretrained(out)
+    # --freeze-backbone: only the head trained; BatchNorm statistics frozen too
+    for (name, a), (_, b) in zip(before.unwrap().state_dict().items(), after.unwrap().state_dict().items()):
+        assert torch.equal(a, b), name
+    assert any(not torch.equal(a, b) for a, b in zip(before.head.parameters(), after.head.parameters()))
+
+
+@pytest.mark.slow
+def test_rl_accelerate_interrupted_and_resumed(env, e2e_run):
+    out = env["root"] / "acc-rl"
+    args = ["--init", e2e_run, "--max-steps", "4", "--output", out, *TINY]
+    result = run(accelerate("rl_finetune.py", *args, "--stop-at-step", "2"), env, expect=None)
+    assert result.returncode != 0 and "stopped by --stop-at-step 2 at step 2/4" in result.stderr
+    assert not (out / "metrics.json").exists()
+    result = run(accelerate("rl_finetune.py", *args, "--resume"), env)
+    assert "from step-00000002: step 2/4" in result.stdout
+    assert_run_folder(out, 4, 2)
+    assert metrics(out)["resumed_from_steps"] == [2]
+
+
+def test_evaluate_python(env, rl_run):
+    out = env["root"] / "py-eval"
+    result = run(python("evaluate.py", rl_run, "--thresholds", "0.4:0.6:0.1", "--output", out, "--latency-samples",
+                        "2", "--latency-runs", "2", "--latency-warmup", "1"), env)
+    assert "original backbone" in result.stdout and "chosen on validation" in result.stdout
+    payload = json.loads((out / "results.json").read_text())
+    assert [row["threshold"] for row in payload["rows"]] == [0.4, 0.5, 0.6]
+    assert payload["baseline"]["source"].endswith("base")  # found through the --init chain
+    assert payload["chosen_threshold"] in (0.4, 0.5, 0.6)
+    for row in payload["rows"]:
+        assert 0 <= row["executed_blocks"] <= row["num_blocks"] and row["latency_ms"] > 0 and row["mflops"] > 0
+    lines = (out / "results.csv").read_text().splitlines()
+    assert lines[0].startswith("model,threshold") and len(lines) == 5 and lines[-1].startswith("original")
+    assert (out / "accuracy_vs_cost.png").stat().st_size > 10_000
+    module, config = ofas_wrap.load_torchscript(payload["exported_model"])
+    assert float(module.gate_threshold) == pytest.approx(payload["export_threshold"])
+    assert config["normalization"] is not None
+
+
+@pytest.mark.slow
+def test_evaluate_accelerate(env, rl_run):
+    out = env["root"] / "acc-eval"
+    run(accelerate("evaluate.py", rl_run, "--thresholds", "0.5", "--output", out, "--latency-samples", "1",
+                   "--latency-runs", "2", "--no-plot"), env)
+    single = json.loads((env["root"] / "py-eval" / "results.json").read_text()) \
+        if (env["root"] / "py-eval" / "results.json").exists() else None
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["rows"][0]["test_count"] == 24  # gather_for_metrics: every test image once
+    if single is not None:
+        row = next(r for r in single["rows"] if r["threshold"] == 0.5)
+        assert payload["rows"][0]["test_accuracy"] == pytest.approx(row["test_accuracy"])
+
+
+# ----------------------------------------------------------------------------------------- nothing lost
+
+
+def test_resume_continues_the_step_count_and_the_schedule(env, base_run):
+    out = env["root"] / "resume"
+    args = ["--init", str(base_run), "--max-steps", "10", "--train-subset", "24", "--checkpoint-every", "2",
+            "--output", str(out), *TINY]  # 3 steps per epoch: the run crosses epoch boundaries
+    assert main_guard(e2e_finetune, [*args, "--stop-at-step", "5"]) == 130
+    assert (out / "checkpoints" / "LATEST").read_text().strip() == "step-00000005"
+    assert not (out / "metrics.json").exists()
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("step-"))
+    assert kept == ["step-00000004", "step-00000005"]  # --keep-checkpoints 2
+    assert main_guard(e2e_finetune, [*args, "--resume"]) == 0
+    summary = metrics(out)
+    assert summary["global_step"] == 10 and summary["resumed_from_steps"] == [5]
+    history = summary["history"]
+    assert [row["step"] for row in history] == list(range(1, 11))
+    lrs = [row["lr"] for row in history]
+    assert all(a > b for a, b in zip(lrs, lrs[1:])), lrs  # one cosine over the global step, across epochs/resume
+    assert [row["epoch"] for row in history] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
+    assert [row["step"] for row in summary["evals"]] == [3, 6, 9, 10]
+    assert_run_folder(out, 10, 1)
+
+
+@pytest.mark.slow
+def test_sigint_checkpoints_and_stops(env, base_run):
+    out = env["root"] / "sigint"
+    cmd = python("train_backbone.py", "--dataset", env["dataset"], "--model", "cifar:resnet8", "--max-steps", "5000",
+                 "--checkpoint-every", "1", "--output", out, *TINY)
+    process = subprocess.Popen([str(c) for c in cmd], env=env["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=REPO)
+    deadline = time.time() + 90
+    while not (out / "checkpoints" / "LATEST").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "stopped by SIGINT" in stderr and "--resume" in stderr
+    step = int((out / "checkpoints" / "LATEST").read_text().strip().split("-")[1])
+    assert step >= 1 and not (out / "metrics.json").exists()
+    assert main_guard(train_backbone, ["--dataset", env["dataset"], "--model", "cifar:resnet8", "--max-steps", "5000",
+                                       "--stop-at-step", str(step + 1), "--output", str(out), "--resume", *TINY]) == 130
+    assert (out / "checkpoints" / "LATEST").read_text().strip() == f"step-{step + 1:08d}"
+
+
+def test_nan_loss_stops_cleanly(env, capsys):
+    out = env["root"] / "nan"
+    code = main_guard(train_backbone, ["--dataset", env["dataset"], "--model", "cifar:resnet8", "--max-steps", "20",
+                                       "--lr", "1e12", "--checkpoint-every", "1", "--output", str(out), *TINY])
+    err = capsys.readouterr().err
+    assert code == 3 and "the loss became" in err and "before this step changed the weights" in err
+    assert "the last good checkpoint is" in err
+    assert not (out / "metrics.json").exists() and not (out / "config.json").exists()
+    last = (out / "checkpoints" / "LATEST").read_text().strip()
+    step = int(last.split("-")[1])
+    assert f"at step {step + 1}/20" in err
+
+
+# ----------------------------------------------------------------------------------- errors, early
+
+
+def test_errors_before_anything_is_written(env, base_run, tmp_path, capsys):
+    def fails(fn, args, match):
+        assert main_guard(fn, args) == 2
+        assert match in capsys.readouterr().err
+
+    out = tmp_path / "never"
+    fails(train_backbone, ["--dataset", str(tmp_path / "missing"), "--output", str(out)], "does not exist")
+    fails(train_backbone, ["--output", str(out)], "--dataset is required")
+    fails(e2e_finetune, ["--init", str(tmp_path / "nope"), "--output", str(out)], "does not exist")
+    fails(rl_finetune, ["--init", str(base_run), "--output", str(out), "--resume"], "no checkpoint")
+    fails(e2e_finetune, ["--init", str(base_run), "--output", str(out), "--in-chans", "3"], "does not match")
+    assert not out.exists()
+    before = sorted(p.name for p in base_run.iterdir())
+    fails(train_backbone, ["--dataset", env["dataset"], "--output", str(base_run)], "exists and is not empty")
+    assert sorted(p.name for p in base_run.iterdir()) == before
+    fails(e2e_finetune, ["--init", str(base_run), "--output", str(out), "--dataset", str(base_run)],
+          "not a dataset directory")
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_demo_smoke(env, tmp_path):
+    """``make demo-smoke`` on the tiny data, one process (the recipes' two-process runs are tested above)."""
+    result = run(["make", "--no-print-directory", "-o", ".venv/.installed", "demo-smoke",
+                  f"DEMO_DATASET={env['dataset']}", "DEMO_CHANS=1", f"DEMO_OUT={tmp_path / 'demo'}",
+                  f"LAUNCH={PYTHON}"], env, timeout=300)
+    assert "chosen on validation" in result.stdout and "exported TorchScript model" in result.stdout
+    exported = list((tmp_path / "demo-smoke" / "rl" / "eval").glob("model_T*.pt"))
+    assert len(exported) == 1
