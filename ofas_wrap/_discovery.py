@@ -155,10 +155,9 @@ def _ancestors(node: fx.Node, scope: set[fx.Node]) -> set[fx.Node]:
     return seen
 
 
-def _depends_on(node: fx.Node, source: fx.Node, scope: set[fx.Node]) -> bool:
-    if node is source:
-        return True
-    return any(source in _node_inputs(n) for n in _ancestors(node, scope))
+def _reads(source: fx.Node, ancestors: set[fx.Node]) -> bool:
+    """True when one of ``ancestors`` (an :func:`_ancestors` set) takes ``source`` as an input."""
+    return any(source in _node_inputs(n) for n in ancestors)
 
 
 def _has_parameters(module: nn.Module) -> bool:
@@ -198,15 +197,19 @@ def _classify_operands(add: fx.Node, x: fx.Node, scope: set[fx.Node], root: nn.M
     left, right = add.args
     options = []
     for shortcut, branch in ((left, right), (right, left)):
-        if branch is x or not _depends_on(branch, x, scope):
+        if branch is x:
             continue
         branch_anc = _ancestors(branch, scope)
+        if not _reads(x, branch_anc):
+            continue
         if shortcut is x:
             shortcut_anc: set[fx.Node] = set()
         else:
-            if shortcut not in scope or not _depends_on(shortcut, x, scope):
+            if shortcut not in scope:
                 continue
             shortcut_anc = _ancestors(shortcut, scope)
+            if not _reads(x, shortcut_anc):
+                continue
             if any(_is_add(n) for n in shortcut_anc) or branch in shortcut_anc or shortcut in branch_anc:
                 continue
         if not _parametrised_modules(branch_anc - shortcut_anc, root):
