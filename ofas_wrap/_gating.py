@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
+import torch
 from torch import Tensor
 
-__all__ = ["hard_gates", "straight_through_gates", "mix_gated"]
+__all__ = ["hard_gates", "straight_through_gates", "sampled_straight_through_gates", "mix_gated"]
 
 
 def hard_gates(probs: Tensor, threshold: float) -> Tensor:
@@ -27,6 +30,26 @@ def straight_through_gates(probs: Tensor, threshold: float) -> Tensor:
         ([[0.0, 1.0]], [[1.0, 1.0]])
     """
     hard = (probs >= threshold).to(probs.dtype)
+    return hard + probs - probs.detach()
+
+
+def sampled_straight_through_gates(probs: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Eq. 1 read as a Bernoulli policy, for training: ``G_i ~ Bernoulli(S_L(i))`` forward, the gradient of ``probs``.
+
+    Not in the paper (which thresholds at T while training, :func:`straight_through_gates`). With a fixed T the
+    straight-through gradient changes sign where ``S_L`` crosses T, so the head's outputs gather just around T
+    and the threshold knob turns into a cliff; a sampled gate sees both states of every block around any ``S_L``,
+    so ``S_L`` settles where a block's benefit meets its cost, per input, and the backbone learns to run with
+    random blocks skipped (as with stochastic depth). At inference the gate is still ``S_L >= T``.
+
+    Example:
+        >>> p = torch.tensor([[0.0, 1.0, 0.5]], requires_grad=True)
+        >>> g = sampled_straight_through_gates(p, torch.Generator().manual_seed(0))
+        >>> g[0, :2].tolist(), torch.autograd.grad(g.sum(), p)[0].tolist()
+        ([0.0, 1.0], [[1.0, 1.0, 1.0]])
+    """
+    noise = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype)
+    hard = (noise < probs.detach()).to(probs.dtype)
     return hard + probs - probs.detach()
 
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from . import rl
 from ._factory import create_model
-from ._gating import straight_through_gates
+from ._gating import sampled_straight_through_gates, straight_through_gates
 from ._model import OFASModel
 from ._surgery import adaptify
 from ._training import RunError, Trainer, build_parser, evaluate_classifier, read_run
@@ -91,6 +91,10 @@ def e2e_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-weight", type=float, default=DEFAULT_SKIP_WEIGHT,
                         help="weight of the computation penalty (fraction of gated FLOPs or gates executed); 0 = "
                              "plain cross-entropy as in the reference code")
+    parser.add_argument("--gate-sampling", choices=["threshold", "bernoulli"], default="threshold",
+                        help="training gates: threshold = S_L >= T with a straight-through gradient (the paper); "
+                             "bernoulli = G ~ Bernoulli(S_L), straight-through, and the penalty on the expected "
+                             "cost: spreads the head's outputs so T becomes a smooth knob (docs/training.md)")
     parser.add_argument("--skip-cost", choices=["flops", "gates"], default="flops",
                         help="what the penalty counts: executed FLOPs of the gated blocks, or executed gates")
     _add_head_args(parser, threshold=0.5)
@@ -163,9 +167,26 @@ def _check_classes(model: OFASModel, info: DataInfo) -> None:
         raise RunError(f"the --init model predicts {out.shape[-1]} classes but the dataset has {info.num_classes}")
 
 
+class SampledGateForward(nn.Module):
+    """One e2e forward with Bernoulli gates (``--gate-sampling bernoulli``), as a single ``nn.Module`` call so that
+    DDP syncs head and backbone. Returns ``(logits, probs, gates)``; ``gates`` are the float straight-through
+    samples of :func:`~ofas_wrap._gating.sampled_straight_through_gates`.
+    """
+
+    def __init__(self, model: OFASModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        features, probs = self.model.gate_probabilities(x)
+        gates = sampled_straight_through_gates(probs)
+        self.model.last_probs, self.model.last_gates = probs.detach(), gates.detach() > 0.5
+        return self.model.forward_from_stem(features, gates), probs, gates
+
+
 def _ofas_eval(trainer: Trainer):
     def evaluate(module: nn.Module, loader) -> dict[str, float]:
-        target = module.model if isinstance(module, rl.PolicyRollout) else module
+        target = module.model if isinstance(module, (rl.PolicyRollout, SampledGateForward)) else module
         return evaluate_classifier(trainer.accelerator, target, loader)
     return evaluate
 
@@ -219,7 +240,8 @@ def e2e_finetune(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
     Loss: cross-entropy of the gated network (training mode: the hard 0/1 gates of Eq. 1 forward, the head's
     gradient through the straight-through estimator) plus ``--skip-weight`` times the executed fraction of the
-    gated FLOPs (or gates), also straight-through.
+    gated FLOPs (or gates), also straight-through. With ``--gate-sampling bernoulli`` the training gates are
+    sampled, ``G ~ Bernoulli(S_L)`` (straight-through), and the penalty is the expected cost ``sum S_L * cost``.
 
     Example: ``python recipes/e2e_finetune.py --init runs/base --variant I --epochs 2 --output runs/e2e``
     """
@@ -255,21 +277,28 @@ def e2e_finetune(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     optimizer = _sgd([(rest, args.lr), (head, args.head_lr or args.lr)], args)
     costs = _gate_costs(model, args.skip_cost)
 
+    sampled = args.gate_sampling == "bernoulli"
+
     def step(module: nn.Module, batch) -> dict[str, Any]:
         images, labels = batch
-        logits = module(images)
+        if sampled:
+            logits, probs, _ = module(images)
+        else:
+            logits = module(images)
         ce = F.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
         loss = ce
         metrics = {"ce": float(ce.detach())}
         if args.skip_weight > 0:
-            gates = straight_through_gates(model.last_probs, model.gate_threshold)
+            # bernoulli: the expected cost (exact gradient); threshold: the executed cost, straight-through
+            gates = probs if sampled else straight_through_gates(model.last_probs, model.gate_threshold)
             cost = (gates * costs.to(gates.device)).sum(dim=1).mean()
             loss = ce + args.skip_weight * cost
             metrics["cost"] = float(cost.detach())
         skip = 1.0 - float(model.last_gates.float().mean()) if model.num_gates else 0.0
         return {"loss": loss, "logits": logits, "targets": labels, "skip": skip, "metrics": metrics}
 
-    return trainer.fit(model, optimizer, step, eval_fn=_ofas_eval(trainer), save_fn=_save(model, info),
+    return trainer.fit(SampledGateForward(model) if sampled else model, optimizer, step,
+                       eval_fn=_ofas_eval(trainer), save_fn=_save(model, info),
                        config={"num_classes": info.num_classes, "num_gates": model.num_gates,
                                "variant": model.config["variant"]})
 

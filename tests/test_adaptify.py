@@ -245,6 +245,17 @@ def test_head_receives_gradients_through_straight_through_gates():
     assert any(g.abs().sum() > 0 for g in grads)
 
 
+def test_sampled_gates_are_bernoulli_draws_with_a_straight_through_gradient():
+    from ofas_wrap._gating import sampled_straight_through_gates
+
+    probs = torch.tensor([0.1, 0.5, 0.9]).repeat(20000, 1).requires_grad_()
+    gates = sampled_straight_through_gates(probs, torch.Generator().manual_seed(0))
+    assert set(gates.detach().unique().tolist()) <= {0.0, 1.0}
+    assert torch.allclose(gates.detach().mean(0), torch.tensor([0.1, 0.5, 0.9]), atol=0.01)
+    (grad,) = torch.autograd.grad((gates * torch.arange(3.0)).sum(), probs)
+    assert torch.equal(grad, torch.arange(3.0).expand_as(probs))
+
+
 def test_detached_head_input_sends_no_gradient_into_stem():
     for detach, expect_grad in ((True, False), (False, True)):
         model = ofas_wrap.adaptify(cifar_resnet(20), detach_input=detach).train()

@@ -51,3 +51,40 @@ def test_latency_smoke_writes_the_documented_json(tmp_path) -> None:
     for name in ("latency.md", "latency.csv", "latency.json"):
         assert (out_dir / name).stat().st_size > 0
     assert json.loads((out_dir / "latency.json").read_text()).keys() == results.keys()
+
+
+def _write_tiny_imagefolder(root, per_class_train=60, per_class_test=20) -> None:
+    """Two classes, dark and bright 32x32 PNGs with noise: what the CIFAR-10 harness reads, in miniature."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class_train), ("test", per_class_test)):
+        for label, base in (("dark", 40), ("bright", 200)):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(base + rng.normal(0, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+def test_cifar10_smoke_writes_every_method_and_the_documented_rows(tmp_path) -> None:
+    _write_tiny_imagefolder(tmp_path / "data")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OFAS_WRAP_CACHE": str(tmp_path / "cache")}
+    completed = subprocess.run(
+        [sys.executable, os.path.join("benchmarks", "cifar10.py"), "--smoke", "--data", str(tmp_path / "data"),
+         "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "cifar10.json").read_text())
+    methods = {row["method"] for row in result["rows"]}
+    assert methods == {"original", "ofas_e2e", "ofas_e2e_paper", "ofas_rl", "early_exit", "static_resnet8"}
+    for row in result["rows"]:
+        assert {"method", "threshold", "top1", "executed_blocks", "mflops", "latency_ms"} <= row.keys()
+        assert 0.0 <= row["top1"] <= 1.0 and row["mflops"] > 0 and row["latency_ms"] > 0
+    # T is chosen once per method, on validation
+    for method in ("ofas_e2e", "ofas_e2e_paper", "ofas_rl", "early_exit"):
+        assert sum(row["chosen"] for row in result["rows"] if row["method"] == method) == 1
+    assert (tmp_path / "out" / "cifar10.png").stat().st_size > 0
+    assert "| original |" in (tmp_path / "out" / "cifar10.md").read_text()

@@ -165,6 +165,19 @@ def test_e2e_python_with_skip_penalty(env, base_run):
     assert all("cost" in row for row in metrics(out)["history"])
 
 
+def test_e2e_bernoulli_gates_follow_the_expected_cost_penalty(env, base_run):
+    out = env["root"] / "e2e-bernoulli"
+    # a heavy penalty on the expected cost, and a fast head: the head learns to close its gates
+    args = ["--init", str(base_run), "--max-steps", "4", "--gate-sampling", "bernoulli", "--skip-weight", "20",
+            "--head-lr", "2", "--gate-bias-init", "0", "--output", str(out), *TINY]
+    assert main_guard(e2e_finetune, args) == 0
+    model = assert_run_folder(out, 4, 1).eval()
+    assert json.loads((out / "args.json").read_text())["gate_sampling"] == "bernoulli"
+    assert all("cost" in row for row in metrics(out)["history"])
+    _, probs = model.gate_probabilities(torch.rand(16, *model.config["input_size"]))
+    assert probs.mean() < 0.3  # sigmoid(0) = 0.5 before training
+
+
 @pytest.mark.slow
 def test_e2e_accelerate(env, base_run):
     out = env["root"] / "acc-e2e"
