@@ -164,7 +164,26 @@ def format_table(rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, An
     return "\n".join(lines)
 
 
-def _plot(rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, Any]], path: Path, title: str) -> None:
+def head_outputs(accelerator, model, loader) -> torch.Tensor:
+    """The head's outputs ``S_L`` (Eq. 3) for every image of ``loader``, shape (images, num_gates): stem + head only."""
+    outputs = []
+    with torch.no_grad():
+        for images, _ in loader:
+            _, probs = model.gate_probabilities(images)
+            outputs.append(accelerator.gather_for_metrics(probs).float().cpu())
+    return torch.cat(outputs) if outputs else torch.zeros(0, model.num_gates)
+
+
+def output_percentiles(outputs: torch.Tensor) -> dict[str, float]:
+    """Percentiles 5/25/50/75/95 of all head outputs: a narrow band means T acts as a cliff, not a knob."""
+    if outputs.numel() == 0:
+        return {}
+    flat = outputs.flatten()
+    return {str(q): float(flat.quantile(q / 100)) for q in (5, 25, 50, 75, 95)}
+
+
+def _plot(rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, Any]], path: Path, title: str,
+          outputs: Optional[torch.Tensor] = None, chosen: Optional[float] = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,7 +192,8 @@ def _plot(rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, Any]], pa
     have_latency = all(r.get("latency_ms") is not None for r in rows)
     axes_keys = ([("latency_ms", "batch-1 latency (ms, TorchScript, this machine)")] if have_latency else [])
     axes_keys.append(("mflops", "executed MFLOPs per image"))
-    figure, axes = plt.subplots(1, len(axes_keys), figsize=(5.5 * len(axes_keys), 4.2), squeeze=False)
+    panels = len(axes_keys) + (1 if outputs is not None and outputs.numel() else 0)
+    figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
     accuracy = [100 * r["test_accuracy"] for r in rows]
     for axis, (key, label) in zip(axes[0], axes_keys):
         xs = [r[key] for r in rows]
@@ -191,6 +211,15 @@ def _plot(rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, Any]], pa
         axis.set_ylabel("top-1 test accuracy (%)")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7, loc="lower right")
+    if panels > len(axes_keys):
+        axis = axes[0][-1]
+        axis.hist(outputs.flatten().numpy(), bins=50, range=(0.0, 1.0), color="tab:gray")
+        if chosen is not None:
+            axis.axvline(chosen, color="tab:red", linestyle="--", linewidth=1, label=f"chosen T = {chosen:.2f}")
+            axis.legend(fontsize=7)
+        axis.set_xlabel("head output S_L (a block runs when S_L >= T)")
+        axis.set_ylabel("count (images x gates, validation)")
+        axis.grid(alpha=0.3)
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -281,12 +310,14 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     else:
         chosen = min(r["threshold"] for r in rows_sweep)
     export_t = args.export_threshold if args.export_threshold is not None else chosen
+    outputs = head_outputs(accelerator, model, val_loader if val_loader is not None else test_loader)
     result = {
         "run": str(run["path"]), "dataset": info.source, "test_images": reference["test_count"],
         "val_images": len(data.val), "threads": args.threads, "latency_samples": len(latency_images),
         "latency_runs": args.latency_runs, "all_blocks": reference, "rows": rows_sweep, "baseline": baseline,
         "chosen_threshold": chosen, "choice_rule": f"largest T with validation accuracy >= T=0's - {args.max_drop} "
                                                    "points", "export_threshold": export_t,
+        "head_output_percentiles": output_percentiles(outputs),
     }
     if accelerator.is_main_process:
         model.threshold = export_t
@@ -299,10 +330,13 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         if not args.no_plot:
             plot = out_dir / "accuracy_vs_cost.png"
             _plot(rows_sweep, baseline, plot, f"{Path(args.run).name}: {info.source} (test split, "
-                                              f"{reference['test_count']} images)")
+                                              f"{reference['test_count']} images)", outputs, chosen)
             result["plot"] = str(plot)
         print(format_table(rows_sweep, baseline, chosen))
         print(f"chosen on validation: T = {chosen:.2f} ({result['choice_rule']})")
+        if result["head_output_percentiles"]:
+            spread = ", ".join(f"p{q} {v:.3f}" for q, v in result["head_output_percentiles"].items())
+            print(f"head outputs S_L: {spread}")
         print(f"exported TorchScript model (T = {export_t:.2f}): {export_path}")
         print(f"results: {out_dir / 'results.csv'}, {out_dir / 'results.json'}"
               + (f", {result['plot']}" if "plot" in result else ""))

@@ -220,6 +220,9 @@ def test_evaluate_python(env, rl_run):
     assert [row["threshold"] for row in payload["rows"]] == [0.4, 0.5, 0.6]
     assert payload["baseline"]["source"].endswith("base")  # found through the --init chain
     assert payload["chosen_threshold"] in (0.4, 0.5, 0.6)
+    spread = payload["head_output_percentiles"]  # the head's outputs on validation, also a panel of the plot
+    assert list(spread) == ["5", "25", "50", "75", "95"] and "head outputs S_L" in result.stdout
+    assert 0.0 <= spread["5"] <= spread["25"] <= spread["50"] <= spread["75"] <= spread["95"] <= 1.0
     for row in payload["rows"]:
         assert 0 <= row["executed_blocks"] <= row["num_blocks"] and row["latency_ms"] > 0 and row["mflops"] > 0
     lines = (out / "results.csv").read_text().splitlines()
