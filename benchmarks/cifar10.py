@@ -320,9 +320,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                                              str(args.e2e_epochs), *data, *args.paper_e2e_args.split()], log)
         results["ofas_e2e_paper"] = _evaluate(work / "e2e_paper", args, original, args.thresholds, log)
     if "rl" not in args.skip:
-        seconds["ofas_rl"] = _recipe("rl_finetune", work / "rl", ["--init", str(work / "e2e"), "--epochs",
-                                                                   str(args.rl_epochs), *data, *args.rl_args.split()],
-                                     log)
+        # RL refines the decisions at the operating point: the T chosen for the e2e model on validation
+        rl_flags = ["--init", str(work / "e2e"), "--epochs", str(args.rl_epochs), *data]
+        if "--threshold" not in args.rl_args.split():
+            rl_flags += ["--threshold", f"{results['ofas_e2e']['chosen_threshold']:.2f}"]
+        seconds["ofas_rl"] = _recipe("rl_finetune", work / "rl", [*rl_flags, *args.rl_args.split()], log)
         results["ofas_rl"] = _evaluate(work / "rl", args, original, args.thresholds, log)
 
     num_blocks = results["ofas_e2e"]["all_blocks"]["num_blocks"]
