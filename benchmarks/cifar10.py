@@ -148,23 +148,23 @@ def _baseline_row(method: str, result: dict[str, Any], seconds: float, blocks: i
 
 
 # ------------------------------------------------------------------------------------------------ early exit
-def _early_exit(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
-    """Train the BranchyNet-style baseline in process and sweep its entropy threshold."""
+def _train_early_exit(args: argparse.Namespace, work: Path, data) -> tuple[Any, float]:
+    """Train the BranchyNet-style baseline (or load it from ``WORK/early_exit``); returns (model, train seconds)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     from baselines import EarlyExitResNet, early_exit_loss
+    from safetensors.torch import load_file, save_file
 
-    from ofas_wrap import measure_latency
-    from ofas_wrap.data import load_image_data, make_loader
+    from ofas_wrap.data import make_loader
     from ofas_wrap.models import cifar_resnet
 
-    result_path = work / "early_exit" / "results.json"
-    if result_path.is_file():
-        print(f"[cifar10] reuse {result_path}", flush=True)
-        return json.loads(result_path.read_text())["rows"]
+    folder = work / "early_exit"
+    weights, summary = folder / "model.safetensors", folder / "train.json"
     torch.manual_seed(0)
-    data = load_image_data(args.data, val_size=args.val_size, train_subset=args.train_subset,
-                           eval_subset=args.eval_subset, split_seed=0)
     model = EarlyExitResNet(cifar_resnet(args.depth, num_classes=len(data.info.class_names)))
+    if weights.is_file() and summary.is_file():
+        print(f"[cifar10] reuse {weights}", flush=True)
+        model.load_state_dict(load_file(str(weights)))
+        return model.eval(), json.loads(summary.read_text())["train_seconds"]
     loader = make_loader(data.train, args.batch_size, shuffle=True, seed=0, drop_last=True)
     steps = max(1, args.epochs * len(loader))
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
@@ -185,7 +185,26 @@ def _early_exit(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             if step % 50 == 0:
                 print(f"[early_exit] step {step}/{steps} loss {loss.item():.3f}", flush=True)
     seconds = time.time() - started
-    model.eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ".model.safetensors.tmp"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, weights)
+    summary.write_text(json.dumps({"train_seconds": seconds, "epochs": args.epochs, "steps": steps}))
+    return model.eval(), seconds
+
+
+def _early_exit(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """Train (or reuse) the BranchyNet-style baseline and sweep its entropy threshold."""
+    from ofas_wrap import measure_latency
+    from ofas_wrap.data import load_image_data, make_loader
+
+    result_path = work / "early_exit" / "results.json"
+    if result_path.is_file():
+        print(f"[cifar10] reuse {result_path}", flush=True)
+        return json.loads(result_path.read_text())["rows"]
+    data = load_image_data(args.data, val_size=args.val_size, train_subset=args.train_subset,
+                           eval_subset=args.eval_subset, split_seed=0)
+    model, seconds = _train_early_exit(args, work, data)
 
     def sweep(split) -> dict[float, dict[str, float]]:
         out = {}
