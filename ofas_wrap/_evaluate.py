@@ -74,7 +74,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-subset", type=int, default=None, help="use only N validation / test images")
     parser.add_argument("--batch-size", type=int, default=256, help="for the accuracy passes")
     parser.add_argument("--max-drop", type=float, default=1.0,
-                        help="choose the largest T whose validation accuracy is within this many points of T=0")
+                        help="choose the largest T whose validation accuracy is within this many points of the "
+                             "original backbone's (of T=0 when there is no backbone run)")
     parser.add_argument("--export-threshold", type=float, default=None, help="export at this T instead")
     parser.add_argument("--latency-samples", type=int, default=32, help="test images timed per threshold (0: none)")
     parser.add_argument("--latency-runs", type=int, default=10, help="timed runs per image")
@@ -107,16 +108,22 @@ def _find_baseline(run: dict[str, Any], explicit: Optional[str]) -> Optional[Pat
 
 
 def choose_threshold(rows: Sequence[dict[str, Any]], reference: float, max_drop: float) -> float:
-    """The largest T whose validation accuracy is at least ``reference - max_drop`` points (validation only).
+    """The largest T whose validation accuracy is at least ``reference - max_drop`` points (validation only);
+    when no T is, the most accurate T on validation (the largest of equals).
 
     Example:
         >>> rows = [{"threshold": 0.3, "val_accuracy": 0.91}, {"threshold": 0.5, "val_accuracy": 0.905},
         ...         {"threshold": 0.7, "val_accuracy": 0.85}]
         >>> choose_threshold(rows, reference=0.91, max_drop=1.0)
         0.5
+        >>> choose_threshold(rows, reference=0.95, max_drop=1.0)
+        0.3
     """
     ok = [r["threshold"] for r in rows if r["val_accuracy"] * 100 >= reference * 100 - max_drop - 1e-9]
-    return max(ok) if ok else min(r["threshold"] for r in rows)
+    if ok:
+        return max(ok)
+    best = max(r["val_accuracy"] for r in rows)
+    return max(r["threshold"] for r in rows if r["val_accuracy"] == best)
 
 
 def _latency_ms(module: Any, images: torch.Tensor, runs: int, warmup: int, threads: int) -> tuple[float, float]:
@@ -305,8 +312,13 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     rows_sweep = rows if 0.0 in args.thresholds else rows[1:]
 
     baseline = _measure_baseline(accelerator, baseline_dir, model, test_loader, val_loader, latency_images, args)
+    # the reference is the original backbone when it was measured: a model trained to skip can be worse at T = 0
+    if baseline is not None and baseline.get("val_accuracy") is not None:
+        reference_val, reference_name = baseline["val_accuracy"], "the original backbone's"
+    else:
+        reference_val, reference_name = reference["val_accuracy"], "T=0's"
     if val_loader is not None:
-        chosen = choose_threshold(rows_sweep, reference["val_accuracy"], args.max_drop)
+        chosen = choose_threshold(rows_sweep, reference_val, args.max_drop)
     else:
         chosen = min(r["threshold"] for r in rows_sweep)
     export_t = args.export_threshold if args.export_threshold is not None else chosen
@@ -315,8 +327,9 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "run": str(run["path"]), "dataset": info.source, "test_images": reference["test_count"],
         "val_images": len(data.val), "threads": args.threads, "latency_samples": len(latency_images),
         "latency_runs": args.latency_runs, "all_blocks": reference, "rows": rows_sweep, "baseline": baseline,
-        "chosen_threshold": chosen, "choice_rule": f"largest T with validation accuracy >= T=0's - {args.max_drop} "
-                                                   "points", "export_threshold": export_t,
+        "chosen_threshold": chosen,
+        "choice_rule": f"largest T with validation accuracy >= {reference_name} - {args.max_drop} points, else the "
+                       "most accurate T", "export_threshold": export_t,
         "head_output_percentiles": output_percentiles(outputs),
     }
     if accelerator.is_main_process:

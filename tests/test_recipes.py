@@ -233,6 +233,15 @@ def test_evaluate_python(env, rl_run):
     assert config["normalization"] is not None
 
 
+def test_threshold_choice_is_against_the_reference_with_a_fallback():
+    from ofas_wrap._evaluate import choose_threshold
+
+    rows = [{"threshold": t, "val_accuracy": a} for t, a in ((0.3, 0.80), (0.5, 0.80), (0.7, 0.795), (0.9, 0.60))]
+    assert choose_threshold(rows, reference=0.80, max_drop=1.0) == 0.7  # the cheapest within 1 point
+    assert choose_threshold(rows, reference=0.80, max_drop=0.1) == 0.5  # the largest of the equally accurate
+    assert choose_threshold(rows, reference=0.90, max_drop=1.0) == 0.5  # none within: the most accurate
+
+
 @pytest.mark.slow
 def test_evaluate_accelerate(env, rl_run):
     out = env["root"] / "acc-eval"
