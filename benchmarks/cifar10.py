@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-THRESHOLDS = "0.3:0.95:0.05"
+THRESHOLDS = "0.1:0.95:0.05"
 # What worked best on CIFAR-10 (docs/results.md): sampled gates, opened at the start, a fast head and a strong
 # computation penalty; the paper's e2e recipe is trained beside it as "ofas_e2e_paper" for comparison.
 E2E_ARGS = "--gate-sampling bernoulli --gate-bias-init 2 --head-lr 0.1 --skip-weight 1.0"
