@@ -133,6 +133,8 @@ def _ofas_rows(method: str, result: dict[str, Any], seconds: float) -> list[dict
             "method": method, "threshold": row["threshold"], "top1": row["test_accuracy"],
             "val_top1": row["val_accuracy"], "executed_blocks": row["executed_blocks"], "mflops": row["mflops"],
             "latency_ms": row["latency_ms"], "chosen": row["threshold"] == result["chosen_threshold"],
+            # how input-adaptive the decisions are (validation): 0 adaptive gates = a fixed sub-network
+            "adaptive_gates": row.get("adaptive_gates"), "distinct_patterns": row.get("distinct_patterns"),
             "train_seconds": seconds,
             # the original backbone timed in the same evaluate session: latency ratios are taken against it
             "reference_latency_ms": result["baseline"]["latency_ms"],
@@ -262,14 +264,23 @@ def _choose(rows: list[dict[str, Any]], reference_val: float, max_drop: float) -
         best["note"] = f"no setting within {max_drop} pp on validation; the most accurate one"
 
 
+def _adaptivity_cell(row: dict[str, Any]) -> str:
+    if row.get("adaptive_gates") is None:
+        return "-"
+    return f"{row['adaptive_gates']} / {row['distinct_patterns']}"
+
+
 def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     original = next(r for r in rows if r["method"] == "original")
     lines = [
-        "| method | T | top-1 (%) | Δ top-1 (pp) | executed blocks | MFLOPs | latency (ms) | Δ latency | train time |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| method | T | top-1 (%) | Δ top-1 (pp) | executed blocks | MFLOPs | latency (ms) | Δ latency | train time "
+        "| adaptive gates / patterns |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
-        if row["method"] not in ("original",) and not row.get("chosen") and not row["method"].startswith("static"):
+        at_half = row["method"].startswith("ofas") and abs((row["threshold"] or 0.0) - 0.5) < 1e-9  # the paper's T
+        shown = row["method"] == "original" or row["method"].startswith("static") or row.get("chosen") or at_half
+        if not shown:
             continue
         threshold = "-" if row["threshold"] is None else f"{row['threshold']:.2f}"
         latency = row["latency_ms"]
@@ -278,9 +289,12 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"| {100 * (row['top1'] - original['top1']):+.2f} "
             f"| {row['executed_blocks']:.2f} | {row['mflops']:.2f} | {latency:.2f} "
             f"| {100 * (latency / (row.get('reference_latency_ms') or original['latency_ms']) - 1):+.1f} % "
-            f"| {row['train_seconds'] / 60:.1f} min |"
+            f"| {row['train_seconds'] / 60:.1f} min "
+            f"| {_adaptivity_cell(row)} |"
         )
-    lines += ["", "Δ latency of the OFAS rows is against the original timed in the same evaluation session; the "
+    lines += ["", "Adaptive gates: gates open for 5-95 % of the validation images at that T; patterns: distinct skip "
+              "patterns over them (0 / 1 is a fixed sub-network, not input-adaptive inference).",
+              "Δ latency of the OFAS rows is against the original timed in the same evaluation session; the "
               "other rows are against the original's own session (sessions differ by machine load).",
               f"Budget: {meta['budget']}", f"Machine: {meta['machine']}", f"Command: `{meta['command']}`",
               f"Commit: {meta['commit']}"]

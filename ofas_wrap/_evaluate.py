@@ -151,7 +151,8 @@ def _script_backbone(backbone: nn.Module, example: torch.Tensor) -> Any:
 def format_table(rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, Any]] = None,
                  chosen: Optional[float] = None) -> str:
     """The per-threshold results as a text table (what ``evaluate.py`` prints)."""
-    header = f"{'T':>5} {'val acc':>8} {'test acc':>8} {'blocks':>11} {'MFLOPs':>8} {'latency ms':>10}"
+    header = (f"{'T':>5} {'val acc':>8} {'test acc':>8} {'blocks':>11} {'MFLOPs':>8} {'latency ms':>10} "
+              f"{'adaptive':>8} {'patterns':>8}")
     lines = [header, "-" * len(header)]
 
     def fmt(value, spec):
@@ -162,12 +163,14 @@ def format_table(rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, An
         blocks = f"{row['executed_blocks']:.2f}/{row['num_blocks']}"
         lines.append(f"{row['threshold']:>5.2f} {fmt(row.get('val_accuracy'), '8.4f')} "
                      f"{fmt(row['test_accuracy'], '8.4f')} {blocks:>11} {row['mflops']:>8.2f} "
-                     f"{fmt(row.get('latency_ms'), '10.3f')}{mark}")
+                     f"{fmt(row.get('latency_ms'), '10.3f')} {fmt(row.get('adaptive_gates'), '8d')} "
+                     f"{fmt(row.get('distinct_patterns'), '8d')}{mark}")
     if baseline:
         blocks = f"{baseline['num_blocks']}/{baseline['num_blocks']}"
         lines.append(f"{'orig':>5} {fmt(baseline.get('val_accuracy'), '8.4f')} "
                      f"{fmt(baseline['test_accuracy'], '8.4f')} {blocks:>11} {baseline['mflops']:>8.2f} "
-                     f"{fmt(baseline.get('latency_ms'), '10.3f')}  original backbone ({baseline['source']})")
+                     f"{fmt(baseline.get('latency_ms'), '10.3f')} {'-':>8} {'-':>8}  original backbone "
+                     f"({baseline['source']})")
     return "\n".join(lines)
 
 
@@ -187,6 +190,25 @@ def output_percentiles(outputs: torch.Tensor) -> dict[str, float]:
         return {}
     flat = outputs.flatten()
     return {str(q): float(flat.quantile(q / 100)) for q in (5, 25, 50, 75, 95)}
+
+
+def adaptivity(outputs: torch.Tensor, threshold: float) -> dict[str, int]:
+    """How input-adaptive the decisions at ``threshold`` are, from the head's outputs (images, gates).
+
+    ``adaptive_gates``: gates open for more than 5 % and fewer than 95 % of the images (the others act as a fixed
+    pruning); ``distinct_patterns``: how many different skip patterns the images get. A head that learned one
+    pattern for everything has 0 and 1: a static sub-network, not input-adaptive inference.
+
+    Example:
+        >>> adaptivity(torch.tensor([[0.9, 0.2], [0.9, 0.7], [0.9, 0.1]]), 0.5)
+        {'adaptive_gates': 1, 'distinct_patterns': 2}
+    """
+    if outputs.numel() == 0:
+        return {"adaptive_gates": 0, "distinct_patterns": 0}
+    gates = outputs >= threshold
+    rate = gates.float().mean(0)
+    return {"adaptive_gates": int(((rate > 0.05) & (rate < 0.95)).sum()),
+            "distinct_patterns": int(torch.unique(gates, dim=0).shape[0])}
 
 
 def _plot(rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, Any]], path: Path, title: str,
@@ -323,6 +345,8 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         chosen = min(r["threshold"] for r in rows_sweep)
     export_t = args.export_threshold if args.export_threshold is not None else chosen
     outputs = head_outputs(accelerator, model, val_loader if val_loader is not None else test_loader)
+    for row in rows_sweep:
+        row.update(adaptivity(outputs, row["threshold"]))
     result = {
         "run": str(run["path"]), "dataset": info.source, "test_images": reference["test_count"],
         "val_images": len(data.val), "threads": args.threads, "latency_samples": len(latency_images),

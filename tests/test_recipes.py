@@ -225,6 +225,7 @@ def test_evaluate_python(env, rl_run):
     assert 0.0 <= spread["5"] <= spread["25"] <= spread["50"] <= spread["75"] <= spread["95"] <= 1.0
     for row in payload["rows"]:
         assert 0 <= row["executed_blocks"] <= row["num_blocks"] and row["latency_ms"] > 0 and row["mflops"] > 0
+        assert 0 <= row["adaptive_gates"] <= row["num_gates"] and 1 <= row["distinct_patterns"] <= 16
     lines = (out / "results.csv").read_text().splitlines()
     assert lines[0].startswith("model,threshold") and len(lines) == 5 and lines[-1].startswith("original")
     assert (out / "accuracy_vs_cost.png").stat().st_size > 10_000
@@ -240,6 +241,15 @@ def test_threshold_choice_is_against_the_reference_with_a_fallback():
     assert choose_threshold(rows, reference=0.80, max_drop=1.0) == 0.7  # the cheapest within 1 point
     assert choose_threshold(rows, reference=0.80, max_drop=0.1) == 0.5  # the largest of the equally accurate
     assert choose_threshold(rows, reference=0.90, max_drop=1.0) == 0.5  # none within: the most accurate
+
+
+def test_adaptivity_tells_a_static_policy_from_an_adaptive_one():
+    from ofas_wrap._evaluate import adaptivity
+
+    static = torch.tensor([[0.9, 0.1, 0.8]]).repeat(50, 1)  # one pattern for every image: a fixed pruning
+    assert adaptivity(static, 0.5) == {"adaptive_gates": 0, "distinct_patterns": 1}
+    varied = torch.rand(200, 3, generator=torch.Generator().manual_seed(0))
+    assert adaptivity(varied, 0.5) == {"adaptive_gates": 3, "distinct_patterns": 8}
 
 
 @pytest.mark.slow
