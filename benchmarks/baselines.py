@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ofas_wrap import OFASModel, count_flops
+from ofas_wrap._gating import check_gate_mask
 from ofas_wrap.models import CifarResNet
 
 __all__ = [
@@ -186,10 +187,7 @@ class SkipNetStyle(nn.Module):
     @contextlib.contextmanager
     def forced_gates(self, mask: Tensor) -> Iterator["SkipNetStyle"]:
         """Force a gate pattern (bool, ``(num_gates,)`` or ``(batch, num_gates)``, True = execute)."""
-        mask = torch.as_tensor(mask)
-        if mask.dtype != torch.bool or mask.dim() not in (1, 2) or mask.shape[-1] != self.num_gates:
-            raise ValueError(f"forced gate mask must be bool of shape (num_gates,) or (batch, num_gates) with "
-                             f"num_gates={self.num_gates}, got {mask.dtype} {tuple(mask.shape)}")
+        mask = check_gate_mask(mask, self.num_gates)
         previous = self.forced_gate_mask
         self.forced_gate_mask = mask
         try:

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["hard_gates", "straight_through_gates", "sampled_straight_through_gates", "mix_gated"]
+__all__ = ["hard_gates", "straight_through_gates", "sampled_straight_through_gates", "mix_gated", "check_gate_mask"]
 
 
 def hard_gates(probs: Tensor, threshold: float) -> Tensor:
@@ -58,3 +58,22 @@ def mix_gated(gate: Tensor, block_out: Tensor, shortcut_out: Tensor) -> Tensor:
     shape = [gate.shape[0]] + [1] * (block_out.dim() - 1)
     gate = gate.reshape(shape).to(block_out.dtype)
     return gate * block_out + (1.0 - gate) * shortcut_out
+
+
+def check_gate_mask(mask: Tensor, num_gates: int) -> Tensor:
+    """A forced gate pattern as a tensor, checked: bool (True = execute), shape ``(num_gates,)`` or
+    ``(batch, num_gates)``. Raises ``TypeError`` for another dtype and ``ValueError`` for another shape.
+
+    Example:
+        >>> check_gate_mask(torch.tensor([True, False]), 2).tolist()
+        [True, False]
+    """
+    mask = torch.as_tensor(mask)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"forced gate mask must be a bool tensor (True = execute), got dtype {mask.dtype}")
+    if mask.dim() not in (1, 2) or mask.shape[-1] != num_gates:
+        raise ValueError(
+            f"forced gate mask must have shape (num_gates,) or (batch, num_gates) with num_gates={num_gates}, "
+            f"got {tuple(mask.shape)}"
+        )
+    return mask

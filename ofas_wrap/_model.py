@@ -11,7 +11,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ._gating import mix_gated, straight_through_gates
+from ._gating import check_gate_mask, mix_gated, straight_through_gates
 from ._hub import OFASHubMixin
 
 __all__ = ["GatedBlock", "OFASModel"]
@@ -205,14 +205,7 @@ class OFASModel(OFASHubMixin, nn.Module):
             >>> int(model.last_gates.sum())
             0
         """
-        mask = torch.as_tensor(mask)
-        if mask.dtype != torch.bool:
-            raise TypeError(f"forced gate mask must be a bool tensor (True = execute), got dtype {mask.dtype}")
-        if mask.dim() not in (1, 2) or mask.shape[-1] != self.num_gates:
-            raise ValueError(
-                f"forced gate mask must have shape (num_gates,) or (batch, num_gates) with num_gates="
-                f"{self.num_gates}, got {tuple(mask.shape)}"
-            )
+        mask = check_gate_mask(mask, self.num_gates)
         previous = self.forced_gate_mask
         self.forced_gate_mask = mask
         try:
