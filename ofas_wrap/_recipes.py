@@ -31,6 +31,7 @@ from . import rl
 from ._factory import create_model
 from ._gating import sampled_straight_through_gates, straight_through_gates
 from ._model import OFASModel
+from ._speed import StochasticDepth
 from ._surgery import adaptify
 from ._training import RunError, Trainer, build_parser, evaluate_classifier, read_run
 from .data import DataInfo
@@ -76,6 +77,11 @@ def backbone_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--variant", choices=["I", "II", "auto"], default="auto",
                         help="the (untrained) OFAS head saved with the backbone; e2e_finetune builds its own")
+    parser.add_argument("--drop-path", type=float, default=0.0,
+                        help="stochastic depth (Huang et al. 2016): block l of L is dropped with probability "
+                             "l / L * P; a dropped block is not computed. Trains a backbone that tolerates skips")
+    parser.add_argument("--drop-path-mode", choices=["batch", "sample"], default="batch",
+                        help="one drop pattern per batch (fastest) or per image")
     return parser
 
 
@@ -205,12 +211,20 @@ def train_backbone(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     fashion-mnist --in-chans 1 --epochs 2 --output runs/base``
     """
     args = backbone_parser().parse_args(argv)
-    trainer = Trainer(args, "train_backbone")
+    if not 0.0 <= args.drop_path < 1.0:
+        raise RunError(f"--drop-path must be in [0, 1), got {args.drop_path}")
+    trainer = Trainer(args, "train_backbone", find_unused_parameters=args.drop_path > 0)
     info = trainer.load_data().info
     model = create_model(args.model, num_classes=info.num_classes, in_chans=info.channels,
                          input_size=(info.channels, *info.image_size), variant=args.variant, threshold=0.0)
     backbone = model.unwrap()
     optimizer = _sgd([(list(backbone.parameters()), args.lr)], args)
+    trained: nn.Module = backbone
+    if args.drop_path > 0:
+        if model.num_gates == 0:
+            raise RunError(f"--drop-path: {args.model} has no block that can be skipped")
+        trained = StochasticDepth(model, args.drop_path, mode=args.drop_path_mode, seed=args.seed,
+                                  rank=trainer.accelerator.process_index)
 
     def step(module: nn.Module, batch) -> dict[str, Any]:
         images, labels = batch
@@ -222,7 +236,7 @@ def train_backbone(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         return evaluate_classifier(trainer.accelerator, module, loader, ofas=False)
 
     model.threshold = 0.0
-    return trainer.fit(backbone, optimizer, step, eval_fn=evaluate, save_fn=_save(model, info),
+    return trainer.fit(trained, optimizer, step, eval_fn=evaluate, save_fn=_save(model, info),
                        config={"num_classes": info.num_classes})
 
 

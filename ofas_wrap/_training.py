@@ -55,6 +55,15 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from ._speed import (
+    MIXED_PRECISION_CHOICES,
+    ChannelsLastLoader,
+    as_channels_last,
+    compile_in_place,
+    compile_units,
+    resolve_mixed_precision,
+    uncompile,
+)
 from .data import DataError, ImageData, load_image_data, make_loader
 
 __all__ = [
@@ -79,6 +88,7 @@ CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"
 DATA_KEYS = ("dataset", "dataset_config", "in_chans", "val_size", "split_seed", "image_size", "train_split",
              "test_split", "image_column", "label_column")
+SCHEDULES = ("cosine", "linear", "step", "constant")
 DATA_DEFAULTS = {"in_chans": "auto", "val_size": 0.1, "split_seed": 0, "train_split": "train"}
 
 
@@ -182,11 +192,22 @@ def build_parser(phase: str, description: str = "", *, lr: float = 0.1, epochs: 
     optim.add_argument("--lr", type=float, default=lr)
     optim.add_argument("--momentum", type=float, default=0.9)
     optim.add_argument("--weight-decay", type=float, default=weight_decay)
-    optim.add_argument("--schedule", choices=["cosine", "step", "constant"], default="cosine")
+    optim.add_argument("--schedule", choices=list(SCHEDULES), default="cosine",
+                       help="cosine, linear (to zero), step or constant, over the global optimizer steps")
     optim.add_argument("--milestones", type=float, nargs="+", default=[0.5, 0.75],
                        help="for --schedule step: fractions of the run where the lr is divided by 10")
     optim.add_argument("--warmup-steps", type=_non_negative, default=0)
     optim.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm (0: off)")
+
+    speed = parser.add_argument_group("speed (docs/training.md#speed; benchmarks/train_speed.py measures them)")
+    speed.add_argument("--mixed-precision", choices=list(MIXED_PRECISION_CHOICES), default=None,
+                       help="bf16 autocast (as accelerate launch --mixed_precision bf16); on a CPU without native "
+                            "bf16 kernels the run says so and stays in fp32. Default: accelerate launch's, else no")
+    speed.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                       help="channels_last memory format for the model and the batches (same results, faster on "
+                            "CPU)")
+    speed.add_argument("--compile", action="store_true",
+                       help="torch.compile the model for training (on failure: a message and eager)")
     parser.set_defaults(phase=phase)
     return parser
 
@@ -216,6 +237,8 @@ class LRSchedule:
         progress = min(1.0, max(0.0, (step - self.warmup_steps) / span))
         if self.kind == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if self.kind == "linear":
+            return 1.0 - progress
         if self.kind == "step":
             return 0.1 ** sum(progress >= m for m in self.milestones)
         raise ValueError(f"unknown schedule {self.kind!r}")
@@ -349,8 +372,9 @@ class Trainer:
     missing dataset or an existing output folder fail before the run folder is touched.
     """
 
-    def __init__(self, args: argparse.Namespace, phase: str, init_args: Optional[dict[str, Any]] = None) -> None:
-        from accelerate import Accelerator
+    def __init__(self, args: argparse.Namespace, phase: str, init_args: Optional[dict[str, Any]] = None,
+                 find_unused_parameters: bool = False) -> None:
+        from accelerate import Accelerator, DistributedDataParallelKwargs
         from accelerate.utils import set_seed
 
         self.args = args
@@ -374,8 +398,16 @@ class Trainer:
             raise RunError(f"--stop-at-step {args.stop_at_step} is beyond --max-steps {args.max_steps}")
         log_with = None if args.report_to == "none" else args.report_to
         cpu = args.cpu or not torch.cuda.is_available()  # so torchrun / --multi_gpu on a CPU box gives gloo DDP
-        self.accelerator = Accelerator(cpu=cpu, log_with=log_with, project_dir=str(self.run_dir / "logs"))
+        mixed_precision, precision_note = resolve_mixed_precision(getattr(args, "mixed_precision", None),
+                                                                  "cpu" if cpu else "cuda")
+        # routing in Python (stochastic depth) leaves some parameters without a gradient in a step
+        handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else None
+        self.accelerator = Accelerator(cpu=cpu, log_with=log_with, project_dir=str(self.run_dir / "logs"),
+                                       mixed_precision=mixed_precision, kwargs_handlers=handlers)
         self.is_main = self.accelerator.is_main_process
+        args.mixed_precision = mixed_precision  # recorded in args.json as what ran
+        if precision_note:
+            self.print(precision_note)
         set_seed(args.seed, device_specific=True)  # DDP copies rank 0's initial weights to the other ranks
         self.state = TrainState()
         self.data: Optional[ImageData] = None
@@ -505,7 +537,15 @@ class Trainer:
         train_loader = make_loader(data.train, args.batch_size, shuffle=True, seed=args.seed)
         sampler = train_loader.sampler
         val_loader = make_loader(data.val if len(data.val) else data.test, args.eval_batch_size)
+        channels_last = bool(getattr(args, "channels_last", False))
+        if channels_last:
+            module.to(memory_format=torch.channels_last)
         module, optimizer, train_loader, val_loader = acc.prepare(module, optimizer, train_loader, val_loader)
+        eval_loader = ChannelsLastLoader(val_loader) if channels_last else val_loader
+        compiled: list[nn.Module] = []
+        if getattr(args, "compile", False):
+            compiled = compile_units(acc.unwrap_model(module))
+            compile_in_place(compiled)
         steps_per_epoch = len(train_loader)
         if steps_per_epoch == 0:
             raise DataError("the training split yields no batch")
@@ -555,7 +595,9 @@ class Trainer:
                     train_mode_fn(module)
                 for batch in loader:
                     tick = time.perf_counter()
-                    out = step_fn(module, batch)
+                    if channels_last:
+                        batch = as_channels_last(batch)
+                    out = self._first_step_guard(step_fn, module, batch, compiled)
                     loss = out["loss"]
                     nonfinite, stop_requested = self._should_stop(bool(torch.isfinite(loss.detach()).all()))
                     if nonfinite:
@@ -590,7 +632,7 @@ class Trainer:
                     state.epoch += 1
                     state.step_in_epoch = 0
                     if eval_fn is not None and args.eval_every_epoch:
-                        metrics = eval_fn(acc.unwrap_model(module), val_loader)
+                        metrics = eval_fn(acc.unwrap_model(module), eval_loader)
                         self._record_eval(metrics, epoch)
                         module.train()
                         if train_mode_fn is not None:
@@ -612,7 +654,7 @@ class Trainer:
         if state.evals and state.evals[-1]["step"] == state.global_step:
             final = {k: v for k, v in state.evals[-1].items() if k not in ("step", "epoch")}
         elif eval_fn is not None:
-            final = eval_fn(acc.unwrap_model(module), val_loader)
+            final = eval_fn(acc.unwrap_model(module), eval_loader)
         summary = {
             "phase": self.phase, "global_step": state.global_step, "total_steps": total_steps,
             "epochs_completed": state.epoch, "samples_seen": state.samples,
@@ -625,6 +667,8 @@ class Trainer:
             acc.log({f"final/{k}": v for k, v in final.items() if isinstance(v, (int, float))}, step=state.global_step)
             acc.end_training()
         acc.wait_for_everyone()
+        if channels_last:  # back to the default layout: safetensors stores contiguous tensors only
+            acc.unwrap_model(module).to(memory_format=torch.contiguous_format)
         if self.is_main:
             if save_fn is not None:
                 save_fn(self.run_dir)
@@ -632,6 +676,21 @@ class Trainer:
         acc.wait_for_everyone()
         self.print(self._summary_text(summary))
         return summary
+
+    def _first_step_guard(self, step_fn: StepFn, module: nn.Module, batch: Any, compiled: list) -> dict[str, Any]:
+        """``step_fn`` once; with ``--compile``, a compilation failure on the first step falls back to eager."""
+        if not compiled:
+            return step_fn(module, batch)
+        try:
+            out = step_fn(module, batch)
+        except Exception as exc:  # torch._dynamo / inductor errors have no common public base class
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            self.print(f"note: --compile failed ({type(exc).__name__}: {first_line[:200]}); training eagerly")
+            uncompile(compiled)
+            compiled.clear()
+            return step_fn(module, batch)
+        compiled.clear()  # compiled and ran: later failures are real errors
+        return out
 
     # ------------------------------------------------------------------------------------ bookkeeping
     def _nan_message(self, value: float, total_steps: int) -> str:

@@ -57,6 +57,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 __all__ = [
+    "augment_generator",
     "DataError",
     "DataInfo",
     "ImageData",
@@ -454,6 +455,27 @@ def convert_channels(images: Tensor, channels: int) -> Tensor:
     raise ValueError(f"cannot convert {stored}-channel images to {channels} channels")
 
 
+def augment_generator(indices: Tensor, seed: int = 0) -> torch.Generator:
+    """The augmentation RNG of one batch, seeded by the batch's sample indices (and ``seed``).
+
+    The draws then depend only on which images form the batch, never on a global stream: an interrupted run
+    resumed from a checkpoint (which skips the batches it already did) augments exactly as an uninterrupted one,
+    and every DDP process draws for its own shard.
+
+    Example:
+        >>> seed = augment_generator(torch.tensor([3, 1, 4])).initial_seed()
+        >>> seed == augment_generator(torch.tensor([3, 1, 4])).initial_seed()
+        True
+        >>> seed == augment_generator(torch.tensor([1, 3, 4])).initial_seed()
+        False
+    """
+    positions = torch.arange(1, indices.numel() + 1, dtype=torch.int64)
+    # a position-weighted mix of the indices (int64 arithmetic wraps, deterministically), kept in 62 bits
+    mixed = ((indices.to(torch.int64) + 1) * 2654435761 + positions * 40503).mul(positions * 2246822519 + 1)
+    value = (int(mixed.sum()) * 6364136223846793005 + seed) % (1 << 62)
+    return torch.Generator().manual_seed(value)
+
+
 class ImageTensorDataset(Dataset):
     """Decoded images kept as ``uint8``; ``__getitems__`` returns a normalised (and augmented) batch at once.
 
@@ -491,7 +513,7 @@ class ImageTensorDataset(Dataset):
         try:
             images = self.images.index_select(0, index)
             if self.augment:
-                images = batch_augment(images, self.padding, self.flip)
+                images = batch_augment(images, self.padding, self.flip, generator=augment_generator(index))
             images = normalize(convert_channels(images, self.channels), self.mean, self.std)
             return images, self.labels.index_select(0, index)
         finally:
