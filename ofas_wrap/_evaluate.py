@@ -83,6 +83,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads while timing")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--cpu", action="store_true", help="force the CPU")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let a folder whose backbone comes from your own factory run that code to rebuild it")
     return parser
 
 
@@ -282,7 +284,7 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         raise RunError(f"{args.run} records no dataset; pass --dataset")
 
     accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available())
-    model = OFASModel.from_pretrained(run["path"]).eval()
+    model = OFASModel.from_pretrained(run["path"], trust_remote_code=args.trust_remote_code).eval()
     channels = model.config["input_size"][0]
     with accelerator.main_process_first():
         data = load_image_data(
@@ -387,7 +389,7 @@ def _measure_baseline(accelerator, baseline_dir: Optional[Path], model, test_loa
 
     if baseline_dir is not None:
         source = str(baseline_dir)
-        backbone = OFASModel.from_pretrained(baseline_dir).unwrap().eval()
+        backbone = OFASModel.from_pretrained(baseline_dir, trust_remote_code=args.trust_remote_code).unwrap().eval()
     else:
         source = "the run's own backbone, every block"
         backbone = model.unwrap().eval()

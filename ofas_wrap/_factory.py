@@ -7,17 +7,23 @@ from typing import Any, Optional
 
 from ._model import OFASModel
 from ._surgery import adaptify
-from .models import create_backbone, parse_backbone_spec
+from .models import create_backbone, load_checkpoint_weights, parse_backbone_spec
+from .models._user import FACTORY_SOURCE, factory_kwargs
 
 __all__ = ["create_model"]
 
 
 def create_model(spec: str, num_classes: Optional[int] = None, in_chans: Optional[int] = None,
-                 backbone_kwargs: Optional[dict[str, Any]] = None, **adaptify_kwargs: Any) -> OFASModel:
-    """Build ``spec`` (``cifar:resnet38``, ``timm:resnet50``, ``torchvision:resnet18``) and adaptify it.
+                 backbone_kwargs: Optional[dict[str, Any]] = None, checkpoint_path: Optional[str] = None,
+                 **adaptify_kwargs: Any) -> OFASModel:
+    """Build ``spec`` (``cifar:resnet38``, ``timm:resnet50``, ``torchvision:resnet18``, or your own factory
+    ``path/to/file.py:FACTORY`` / ``package.module:FACTORY``), load ``checkpoint_path`` into it, adaptify it.
 
     The spec and the constructor arguments are recorded in ``model.config["backbone"]`` so that
-    ``save_pretrained`` / ``from_pretrained`` can rebuild the same backbone.
+    ``save_pretrained`` / ``from_pretrained`` can rebuild the same backbone (a factory's only with
+    ``trust_remote_code=True``). A factory gets ``num_classes`` / ``in_chans`` only if its signature takes them.
+    ``checkpoint_path`` (as in ``timm.create_model``): safetensors or a ``torch.save`` state dict, read without
+    unpickling objects, loaded strictly into the backbone before the surgery.
 
     Example:
         >>> import ofas_wrap
@@ -27,12 +33,17 @@ def create_model(spec: str, num_classes: Optional[int] = None, in_chans: Optiona
     """
     parsed = parse_backbone_spec(spec)
     kwargs = dict(backbone_kwargs or {})
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    if in_chans is not None:
-        kwargs["in_chans"] = in_chans
+    if parsed.source == FACTORY_SOURCE:
+        kwargs = factory_kwargs(parsed.name, kwargs, num_classes=num_classes, in_chans=in_chans)
+    else:
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        if in_chans is not None:
+            kwargs["in_chans"] = in_chans
     parsed.kwargs = kwargs
     backbone = create_backbone(parsed)
+    if checkpoint_path is not None:
+        load_checkpoint_weights(backbone, checkpoint_path)
     model = adaptify(backbone, **adaptify_kwargs)
     model.config["backbone"] = asdict(parsed)
     return model

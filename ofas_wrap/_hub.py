@@ -107,7 +107,7 @@ class OFASHubMixin:
                         threshold: Optional[float] = None, device: Union[str, torch.device] = "cpu",
                         revision: Optional[str] = None, token: Union[str, bool, None] = None,
                         cache_dir: Optional[PathLike] = None, local_files_only: bool = False,
-                        leaf_modules: Sequence[type] = ()) -> Any:
+                        leaf_modules: Sequence[type] = (), trust_remote_code: bool = False) -> Any:
         """Rebuild a saved OFAS model (in eval mode) from a local folder or a Hugging Face Hub repo id.
 
         The backbone is rebuilt from ``config.json`` (``cifar`` / ``timm`` / ``torchvision``, random weights,
@@ -123,6 +123,8 @@ class OFASHubMixin:
             device: where to put the model.
             revision, token, cache_dir, local_files_only: passed to ``huggingface_hub.snapshot_download``.
             leaf_modules: as for :func:`ofas_wrap.adaptify`, for backbones torch.fx cannot trace through.
+            trust_remote_code: a folder whose backbone comes from a user's factory (``file.py:FACTORY``, kept in
+                the folder, or ``package.module:FACTORY``) runs that code to rebuild it only when this is True.
 
         Raises:
             FileNotFoundError: the folder lacks ``config.json`` or ``model.safetensors``.
@@ -148,12 +150,12 @@ class OFASHubMixin:
         config = read_config(config_path)
         if threshold is not None and not (isinstance(threshold, (int, float)) and 0.0 <= threshold < 1.0):
             raise ValueError(f"threshold must be a number in [0, 1), got {threshold!r}")
-        model = _rebuild(config, config_path, backbone, leaf_modules)
+        model = _rebuild(config, config_path, backbone, leaf_modules, trust_remote_code)
         if not isinstance(model, cls):
             raise TypeError(f"{cls.__name__}.from_pretrained built a {type(model).__name__}")
         _load_weights(model, weights_path, config)
         model.threshold = float(config["ofas"]["threshold"] if threshold is None else threshold)
-        model.config["backbone"] = config["backbone"] or infer_backbone_spec(model.unwrap())
+        model.config["backbone"] = _absolute_factory(config["backbone"], folder) or infer_backbone_spec(model.unwrap())
         for key in METADATA_KEYS:
             if config.get(key) is not None:
                 model.config[key] = config[key]
@@ -312,6 +314,7 @@ def check_repo_id(repo_id: str) -> None:
 # --------------------------------------------------------------------------------------------- writing
 def _write_folder(model: Any, config: dict[str, Any], folder: Path, model_name: Optional[str],
                   repo_id: Optional[str]) -> None:
+    config = _bundle_factory_code(config, folder)
     weights, aliases = _weights_to_save(model)
     weights_path = folder / WEIGHTS_NAME
     _save_safetensors(weights, weights_path, metadata={
@@ -320,6 +323,24 @@ def _write_folder(model: Any, config: dict[str, Any], folder: Path, model_name: 
     config = dict(config, weights_sha256=_sha256(weights_path))
     _write_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     _write_text(folder / CARD_NAME, model_card(config, model_name=model_name, repo_id=repo_id))
+
+
+def _bundle_factory_code(config: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A backbone built by a factory in a ``.py`` file: copy the file into the folder and record it relative to
+    the folder (as the Hub keeps custom code beside the weights), so the folder rebuilds anywhere."""
+    from .models._user import FACTORY_SOURCE, split_factory_spec
+
+    spec = config.get("backbone")
+    if not spec or spec.get("source") != FACTORY_SOURCE:
+        return config
+    module, name = split_factory_spec(spec["name"])
+    if not module.endswith(".py"):
+        return config  # an importable module: the import path is the record
+    source = Path(module)
+    if not source.is_file():
+        raise FileNotFoundError(f"the backbone's code {source} is gone; it is needed to save the model")
+    _write_text(folder / source.name, source.read_text())
+    return dict(config, backbone=dict(spec, name=f"{source.name}:{name}"))
 
 
 def _save_safetensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
@@ -445,12 +466,33 @@ def _resolve_folder(dir_or_repo_id: PathLike, *, revision: Optional[str], token:
         ) from exc
 
 
+def _absolute_factory(spec: Optional[dict[str, Any]], folder: Path) -> Optional[dict[str, Any]]:
+    from .models._user import FACTORY_SOURCE, split_factory_spec
+
+    if not spec or spec.get("source") != FACTORY_SOURCE:
+        return spec
+    module, name = split_factory_spec(spec["name"], base_dir=folder)
+    return dict(spec, name=f"{module}:{name}")
+
+
 def _rebuild(config: dict[str, Any], config_path: Path, backbone: Optional[nn.Module],
-             leaf_modules: Sequence[type]) -> Any:
+             leaf_modules: Sequence[type], trust_remote_code: bool = False) -> Any:
     from ._model import OFASModel
     from ._surgery import adaptify
+    from .models._user import FACTORY_SOURCE, build_from_factory
 
     spec = config["backbone"]
+    if backbone is None and spec is not None and spec.get("source") == FACTORY_SOURCE:
+        if not trust_remote_code:
+            raise CheckpointError(
+                f"{config_path} rebuilds its backbone by running code ({spec['name']}); pass "
+                "trust_remote_code=True (recipes and CLI: --trust-remote-code) if you trust that code, or build the "
+                "backbone yourself and pass it: OFASModel.from_pretrained(path, backbone=MyResNet(...))"
+            )
+        try:
+            backbone = build_from_factory(spec["name"], spec.get("kwargs") or {}, base_dir=config_path.parent)
+        except ValueError as exc:
+            raise CheckpointError(f"{config_path}: cannot rebuild the backbone from {spec['name']}: {exc}") from exc
     if backbone is None:
         if spec is None:
             raise CheckpointError(

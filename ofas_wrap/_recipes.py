@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,12 +69,45 @@ def _add_head_args(parser: argparse.ArgumentParser, threshold: float) -> None:
                        help="initial bias of the head's last FC (e.g. 2 opens every gate at first)")
 
 
+def _add_user_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("your own model (docs/training.md#bring-your-own-resnet)")
+    group.add_argument("--model-kwargs", type=_json_object, default=None,
+                       help="keyword arguments of the --model factory, a JSON object (e.g. '{\"depth\": 56}')")
+    group.add_argument("--weights", default=None,
+                       help="trained weights for --model: .safetensors, or a torch.save state dict (read with "
+                            "weights_only=True; 'state_dict'/'model' wrappers and a 'module.' prefix are handled)")
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--model-kwargs is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"--model-kwargs must be a JSON object, got {text}")
+    return value
+
+
+def _build_user_model(args: argparse.Namespace, info: DataInfo, **adaptify_kwargs: Any) -> OFASModel:
+    """``--model`` (+ ``--model-kwargs``, ``--weights``) at the dataset's image size; errors are RunErrors."""
+    adaptify_kwargs.setdefault("input_size", (info.channels, *info.image_size))
+    try:
+        model = create_model(args.model, num_classes=info.num_classes, in_chans=info.channels,
+                             backbone_kwargs=args.model_kwargs, checkpoint_path=args.weights, **adaptify_kwargs)
+    except (ValueError, TypeError) as exc:
+        raise RunError(f"--model {args.model}: {exc}") from exc
+    _check_classes(model, info)
+    return model
+
+
 def backbone_parser() -> argparse.ArgumentParser:
     """Flags of ``recipes/train_backbone.py``."""
     parser = build_parser("train_backbone", "Train a backbone with plain supervised learning (no OFAS yet).",
                           lr=0.1, epochs=30)
     parser.add_argument("--model", default="cifar:resnet20",
-                        help="backbone spec: cifar:resnetDEPTH, timm:NAME, torchvision:NAME")
+                        help="backbone spec: cifar:resnetDEPTH, timm:NAME, torchvision:NAME, or your own factory "
+                             "path/to/file.py:FACTORY or package.module:FACTORY")
+    _add_user_model_args(parser)
     parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--variant", choices=["I", "II", "auto"], default="auto",
                         help="the (untrained) OFAS head saved with the backbone; e2e_finetune builds its own")
@@ -90,7 +124,11 @@ def e2e_parser() -> argparse.ArgumentParser:
     parser = build_parser("e2e_finetune", "Train backbone + OFAS head end to end (straight-through gates).",
                           lr=0.01, epochs=10)
     parser.add_argument("--init", default=None, help="run folder of train_backbone (or any saved OFAS model)")
-    parser.add_argument("--model", default=None, help="backbone spec when there is no --init (random weights)")
+    parser.add_argument("--model", default=None,
+                        help="backbone when there is no --init: a spec (cifar:resnet56, timm:NAME, ...) or your own "
+                             "factory path/to/file.py:FACTORY or package.module:FACTORY; random weights unless "
+                             "--weights")
+    _add_user_model_args(parser)
     parser.add_argument("--keep-head", action="store_true", help="keep the --init model's OFAS head")
     parser.add_argument("--head-lr", type=float, default=None, help="learning rate of the head (default: --lr)")
     parser.add_argument("--label-smoothing", type=float, default=0.0)
@@ -157,10 +195,10 @@ def _save(model: OFASModel, info: DataInfo) -> Any:
     return save
 
 
-def _load_init(path: str) -> tuple[OFASModel, dict[str, Any]]:
+def _load_init(path: str, trust_remote_code: bool = False) -> tuple[OFASModel, dict[str, Any]]:
     run = read_run(path)
     run["path"] = Path(os.path.abspath(path))  # recorded in args.json: evaluate.py follows the chain from anywhere
-    model = OFASModel.from_pretrained(run["path"])
+    model = OFASModel.from_pretrained(run["path"], trust_remote_code=trust_remote_code)
     return model, run
 
 
@@ -215,8 +253,7 @@ def train_backbone(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         raise RunError(f"--drop-path must be in [0, 1), got {args.drop_path}")
     trainer = Trainer(args, "train_backbone", find_unused_parameters=args.drop_path > 0)
     info = trainer.load_data().info
-    model = create_model(args.model, num_classes=info.num_classes, in_chans=info.channels,
-                         input_size=(info.channels, *info.image_size), variant=args.variant, threshold=0.0)
+    model = _build_user_model(args, info, variant=args.variant, threshold=0.0)
     backbone = model.unwrap()
     optimizer = _sgd([(list(backbone.parameters()), args.lr)], args)
     trained: nn.Module = backbone
@@ -266,10 +303,13 @@ def e2e_finetune(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         raise RunError(f"--skip-weight must be >= 0, got {args.skip_weight}")
     base, init = (None, None)
     if args.init:
-        base, init = _load_init(args.init)
+        base, init = _load_init(args.init, args.trust_remote_code)
         args.init = str(init["path"])
     elif not args.model:
-        raise RunError("give --init RUN (a trained backbone) or --model SPEC (random weights)")
+        raise RunError("give --init RUN (a trained backbone) or --model SPEC (with --weights FILE for trained "
+                       "weights; random otherwise)")
+    if args.init and (args.model or args.weights):
+        raise RunError("--init already holds the model: leave out --model / --weights, or leave out --init")
     trainer = Trainer(args, "e2e_finetune", init_args=init.get("args") if init else None)
     channels = base.config["input_size"][0] if base is not None else None
     info = trainer.load_data(channels, base.config.get("normalization") if base is not None else None).info
@@ -277,7 +317,7 @@ def e2e_finetune(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     head_kwargs = dict(variant=args.variant, threshold=args.threshold, gate_downsample=not args.no_gate_downsample,
                        hidden_act=args.hidden_act, gate_bias_init=args.gate_bias_init, input_size=size)
     if base is None:
-        model = create_model(args.model, num_classes=info.num_classes, in_chans=info.channels, **head_kwargs)
+        model = _build_user_model(args, info, **head_kwargs)
     else:
         _check_classes(base, info)
         if args.keep_head:
@@ -353,7 +393,7 @@ def rl_finetune(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     for name in ("flip_prob", "keep_weight", "flip_weight"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise RunError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
-    model, init = _load_init(args.init)
+    model, init = _load_init(args.init, args.trust_remote_code)
     args.init = str(init["path"])
     trainer = Trainer(args, "rl_finetune", init_args=init.get("args"))
     info = trainer.load_data(model.config["input_size"][0], model.config.get("normalization")).info

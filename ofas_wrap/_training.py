@@ -160,6 +160,10 @@ def build_parser(phase: str, description: str = "", *, lr: float = 0.1, epochs: 
     data.add_argument("--image-column", default=None)
     data.add_argument("--label-column", default=None)
     data.add_argument("--no-augment", action="store_true", help="no pad-4 random crop + flip on the training split")
+    data.add_argument("--mean", type=float, nargs="+", default=None,
+                      help="input normalisation mean per channel, as the --weights were trained with (default: the "
+                           "training split's own, or the --init model's)")
+    data.add_argument("--std", type=float, nargs="+", default=None, help="input normalisation std per channel")
 
     budget = parser.add_argument_group("budget (the same flags in every recipe)")
     budget.add_argument("--epochs", type=_positive, default=epochs)
@@ -187,6 +191,9 @@ def build_parser(phase: str, description: str = "", *, lr: float = 0.1, epochs: 
                      help="evaluate on the validation split at each epoch end")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--cpu", action="store_true", help="force the CPU even when a GPU is present")
+    run.add_argument("--trust-remote-code", action="store_true",
+                     help="let an --init folder whose backbone comes from your own factory (file.py:FACTORY) run "
+                          "that code to rebuild it")
 
     optim = parser.add_argument_group("optimiser (SGD with momentum)")
     optim.add_argument("--lr", type=float, default=lr)
@@ -423,6 +430,7 @@ class Trainer:
         it was trained with (so every phase sees the same inputs whatever its subsets).
         """
         args = self.args
+        normalization = self._normalization_flags(normalization)
         in_chans: Union[int, str] = args.in_chans
         if channels is not None:
             if in_chans not in ("auto", str(channels)):
@@ -439,6 +447,22 @@ class Trainer:
         if len(self.data.val) == 0 and args.eval_every_epoch:
             self.print("note: --val-size 0, so the 'validation' numbers come from the test split")
         return self.data
+
+    def _normalization_flags(self, recorded: Optional[dict[str, Sequence[float]]]
+                             ) -> Optional[dict[str, Sequence[float]]]:
+        args = self.args
+        mean, std = getattr(args, "mean", None), getattr(args, "std", None)
+        if mean is None and std is None:
+            return recorded
+        if mean is None or std is None or len(mean) != len(std) or any(v <= 0 for v in std):
+            raise RunError("--mean and --std go together, one value per channel each, std > 0 "
+                           "(e.g. --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225)")
+        given = {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+        if recorded is not None and ([float(v) for v in recorded["mean"]], [float(v) for v in recorded["std"]]) != (
+                given["mean"], given["std"]):
+            raise RunError(f"--mean/--std differ from the normalisation the --init model was trained with "
+                           f"({recorded}); leave them out")
+        return given
 
     # ---------------------------------------------------------------------------------------- helpers
     def print(self, *parts: Any) -> None:
@@ -773,9 +797,12 @@ def main_guard(run: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Seq
 
     2: bad flags, data or run folder (nothing was written); 3: a NaN/inf loss; 130: interrupted (checkpoint saved).
     """
+    from ._hub import CheckpointError
+    from .models import WeightsError
+
     try:
         run(argv)
-    except (RunError, DataError, FileNotFoundError) as exc:
+    except (RunError, DataError, FileNotFoundError, CheckpointError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except NonFiniteLossError as exc:

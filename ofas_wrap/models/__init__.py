@@ -3,6 +3,7 @@
 from ._cifar import CIFAR_DEPTHS, BasicBlock, CifarResNet, cifar_resnet
 from ._registry import register_with_timm
 from ._specs import BackboneSpec, create_backbone, default_input_size, parse_backbone_spec
+from ._user import WeightsError, is_factory_spec, load_checkpoint_weights, read_checkpoint_state
 
 register_with_timm()
 
@@ -16,4 +17,8 @@ __all__ = [
     "create_backbone",
     "default_input_size",
     "parse_backbone_spec",
+    "WeightsError",
+    "is_factory_spec",
+    "load_checkpoint_weights",
+    "read_checkpoint_state",
 ]

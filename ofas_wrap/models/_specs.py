@@ -8,10 +8,11 @@ from typing import Any
 from torch import nn
 
 from ._cifar import cifar_resnet
+from ._user import FACTORY_SOURCE, build_from_factory, is_factory_spec, split_factory_spec
 
 __all__ = ["BackboneSpec", "parse_backbone_spec", "create_backbone", "default_input_size"]
 
-SOURCES = ("cifar", "timm", "torchvision")
+SOURCES = ("cifar", "timm", "torchvision", FACTORY_SOURCE)
 
 
 @dataclass
@@ -27,22 +28,30 @@ class BackboneSpec:
 
 
 def parse_backbone_spec(spec: str) -> BackboneSpec:
-    """Parse ``"source:name"``; ``source`` is one of cifar, timm, torchvision.
+    """Parse ``"source:name"`` (cifar, timm, torchvision) or a user's factory ``FILE.py:NAME`` /
+    ``package.module:NAME`` (source ``factory``, a file path made absolute).
 
     Example:
         >>> parse_backbone_spec("cifar:resnet38")
         BackboneSpec(source='cifar', name='resnet38', kwargs={})
+        >>> parse_backbone_spec("mypkg.nets:build")
+        BackboneSpec(source='factory', name='mypkg.nets:build', kwargs={})
     """
+    if isinstance(spec, str) and is_factory_spec(spec):
+        module, name = split_factory_spec(spec)
+        return BackboneSpec(FACTORY_SOURCE, f"{module}:{name}")
     if not isinstance(spec, str) or ":" not in spec:
         raise ValueError(
             f"backbone spec {spec!r} is not of the form SOURCE:NAME; use e.g. 'cifar:resnet38', "
-            "'timm:resnet50' or 'torchvision:resnet18'"
+            "'timm:resnet50', 'torchvision:resnet18', or your own factory as 'path/to/file.py:FACTORY' or "
+            "'package.module:FACTORY'"
         )
     source, name = spec.split(":", 1)
     source = source.strip().lower()
     name = name.strip()
     if source not in SOURCES:
-        raise ValueError(f"unknown backbone source {source!r} in {spec!r}; allowed: {', '.join(SOURCES)}")
+        raise ValueError(f"unknown backbone source {source!r} in {spec!r}; allowed: {', '.join(SOURCES[:3])}, or "
+                         "your own factory as 'path/to/file.py:FACTORY' or 'package.module:FACTORY'")
     if not name:
         raise ValueError(f"backbone spec {spec!r} has no model name after the colon")
     if source == "cifar":
@@ -68,6 +77,8 @@ def create_backbone(spec: str | BackboneSpec, num_classes: int | None = None, in
     """
     if isinstance(spec, str):
         spec = parse_backbone_spec(spec)
+    if spec.source == FACTORY_SOURCE:
+        return build_from_factory(spec.name, {**spec.kwargs, **kwargs}, num_classes=num_classes, in_chans=in_chans)
     kwargs = {**spec.kwargs, **kwargs}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
