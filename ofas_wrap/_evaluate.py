@@ -306,14 +306,22 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     scripted = None
+    timed_as, script_failure = "torchscript", None
     if accelerator.is_main_process and len(latency_images):
         # script once; the threshold is a buffer of the scripted model, set per T below
         scripted_path = out_dir / ".sweep.pt"
-        export_torchscript(model, scripted_path, example_input=latency_images[:2])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            scripted = torch.jit.load(str(scripted_path))
-        scripted_path.unlink()
+        try:
+            export_torchscript(model, scripted_path, example_input=latency_images[:2])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                scripted = torch.jit.load(str(scripted_path))
+        except Exception as exc:  # a user's backbone TorchScript cannot compile (a lambda, dynamic Python)
+            script_failure = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+            timed_as = "eager"
+            accelerator.print(f"note: TorchScript cannot compile this model ({script_failure}); timing the eager "
+                              "model instead (real skipping too: eval mode runs only the executed blocks)")
+        finally:
+            scripted_path.unlink(missing_ok=True)
     for threshold in [0.0] + [t for t in args.thresholds if t != 0.0]:
         model.threshold = threshold
         test = evaluate_classifier(accelerator, model, test_loader)
@@ -327,6 +335,9 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 scripted.gate_threshold.fill_(threshold)
             row["latency_ms"], row["latency_p90_ms"] = _latency_ms(
                 scripted, latency_images, args.latency_runs, args.latency_warmup, args.threads)
+        elif script_failure is not None:
+            row["latency_ms"], row["latency_p90_ms"] = _latency_ms(
+                model.eval(), latency_images, args.latency_runs, args.latency_warmup, args.threads)
         accelerator.wait_for_everyone()
         rows.append(row)
         accelerator.print(f"T={threshold:.2f}: test acc {row['test_accuracy']:.4f}, blocks "
@@ -356,14 +367,19 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "chosen_threshold": chosen,
         "choice_rule": f"largest T with validation accuracy >= {reference_name} - {args.max_drop} points, else the "
                        "most accurate T", "export_threshold": export_t,
-        "head_output_percentiles": output_percentiles(outputs),
+        "head_output_percentiles": output_percentiles(outputs), "timed_as": timed_as,
     }
     if accelerator.is_main_process:
         model.threshold = export_t
         export_path = out_dir / f"model_T{export_t:.2f}.pt"
         example = latency_images[:2] if len(latency_images) >= 2 else None
-        export_torchscript(model, export_path, example_input=example)
-        result["exported_model"] = str(export_path)
+        try:
+            export_torchscript(model, export_path, example_input=example)
+            result["exported_model"] = str(export_path)
+        except Exception as exc:  # the results still get written; the export step says why it was skipped
+            result["exported_model"] = None
+            result["export_skipped"] = f"TorchScript export failed: {type(exc).__name__}: " + (
+                (str(exc).strip().splitlines() or [""])[0][:200])
         _write_csv(out_dir / "results.csv", rows_sweep, baseline)
         _write_json(out_dir / "results.json", result)
         if not args.no_plot:
@@ -376,7 +392,11 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         if result["head_output_percentiles"]:
             spread = ", ".join(f"p{q} {v:.3f}" for q, v in result["head_output_percentiles"].items())
             print(f"head outputs S_L: {spread}")
-        print(f"exported TorchScript model (T = {export_t:.2f}): {export_path}")
+        if result["exported_model"]:
+            print(f"exported TorchScript model (T = {export_t:.2f}): {export_path}")
+        else:
+            print(f"skipped the TorchScript export: {result['export_skipped']}")
+        print(f"latency timed on the {timed_as} model")
         print(f"results: {out_dir / 'results.csv'}, {out_dir / 'results.json'}"
               + (f", {result['plot']}" if "plot" in result else ""))
     accelerator.wait_for_everyone()

@@ -273,7 +273,14 @@ def train_backbone(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         return evaluate_classifier(trainer.accelerator, module, loader, ofas=False)
 
     model.threshold = 0.0
-    return trainer.fit(trained, optimizer, step, eval_fn=evaluate, save_fn=_save(model, info),
+    save = _save(model, info)
+    if isinstance(trained, StochasticDepth):
+        plain_save = save
+
+        def save(run_dir: Path) -> None:  # the test-time network of stochastic depth (Huang et al., Eq. 5)
+            with trained.folded():
+                plain_save(run_dir)
+    return trainer.fit(trained, optimizer, step, eval_fn=evaluate, save_fn=save,
                        config={"num_classes": info.num_classes})
 
 

@@ -85,11 +85,23 @@ def test_per_sample_mode_draws_a_pattern_per_image():
     assert len({tuple(row.tolist()) for row in model.last_gates}) > 1
 
 
-def test_eval_mode_runs_the_full_backbone():
+def test_eval_mode_runs_the_full_backbone_with_huangs_rescaling():
     model = adapted()
-    wrapper = StochasticDepth(model, 0.9).eval()
+    wrapper = StochasticDepth(model, 0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(2, 3, 8, 8)
-    assert torch.equal(wrapper(x), model.unwrap().eval()(x))
+    reference = TinyNet()
+    reference.load_state_dict(model.unwrap().state_dict())
+    with torch.no_grad():
+        for block, p in zip(reference.layers, survival_probabilities(4, 0.5)):
+            block.bn.weight.mul_(p)  # the residual branch scaled by its survival probability (Huang et al., Eq. 5)
+            block.bn.bias.mul_(p)
+    assert torch.allclose(wrapper.eval()(x), reference.eval()(x), atol=1e-6)
+    wrapper.train()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # restored exactly for training
+    with wrapper.folded() as folded:
+        assert torch.allclose(folded.unwrap().eval()(x), reference(x), atol=1e-6)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_the_draws_resume_exactly_from_the_state_dict():
