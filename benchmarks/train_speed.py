@@ -166,14 +166,24 @@ def write_markdown(path: Path, result: dict, command: str) -> None:
     path.write_text("\n".join(lines))
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="cifar:resnet38")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--check-steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--check-steps", type=int, default=12)
     parser.add_argument("--tolerance", type=float, default=0.10)
     parser.add_argument("--drop-path", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
@@ -197,7 +207,7 @@ def main(argv=None) -> int:
         "threads": per_threads, "loss_check": checks,
         "meta": {"model": args.model, "batch_size": args.batch_size, "rounds": args.rounds, "steps": args.steps,
                  "check_steps": args.check_steps, "tolerance": args.tolerance, "drop_path": args.drop_path,
-                 "bf16_native": bf16_ok, "cpu": platform.processor() or platform.machine(),
+                 "bf16_native": bf16_ok, "cpu": cpu_name(),
                  "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
                  "cores": os.cpu_count()},
     }

@@ -90,7 +90,16 @@ class DiscoveryTracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m, forward, args, kwargs):
-        name = self.path_of_module(m)
+        try:
+            name = self.path_of_module(m)
+        except NameError:
+            # a module built inside forward(), as public ResNets write `nn.ReLU(inplace=True)(out + x)`: it is no
+            # submodule, so it cannot be a graph node; without weights it is just its computation: trace through
+            if next(m.parameters(), None) is not None or next(m.buffers(), None) is not None:
+                raise SurgeryError(
+                    f"a {type(m).__name__} is created inside a forward() and holds weights, which are then new on "
+                    "every call and never trained; create it in __init__ instead") from None
+            return forward(*args, **kwargs)
         if self.is_leaf_module(m, name):
             return super().call_module(m, forward, args, kwargs)
         start = len(self.graph.nodes)

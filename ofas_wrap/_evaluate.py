@@ -294,6 +294,7 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             test_split=run_args.get("test_split"), image_column=run_args.get("image_column"),
             label_column=run_args.get("label_column"), config_name=run_args.get("dataset_config"),
             normalization=model.config.get("normalization"),
+            val_from=(run_args.get("val_from") if run_args else None) or "train",
         )
     info = data.info
     test_loader = accelerator.prepare(make_loader(data.test, args.batch_size))
@@ -362,7 +363,8 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         row.update(adaptivity(outputs, row["threshold"]))
     result = {
         "run": str(run["path"]), "dataset": info.source, "test_images": reference["test_count"],
-        "val_images": len(data.val), "threads": args.threads, "latency_samples": len(latency_images),
+        "val_images": len(data.val), "val_from": info.val_from,
+        "threads": args.threads, "latency_samples": len(latency_images),
         "latency_runs": args.latency_runs, "all_blocks": reference, "rows": rows_sweep, "baseline": baseline,
         "chosen_threshold": chosen,
         "choice_rule": f"largest T with validation accuracy >= {reference_name} - {args.max_drop} points, else the "

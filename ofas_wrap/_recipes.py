@@ -100,6 +100,19 @@ def _build_user_model(args: argparse.Namespace, info: DataInfo, **adaptify_kwarg
     return model
 
 
+def _adapt_given(given: nn.Module, info: DataInfo, **adaptify_kwargs: Any) -> OFASModel:
+    """A model object handed to a phase in Python: adapt it at the dataset's size (an OFASModel: its backbone)."""
+    if not isinstance(given, nn.Module):
+        raise RunError(f"model= must be a torch.nn.Module, got {type(given).__name__}")
+    backbone = given.unwrap() if isinstance(given, OFASModel) else given
+    adaptify_kwargs.setdefault("input_size", (info.channels, *info.image_size))
+    adapted = adaptify(backbone, **adaptify_kwargs)
+    if isinstance(given, OFASModel) and given.config.get("backbone"):
+        adapted.config["backbone"] = given.config["backbone"]
+    _check_classes(adapted, info)
+    return adapted
+
+
 def backbone_parser() -> argparse.ArgumentParser:
     """Flags of ``recipes/train_backbone.py``."""
     parser = build_parser("train_backbone", "Train a backbone with plain supervised learning (no OFAS yet).",
@@ -149,7 +162,8 @@ def rl_parser() -> argparse.ArgumentParser:
     """Flags of ``recipes/rl_finetune.py``; the RL constants default to the paper's values (Section IV-B)."""
     parser = build_parser("rl_finetune", "RL fine-tuning of the OFAS head (Section IV-B, Eq. 5-10).",
                           lr=0.001, epochs=5)
-    parser.add_argument("--init", required=True, help="run folder of e2e_finetune (a saved OFAS model)")
+    parser.add_argument("--init", default=None,
+                        help="run folder of e2e_finetune (a saved OFAS model); required on the command line")
     parser.add_argument("--threshold", type=float, default=None, help="T of Eq. 1 (default: the --init model's)")
     parser.add_argument("--head-lr", type=float, default=DEFAULT_RL_HEAD_LR,
                         help="learning rate of the head, l_r of Eq. 9 (default: --lr)")
@@ -242,8 +256,11 @@ def _head_params(model: OFASModel) -> tuple[list[nn.Parameter], list[nn.Paramete
 
 
 # ----------------------------------------------------------------------------------------------- phases
-def train_backbone(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def train_backbone(argv: Optional[Sequence[str]] = None, model: Optional[nn.Module] = None) -> dict[str, Any]:
     """Plain supervised training of ``--model`` on ``--dataset``; saves it as an OFAS model at T = 0.
+
+    ``model``: train this backbone (a plain ``nn.Module`` or an ``OFASModel``) instead of building ``--model``;
+    its weights are trained in place. The returned summary holds the adapted model under ``"model"``.
 
     Example (the command line): ``python recipes/train_backbone.py --model cifar:resnet20 --dataset
     fashion-mnist --in-chans 1 --epochs 2 --output runs/base``
@@ -253,7 +270,11 @@ def train_backbone(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         raise RunError(f"--drop-path must be in [0, 1), got {args.drop_path}")
     trainer = Trainer(args, "train_backbone", find_unused_parameters=args.drop_path > 0)
     info = trainer.load_data().info
-    model = _build_user_model(args, info, variant=args.variant, threshold=0.0)
+    user_model = model
+    if user_model is None:
+        model = _build_user_model(args, info, variant=args.variant, threshold=0.0)
+    else:
+        model = _adapt_given(user_model, info, variant=args.variant, threshold=0.0)
     backbone = model.unwrap()
     optimizer = _sgd([(list(backbone.parameters()), args.lr)], args)
     trained: nn.Module = backbone
@@ -280,8 +301,9 @@ def train_backbone(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         def save(run_dir: Path) -> None:  # the test-time network of stochastic depth (Huang et al., Eq. 5)
             with trained.folded():
                 plain_save(run_dir)
-    return trainer.fit(trained, optimizer, step, eval_fn=evaluate, save_fn=save,
-                       config={"num_classes": info.num_classes})
+    summary = trainer.fit(trained, optimizer, step, eval_fn=evaluate, save_fn=save,
+                          config={"num_classes": info.num_classes})
+    return {**summary, "model": model}
 
 
 def _gate_costs(model: OFASModel, kind: str) -> Tensor:
@@ -293,7 +315,7 @@ def _gate_costs(model: OFASModel, kind: str) -> Tensor:
     return costs / costs.sum().clamp_min(1e-12)
 
 
-def e2e_finetune(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def e2e_finetune(argv: Optional[Sequence[str]] = None, model: Optional[nn.Module] = None) -> dict[str, Any]:
     """Train the backbone and a fresh OFAS head end to end with straight-through gates (Section IV-A).
 
     Loss: cross-entropy of the gated network (training mode: the hard 0/1 gates of Eq. 1 forward, the head's
@@ -301,15 +323,26 @@ def e2e_finetune(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     gated FLOPs (or gates), also straight-through. With ``--gate-sampling bernoulli`` the training gates are
     sampled, ``G ~ Bernoulli(S_L)`` (straight-through), and the penalty is the expected cost ``sum S_L * cost``.
 
+    ``model``: start from this model object instead of ``--init`` / ``--model`` (a plain backbone, adapted with a
+    fresh head, or an ``OFASModel``, whose head is kept with ``--keep-head``); trained in place. The returned
+    summary holds the OFAS model under ``"model"``.
+
     Example: ``python recipes/e2e_finetune.py --init runs/base --variant I --epochs 2 --output runs/e2e``
     """
     args = e2e_parser().parse_args(argv)
+    user_model = model
     if not 0.0 <= args.threshold < 1.0:
         raise RunError(f"--threshold must be in [0, 1), got {args.threshold}")
     if args.skip_weight < 0:
         raise RunError(f"--skip-weight must be >= 0, got {args.skip_weight}")
     base, init = (None, None)
-    if args.init:
+    if user_model is not None and (args.init or args.model):
+        raise RunError("model= already gives the model: leave out --init / --model")
+    if user_model is not None:
+        if not isinstance(user_model, nn.Module):
+            raise RunError(f"model= must be a torch.nn.Module, got {type(user_model).__name__}")
+        base = user_model if isinstance(user_model, OFASModel) else None
+    elif args.init:
         base, init = _load_init(args.init, args.trust_remote_code)
         args.init = str(init["path"])
     elif not args.model:
@@ -323,7 +356,9 @@ def e2e_finetune(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     size = (info.channels, *info.image_size)
     head_kwargs = dict(variant=args.variant, threshold=args.threshold, gate_downsample=not args.no_gate_downsample,
                        hidden_act=args.hidden_act, gate_bias_init=args.gate_bias_init, input_size=size)
-    if base is None:
+    if user_model is not None and base is None:
+        model = _adapt_given(user_model, info, **head_kwargs)
+    elif base is None:
         model = _build_user_model(args, info, **head_kwargs)
     else:
         _check_classes(base, info)
@@ -358,10 +393,11 @@ def e2e_finetune(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         skip = 1.0 - float(model.last_gates.float().mean()) if model.num_gates else 0.0
         return {"loss": loss, "logits": logits, "targets": labels, "skip": skip, "metrics": metrics}
 
-    return trainer.fit(SampledGateForward(model) if sampled else model, optimizer, step,
-                       eval_fn=_ofas_eval(trainer), save_fn=_save(model, info),
-                       config={"num_classes": info.num_classes, "num_gates": model.num_gates,
-                               "variant": model.config["variant"]})
+    summary = trainer.fit(SampledGateForward(model) if sampled else model, optimizer, step,
+                          eval_fn=_ofas_eval(trainer), save_fn=_save(model, info),
+                          config={"num_classes": info.num_classes, "num_gates": model.num_gates,
+                                  "variant": model.config["variant"]})
+    return {**summary, "model": model}
 
 
 class RunningMean:
@@ -387,12 +423,15 @@ class RunningMean:
         self.value, self.initialised = state["value"], state["initialised"]
 
 
-def rl_finetune(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def rl_finetune(argv: Optional[Sequence[str]] = None, model: Optional[OFASModel] = None) -> dict[str, Any]:
     """The RL phase of Section IV-B: exploration (Eq. 5), per-gate rewards (Eq. 6-8), policy loss (Eq. 9-10).
 
     Each step: the head's gates ``g`` at T, actions ``a`` = ``g`` with each gate flipped with probability
     ``--flip-prob``, the network run under ``a``; the head minimises the policy loss, and (unless
     ``--freeze-backbone``) the backbone minimises the cross-entropy under ``a``.
+
+    ``model``: fine-tune this ``OFASModel`` object instead of loading ``--init`` (trained in place; then
+    ``--dataset`` is needed). The returned summary holds it under ``"model"``.
 
     Example: ``python recipes/rl_finetune.py --init runs/e2e --epochs 1 --output runs/rl``
     """
@@ -400,8 +439,17 @@ def rl_finetune(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     for name in ("flip_prob", "keep_weight", "flip_weight"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise RunError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
-    model, init = _load_init(args.init, args.trust_remote_code)
-    args.init = str(init["path"])
+    if model is not None:
+        if args.init:
+            raise RunError("model= already gives the model: leave out --init")
+        if not isinstance(model, OFASModel):
+            raise RunError(f"model= must be an OFASModel (adapted and e2e-trained), got {type(model).__name__}")
+        init: dict[str, Any] = {}
+    elif not args.init:
+        raise RunError("give --init RUN (an e2e_finetune run folder)")
+    else:
+        model, init = _load_init(args.init, args.trust_remote_code)
+        args.init = str(init["path"])
     trainer = Trainer(args, "rl_finetune", init_args=init.get("args"))
     info = trainer.load_data(model.config["input_size"][0], model.config.get("normalization")).info
     _check_classes(model, info)
@@ -441,7 +489,8 @@ def rl_finetune(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
     train_mode = rl.freeze_batchnorm_statistics if freeze_bn else None
     extra = (baseline,) if args.policy_loss == "reinforce" else ()
-    return trainer.fit(rollout, optimizer, step, eval_fn=_ofas_eval(trainer), save_fn=_save(model, info),
-                       train_mode_fn=train_mode, extra_state=extra,
-                       config={"num_classes": info.num_classes, "num_gates": model.num_gates,
-                               "threshold": model.threshold, "freeze_bn_effective": freeze_bn})
+    summary = trainer.fit(rollout, optimizer, step, eval_fn=_ofas_eval(trainer), save_fn=_save(model, info),
+                          train_mode_fn=train_mode, extra_state=extra,
+                          config={"num_classes": info.num_classes, "num_gates": model.num_gates,
+                                  "threshold": model.threshold, "freeze_bn_effective": freeze_bn})
+    return {**summary, "model": model}

@@ -87,9 +87,9 @@ METRICS_NAME = "metrics.json"
 CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"
 DATA_KEYS = ("dataset", "dataset_config", "in_chans", "val_size", "split_seed", "image_size", "train_split",
-             "test_split", "image_column", "label_column")
+             "test_split", "image_column", "label_column", "val_from")
 SCHEDULES = ("cosine", "linear", "step", "constant")
-DATA_DEFAULTS = {"in_chans": "auto", "val_size": 0.1, "split_seed": 0, "train_split": "train"}
+DATA_DEFAULTS = {"in_chans": "auto", "val_size": 0.1, "split_seed": 0, "train_split": "train", "val_from": "train"}
 
 
 class RunError(ValueError):
@@ -153,6 +153,10 @@ def build_parser(phase: str, description: str = "", *, lr: float = 0.1, epochs: 
     data.add_argument("--val-size", type=_val_size, default=None,
                       help="validation images carved from train (count, or fraction < 1), used to choose T; "
                            "default 0.1")
+    data.add_argument("--val-from", choices=["train", "test"], default=None,
+                      help="train: carve --val-size from the training split (default); test: choose on a fixed, "
+                           "seeded half of the test split and report on the other half, for a model that saw every "
+                           "training image (released checkpoints)")
     data.add_argument("--split-seed", type=int, default=None, help="seed of the validation carve and subsets (0)")
     data.add_argument("--image-size", type=int, default=None, help="resize images to N x N")
     data.add_argument("--train-split", default=None, help="name of the training split (train)")
@@ -442,7 +446,7 @@ class Trainer:
                 eval_subset=args.eval_subset, split_seed=args.split_seed, image_size=args.image_size,
                 augment=not args.no_augment, train_split=args.train_split, test_split=args.test_split,
                 image_column=args.image_column, label_column=args.label_column, config_name=args.dataset_config,
-                normalization=normalization,
+                normalization=normalization, val_from=args.val_from,
             )
         if len(self.data.val) == 0 and args.eval_every_epoch:
             self.print("note: --val-size 0, so the 'validation' numbers come from the test split")

@@ -591,6 +591,7 @@ class DataInfo:
     sizes: dict[str, int] = field(default_factory=dict)
     val_size: int = 0
     split_seed: int = 0
+    val_from: str = "train"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -688,8 +689,8 @@ def load_image_data(source: Union[str, os.PathLike], *, in_chans: Union[int, str
                     eval_subset: Optional[int] = None, split_seed: int = 0, image_size: Optional[int] = None,
                     augment: bool = True, train_split: str = "train", test_split: Optional[str] = None,
                     image_column: Optional[str] = None, label_column: Optional[str] = None,
-                    config_name: Optional[str] = None, normalization: Optional[dict[str, Sequence[float]]] = None
-                    ) -> ImageData:
+                    config_name: Optional[str] = None, normalization: Optional[dict[str, Sequence[float]]] = None,
+                    val_from: str = "train") -> ImageData:
     """Load, decode once, carve the validation split and wrap everything as :class:`ImageTensorDataset`.
 
     Args:
@@ -707,6 +708,10 @@ def load_image_data(source: Union[str, os.PathLike], *, in_chans: Union[int, str
         config_name: the Hub dataset configuration, if it has several.
         normalization: ``{"mean": [...], "std": [...]}`` to use instead of the training split's own statistics
             (a model trained earlier keeps the normalisation it was trained with).
+        val_from: ``"train"`` (the carve above) or ``"test"``: the validation split is a fixed, seeded half of the
+            test split and the test split is the other half (for a starting model that saw every training image,
+            such as every released checkpoint, where a carve from train is contaminated). ``val_size`` is then
+            ignored and the whole training split trains.
 
     Raises:
         DataError: missing path, unknown layout, missing or empty split, no image or label column, a validation
@@ -723,9 +728,11 @@ def load_image_data(source: Union[str, os.PathLike], *, in_chans: Union[int, str
     if channels not in (1, 3, stored):
         raise DataError(f"in_chans must be 'auto', 1 or 3, got {in_chans!r}")
 
+    if val_from not in ("train", "test"):
+        raise DataError(f"val_from must be 'train' or 'test', got {val_from!r}")
     generator = torch.Generator().manual_seed(split_seed)
     order = torch.randperm(len(train_labels), generator=generator)
-    n_val = _count(val_size, len(order), "val_size")
+    n_val = _count(val_size, len(order), "val_size") if val_from == "train" else 0
     if n_val >= len(order):
         raise DataError(f"val_size={val_size} leaves no training image (the train split has {len(order)})")
     val_index, train_index = order[:n_val], order[n_val:]
@@ -734,11 +741,17 @@ def load_image_data(source: Union[str, os.PathLike], *, in_chans: Union[int, str
             raise DataError(f"train_subset must be >= 1, got {train_subset}")
         train_index = train_index[:train_subset]
     test_index = torch.randperm(len(test_labels), generator=generator)
+    held_out_val = None
+    if val_from == "test":  # a seeded half of test chooses, the other half reports; never the same image
+        half = len(test_index) // 2
+        held_out_val, test_index = test_index[:half], test_index[half:]
     if eval_subset is not None:
         if eval_subset < 1:
             raise DataError(f"eval_subset must be >= 1, got {eval_subset}")
         val_index, test_index = val_index[:eval_subset], test_index[:eval_subset]
-    if n_val == 0:
+    if held_out_val is not None:
+        val_index = held_out_val[:eval_subset] if eval_subset is not None else held_out_val
+    elif n_val == 0:
         val_index = test_index[:0]
     train_part = train_images.index_select(0, train_index)
     mean, std = _channel_stats(train_images.index_select(0, order[n_val:]))
@@ -761,8 +774,8 @@ def load_image_data(source: Union[str, os.PathLike], *, in_chans: Union[int, str
     info = DataInfo(
         source=resolved.location, kind=resolved.kind, num_classes=num_classes, class_names=names, channels=channels,
         stored_channels=stored, image_size=(int(train_images.shape[2]), int(train_images.shape[3])), mean=mean,
-        std=std, sizes={"train": len(train), "val": len(val), "test": len(test)}, val_size=n_val,
-        split_seed=split_seed,
+        std=std, sizes={"train": len(train), "val": len(val), "test": len(test)},
+        val_size=n_val if val_from == "train" else len(val_index), split_seed=split_seed, val_from=val_from,
     )
     return ImageData(train, val, test, info)
 

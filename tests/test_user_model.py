@@ -199,3 +199,95 @@ def test_bad_user_model_flags_fail_before_anything_is_written(tmp_path, monkeypa
         code = main_guard(train_backbone, ["--dataset", dataset, "--in-chans", "3", "--model",
                                            f"{user_file}:tiny_resnet", "--output", str(out), *extra, *TINY])
         assert code == 2 and message in capsys.readouterr().err and not out.exists()
+
+
+# ------------------------------------------------------------------------------ modules built inside forward
+class InlineBasic(torch.nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.residual = torch.nn.Sequential(torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+                                            torch.nn.BatchNorm2d(channels), torch.nn.ReLU(),
+                                            torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+                                            torch.nn.BatchNorm2d(channels))
+        self.shortcut = torch.nn.Sequential()
+
+    def forward(self, x):
+        return torch.nn.ReLU(inplace=True)(self.residual(x) + self.shortcut(x))
+
+
+class InlineBottleneck(torch.nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.residual = torch.nn.Sequential(torch.nn.Conv2d(channels, channels // 2, 1, bias=False),
+                                            torch.nn.BatchNorm2d(channels // 2), torch.nn.ReLU(),
+                                            torch.nn.Conv2d(channels // 2, channels // 2, 3, padding=1, bias=False),
+                                            torch.nn.BatchNorm2d(channels // 2), torch.nn.ReLU(),
+                                            torch.nn.Conv2d(channels // 2, channels, 1, bias=False),
+                                            torch.nn.BatchNorm2d(channels))
+
+    def forward(self, x):
+        return torch.nn.ReLU(inplace=True)(self.residual(x) + x)
+
+
+class InlineNet(torch.nn.Module):
+    def __init__(self, block):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = torch.nn.Sequential(block(8), block(8))
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+class InlineWeights(InlineNet):
+    def forward(self, x):
+        return torch.nn.Linear(8, 3)(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("block", [InlineBasic, InlineBottleneck])
+def test_modules_built_inside_forward_are_traced_through(block):
+    net = InlineNet(block).eval()
+    model = ofas_wrap.adaptify(net, input_size=(3, 8, 8), threshold=0.0).eval()
+    x = torch.randn(2, 3, 8, 8)
+    assert model.num_gates == 2 and torch.allclose(model(x), net(x), atol=1e-6)
+
+
+def test_a_module_with_weights_built_inside_forward_is_refused():
+    with pytest.raises(ofas_wrap.SurgeryError, match="created inside a forward"):
+        ofas_wrap.adaptify(InlineWeights(InlineBasic), input_size=(3, 8, 8))
+
+
+def test_val_from_test_chooses_on_one_half_and_reports_on_the_other(tmp_path, monkeypatch):
+    from ofas_wrap.data import load_image_data
+    from tests.test_recipes import write_tiny_idx
+
+    monkeypatch.setenv("OFAS_WRAP_CACHE", str(tmp_path / "cache"))
+    dataset = write_tiny_idx(tmp_path / "idx", n_train=40, n_test=24)
+    data = load_image_data(dataset, val_from="test", val_size=0.5)
+    assert data.info.sizes == {"train": 40, "val": 12, "test": 12} and data.info.val_from == "test"
+    val = {tuple(img.flatten().tolist()) for img in data.val.images}
+    test = {tuple(img.flatten().tolist()) for img in data.test.images}
+    assert not val & test  # never the same image
+    again = load_image_data(dataset, val_from="test")
+    assert torch.equal(again.val.images, data.val.images)  # fixed and seeded
+
+
+def test_each_phase_runs_from_python_on_a_model_object(tmp_path, monkeypatch):
+    from ofas_wrap._recipes import rl_finetune
+    from tests.test_recipes import TINY, write_tiny_idx
+
+    monkeypatch.setenv("OFAS_WRAP_CACHE", str(tmp_path / "cache"))
+    dataset = write_tiny_idx(tmp_path / "idx", size=16)
+    common = ["--dataset", dataset, "--in-chans", "3", "--val-size", "16", "--max-steps", "2", *TINY]
+    net = InlineNet(InlineBasic)
+    net.fc = torch.nn.Linear(8, 4)
+    before = net.stem.weight.detach().clone()
+    base = train_backbone([*common, "--output", str(tmp_path / "b")], model=net)
+    assert not torch.equal(net.stem.weight, before)  # the user's object was trained in place
+    e2e = e2e_finetune([*common, "--output", str(tmp_path / "e")], model=base["model"])
+    assert isinstance(e2e["model"], ofas_wrap.OFASModel) and e2e["model"].unwrap() is net
+    rl = rl_finetune([*common, "--output", str(tmp_path / "r")], model=e2e["model"])
+    assert rl["global_step"] == 2 and rl["model"] is e2e["model"]
+    with pytest.raises(ofas_wrap._training.RunError, match="model= already gives the model"):
+        e2e_finetune([*common, "--model", "cifar:resnet8", "--output", str(tmp_path / "x")], model=net)
