@@ -38,7 +38,9 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+# the lossless copy: published CIFAR-10 numbers are comparable on it (the JPEG copy costs about 10 pp; old tables
+# used it: --data ../shared/data/cifar10-jpeg.tar.gz reproduces them)
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-png.tar.gz"
 THRESHOLDS = "0.1:0.95:0.05"
 # What worked best on CIFAR-10 (docs/results.md): sampled gates, opened at the start, a fast head and a strong
 # computation penalty; the paper's e2e recipe is trained beside it as "ofas_e2e_paper" for comparison.
@@ -51,6 +53,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="CIFAR-10 imagefolder or its .tar.gz")
     parser.add_argument("--work", default="runs/cifar10", help="folder of the training runs (reused when complete)")
+    parser.add_argument("--weights", default=None,
+                        help="folder of kept trained backbones (benchmarks/weights/cifar10): resnetD, resnetD_sd, ... "
+                             "are used instead of training the original and the static ResNets")
+    parser.add_argument("--backbone", default=None,
+                        help="which kept backbone is the original (default resnetDEPTH; e.g. resnet38_sd)")
     parser.add_argument("--out", default="docs/results", help="where cifar10.json / .md / .png go")
     parser.add_argument("--depth", type=int, default=38, help="the OFAS backbone, cifar:resnetDEPTH")
     parser.add_argument("--static-depths", type=int, nargs="*", default=[20, 26, 32])
@@ -102,8 +109,20 @@ def _recipe(name: str, run: Path, flags: list[str], log: Path) -> float:
     return time.time() - started
 
 
-def _evaluate(run: Path, args: argparse.Namespace, baseline: Path, thresholds: str, log: Path) -> dict[str, Any]:
-    out = run / "eval"
+def _kept(args: argparse.Namespace, name: str) -> Optional[Path]:
+    """A kept trained backbone of ``--weights`` (a run folder without checkpoints), or None without --weights."""
+    if not args.weights:
+        return None
+    folder = Path(args.weights).resolve() / name
+    if not _complete(folder):
+        raise SystemExit(f"--weights {args.weights}: {folder} is not a complete run folder (config.json, "
+                         "model.safetensors, metrics.json); see benchmarks/weights/cifar10/README.md")
+    return folder
+
+
+def _evaluate(run: Path, args: argparse.Namespace, baseline: Path, thresholds: str, log: Path,
+              out: Optional[Path] = None) -> dict[str, Any]:
+    out = out or run / "eval"  # never inside a kept weights folder: the caller passes a work folder then
     if not (out / "results.json").is_file():
         command = [sys.executable, str(REPO / "recipes" / "evaluate.py"), str(run), "--thresholds", thresholds,
                    "--baseline", str(baseline), "--threads", str(args.threads), "--max-drop", str(args.max_drop),
@@ -346,8 +365,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     spec = f"cifar:resnet{args.depth}"
     backbone_flags = ["--lr", str(args.lr), "--weight-decay", "5e-4", "--epochs", str(args.epochs)]
 
-    original = work / "original"
-    seconds = {"original": _recipe("train_backbone", original, ["--model", spec, *data, *backbone_flags], log)}
+    original = _kept(args, args.backbone or f"resnet{args.depth}")
+    if original is None:
+        original = work / "original"
+        seconds = {"original": _recipe("train_backbone", original, ["--model", spec, *data, *backbone_flags], log)}
+    else:
+        seconds = {"original": float(json.loads((original / "metrics.json").read_text()).get("wall_seconds", 0))}
     seconds["ofas_e2e"] = _recipe("e2e_finetune", work / "e2e", ["--init", str(original), "--variant", "auto",
                                                                   "--epochs", str(args.e2e_epochs), *data,
                                                                   *args.e2e_args.split()], log)
@@ -371,9 +394,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows += _ofas_rows(method, result, seconds[method])
     if "static" not in args.skip:
         for depth in args.static_depths:
-            run = work / f"static_resnet{depth}"
-            took = _recipe("train_backbone", run, ["--model", f"cifar:resnet{depth}", *data, *backbone_flags], log)
-            result = _evaluate(run, args, run, "0.5", log)
+            run = _kept(args, f"resnet{depth}")
+            if run is None:
+                run = work / f"static_resnet{depth}"
+                took = _recipe("train_backbone", run, ["--model", f"cifar:resnet{depth}", *data, *backbone_flags],
+                               log)
+            else:
+                took = float(json.loads((run / "metrics.json").read_text()).get("wall_seconds", 0))
+            result = _evaluate(run, args, run, "0.5", log, out=work / f"static_resnet{depth}_eval")
             rows.append(_baseline_row(f"static_resnet{depth}", result, took, 3 * (depth - 2) // 6))
     if "early_exit" not in args.skip:
         rows += _early_exit(args, work)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -88,3 +89,32 @@ def test_cifar10_smoke_writes_every_method_and_the_documented_rows(tmp_path) -> 
         assert sum(row["chosen"] for row in result["rows"] if row["method"] == method) == 1
     assert (tmp_path / "out" / "cifar10.png").stat().st_size > 0
     assert "| original |" in (tmp_path / "out" / "cifar10.md").read_text()
+
+
+
+def test_cifar10_weights_starts_from_kept_backbones_without_training(tmp_path) -> None:
+    from ofas_wrap._recipes import train_backbone
+
+    _write_tiny_imagefolder(tmp_path / "data")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OFAS_WRAP_CACHE": str(tmp_path / "cache")}
+    kept = tmp_path / "weights"
+    os.environ["OFAS_WRAP_CACHE"] = env["OFAS_WRAP_CACHE"]
+    try:  # a kept backbone as benchmarks/weights/cifar10 holds them: a run folder without checkpoints
+        train_backbone(["--model", "cifar:resnet8", "--dataset", str(tmp_path / "data"), "--max-steps", "1",
+                        "--val-size", "8", "--batch-size", "8", "--no-progress", "--output", str(kept / "resnet8_sd")])
+    finally:
+        os.environ.pop("OFAS_WRAP_CACHE")
+    shutil.rmtree(kept / "resnet8_sd" / "checkpoints")
+    command = [sys.executable, os.path.join("benchmarks", "cifar10.py"), "--smoke", "--data", str(tmp_path / "data"),
+               "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--weights", str(kept),
+               "--backbone", "resnet8_sd", "--skip", "early_exit", "rl", "paper_e2e", "static"]
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "train_backbone" not in completed.stdout and "e2e_finetune" in completed.stdout  # nothing retrained
+    assert sorted(p.name for p in (kept / "resnet8_sd").iterdir()) == sorted(
+        ["README.md", "args.json", "config.json", "data.json", "metrics.json", "model.safetensors"])  # untouched
+    rows = json.loads((tmp_path / "out" / "cifar10.json").read_text())["rows"]
+    assert {row["method"] for row in rows} == {"original", "ofas_e2e"}
+    missing = subprocess.run([*command[:-7], "--backbone", "resnet8"], cwd=REPO_ROOT, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert missing.returncode != 0 and "not a complete run folder" in missing.stderr
