@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Optional
 
@@ -15,6 +16,7 @@ from ._head import OFASHead, resolve_variant
 from ._model import GatedBlock, OFASModel
 from ._plan import BlockPlan, SurgeryPlan, count_flops
 from .models import default_input_size
+from .models._specs import input_size_is_known
 
 __all__ = ["adaptify"]
 
@@ -106,7 +108,8 @@ def adaptify(
 
     depth = _weighted_depth(model, gated_blocks)
     resolved = resolve_variant(variant, depth)
-    with _evaluation_mode(model):
+
+    def profile(size):
         example = torch.zeros(1, *size, device=_device_of(model))
         stem_flops, features = count_flops(stem, example)
         stem_shape = tuple(features.shape[1:])
@@ -130,6 +133,35 @@ def adaptify(
                 nested=list(block.nested),
             ))
         tail_flops, _ = count_flops(tail, features)
+        return head, stem_flops, stem_shape, head_flops, block_plans, tail_flops
+
+    guessed = input_size is None and not input_size_is_known(model)
+    candidates = [size] + ([(size[0], s, s) for s in (32, 28, 64, 96)] if guessed else [])
+    failures = []
+    with _evaluation_mode(model):
+        for candidate in candidates:
+            try:
+                head, stem_flops, stem_shape, head_flops, block_plans, tail_flops = profile(candidate)
+                break
+            except SurgeryError:
+                raise
+            except RuntimeError as exc:
+                failures.append(f"{candidate}: {(str(exc).strip().splitlines() or [''])[0][:160]}")
+                if not guessed:
+                    raise SurgeryError(
+                        f"profiling {type(model).__name__} at input_size={candidate} failed ({failures[-1]}); "
+                        "pass the (channels, height, width) your data has as input_size=") from exc
+        else:
+            raise SurgeryError(
+                f"profiling {type(model).__name__} failed at every size tried ({'; '.join(failures)}); pass the "
+                "(channels, height, width) your data has as input_size=")
+    if guessed:
+        size = candidate
+        why = f" ({failures[0].split(':')[0]} failed)" if failures else ""
+        warnings.warn(
+            f"adaptify: no input_size given and {type(model).__name__} does not declare one, so FLOPs, the cost "
+            f"model and the card are for a {size} input{why}; pass input_size=(channels, height, width) for the "
+            "size you feed (the recipes pass the dataset's)", UserWarning, stacklevel=2)
     head.train(model.training)
     plan = SurgeryPlan(
         input_size=size, stem_nodes=stem_nodes, stem_output_shape=stem_shape,

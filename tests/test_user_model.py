@@ -291,3 +291,29 @@ def test_each_phase_runs_from_python_on_a_model_object(tmp_path, monkeypatch):
     assert rl["global_step"] == 2 and rl["model"] is e2e["model"]
     with pytest.raises(ofas_wrap._training.RunError, match="model= already gives the model"):
         e2e_finetune([*common, "--model", "cifar:resnet8", "--output", str(tmp_path / "x")], model=net)
+
+
+class FixedPoolNet(torch.nn.Module):
+    """As most public CIFAR ResNets end: a fixed pooling window, so only 32 px inputs reach the classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = torch.nn.Sequential(InlineBasic(8), InlineBasic(8))
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(torch.nn.functional.avg_pool2d(self.blocks(self.stem(x)), 32).flatten(1))
+
+
+def test_profiling_without_input_size_warns_and_finds_a_size_that_works():
+    with pytest.warns(UserWarning, match=r"\(3, 224, 224\) failed"):
+        model = ofas_wrap.adaptify(FixedPoolNet())
+    assert model.plan.input_size == (3, 32, 32)
+    with pytest.warns(UserWarning, match="pass input_size"):
+        ofas_wrap.adaptify(InlineNet(InlineBasic))  # a guess that works is still said
+
+
+def test_profiling_at_a_given_size_that_fails_names_it():
+    with pytest.raises(ofas_wrap.SurgeryError, match=r"input_size=\(3, 16, 16\) failed"):
+        ofas_wrap.adaptify(FixedPoolNet(), input_size=(3, 16, 16))

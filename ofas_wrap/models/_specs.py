@@ -10,7 +10,7 @@ from torch import nn
 from ._cifar import cifar_resnet
 from ._user import FACTORY_SOURCE, build_from_factory, is_factory_spec, split_factory_spec
 
-__all__ = ["BackboneSpec", "parse_backbone_spec", "create_backbone", "default_input_size"]
+__all__ = ["BackboneSpec", "parse_backbone_spec", "create_backbone", "default_input_size", "input_size_is_known"]
 
 SOURCES = ("cifar", "timm", "torchvision", FACTORY_SOURCE)
 
@@ -130,3 +130,14 @@ def default_input_size(model: nn.Module) -> tuple[int, int, int]:
         _, height, width = cfg["input_size"]
         return (channels, int(height), int(width))
     return (channels, 224, 224)
+
+
+def input_size_is_known(model: nn.Module) -> bool:
+    """Whether :func:`default_input_size` knows ``model``'s size (a CIFAR ResNet, a timm ``pretrained_cfg``)
+    rather than guessing 224 x 224."""
+    from ._cifar import CifarResNet
+
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(model, CifarResNet) or (isinstance(cfg, dict) and bool(cfg.get("input_size"))):
+        return True
+    return type(model).__module__.startswith("torchvision.models")  # ImageNet models: 224 is their size
