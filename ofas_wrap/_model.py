@@ -122,6 +122,10 @@ class OFASModel(OFASHubMixin, nn.Module):
         value = float(value)
         if not 0.0 <= value < 1.0:
             raise ValueError(f"threshold must be in [0, 1) (Eq. 1 of the paper), got {value}")
+        stored = torch.tensor(value, dtype=self.gate_threshold.dtype)
+        if float(stored) >= 1.0:  # validate what is stored, not what was passed (0.999999999 is 1.0 in float32)
+            raise ValueError(f"threshold {value!r} rounds to {float(stored)} in the model's "
+                             f"{self.gate_threshold.dtype} buffer, outside [0, 1); use a value such as 0.9999")
         self.gate_threshold.fill_(value)
 
     @property

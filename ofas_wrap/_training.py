@@ -126,6 +126,13 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    return value
+
+
 def _in_chans(text: str) -> str:
     if text not in ("auto", "1", "3"):
         raise argparse.ArgumentTypeError(f"--in-chans must be auto, 1 or 3, got {text}")
@@ -200,15 +207,15 @@ def build_parser(phase: str, description: str = "", *, lr: float = 0.1, epochs: 
                           "that code to rebuild it")
 
     optim = parser.add_argument_group("optimiser (SGD with momentum)")
-    optim.add_argument("--lr", type=float, default=lr)
-    optim.add_argument("--momentum", type=float, default=0.9)
-    optim.add_argument("--weight-decay", type=float, default=weight_decay)
+    optim.add_argument("--lr", type=_finite, default=lr)
+    optim.add_argument("--momentum", type=_finite, default=0.9)
+    optim.add_argument("--weight-decay", type=_finite, default=weight_decay)
     optim.add_argument("--schedule", choices=list(SCHEDULES), default="cosine",
                        help="cosine, linear (to zero), step or constant, over the global optimizer steps")
     optim.add_argument("--milestones", type=float, nargs="+", default=[0.5, 0.75],
                        help="for --schedule step: fractions of the run where the lr is divided by 10")
     optim.add_argument("--warmup-steps", type=_non_negative, default=0)
-    optim.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm (0: off)")
+    optim.add_argument("--grad-clip", type=_finite, default=0.0, help="clip the gradient norm (0: off)")
 
     speed = parser.add_argument_group("speed (docs/training.md#speed; benchmarks/train_speed.py measures them)")
     speed.add_argument("--mixed-precision", choices=list(MIXED_PRECISION_CHOICES), default=None,
@@ -329,6 +336,23 @@ def _fill_data_args(args: argparse.Namespace, init_args: Optional[dict[str, Any]
             setattr(args, key, value)
 
 
+def _check_replaceable(run_dir: Path, args: argparse.Namespace) -> None:
+    """``--overwrite`` replaces only a run folder of ours that is not an input of this run."""
+    if run_dir.is_symlink() or not run_dir.is_dir():
+        raise RunError(f"--overwrite: {run_dir} is not a folder (or is a link); refusing to replace it")
+    real = run_dir.resolve()
+    for flag in ("dataset", "init"):
+        value = getattr(args, flag, None)
+        if value and Path(value).exists():
+            source = Path(value).resolve()
+            if source == real or real in source.parents or source in real.parents:
+                raise RunError(f"--overwrite: --output {run_dir} holds or is inside --{flag} {value}; refusing to "
+                               "delete an input of this run; choose another --output")
+    if any(run_dir.iterdir()) and not ((run_dir / ARGS_NAME).is_file() or (run_dir / CHECKPOINTS).is_dir()):
+        raise RunError(f"--overwrite: {run_dir} is not a run folder of ofas-wrap (no {ARGS_NAME}, no {CHECKPOINTS}/); "
+                       "refusing to delete it; choose another --output or empty it yourself")
+
+
 # ------------------------------------------------------------------------------------------------- eval
 @torch.no_grad()
 def evaluate_classifier(accelerator, model: nn.Module, loader, ofas: Optional[bool] = None) -> dict[str, float]:
@@ -405,6 +429,8 @@ class Trainer:
         elif self.run_dir.exists() and any(self.run_dir.iterdir()) and not args.overwrite:
             raise RunError(f"output folder {self.run_dir} exists and is not empty; pass --resume to continue that run, "
                            "--overwrite to replace it, or choose another --output")
+        elif args.overwrite and self.run_dir.exists():
+            _check_replaceable(self.run_dir, args)
         if args.stop_at_step is not None and args.max_steps is not None and args.stop_at_step > args.max_steps:
             raise RunError(f"--stop-at-step {args.stop_at_step} is beyond --max-steps {args.max_steps}")
         log_with = None if args.report_to == "none" else args.report_to
@@ -489,7 +515,10 @@ class Trainer:
         final = self.checkpoint_root / name
         staging = self.checkpoint_root / f".tmp-{name}"
         if self.is_main:
-            shutil.rmtree(staging, ignore_errors=True)
+            if self.checkpoint_root.is_dir():  # leftovers of saves a kill interrupted
+                for pattern in (".tmp-step-*", ".old-step-*"):
+                    for stale in list(self.checkpoint_root.glob(pattern)):
+                        shutil.rmtree(stale, ignore_errors=True)
             staging.mkdir(parents=True)
         acc.wait_for_everyone()
         # pickled state dicts, not safetensors: OFAS models share tensors between the stem / shortcut graphs
@@ -721,9 +750,31 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------------------------ bookkeeping
+    def _last_finite_checkpoint(self) -> Optional[Path]:
+        """The newest checkpoint whose model weights are all finite (a non-finite lr poisons them silently)."""
+        root = self.checkpoint_root
+        found = sorted((p for p in root.glob("step-*") if p.is_dir()), reverse=True) if root.is_dir() else []
+        for candidate in found:
+            files = sorted(candidate.glob("pytorch_model*.bin")) + sorted(candidate.glob("model*.safetensors"))
+            try:
+                tensors = []
+                for file in files:
+                    if file.suffix == ".safetensors":
+                        from safetensors.torch import load_file
+
+                        tensors += list(load_file(str(file)).values())
+                    else:
+                        tensors += list(torch.load(str(file), map_location="cpu", weights_only=True).values())
+            except Exception:  # unreadable: not good
+                continue
+            if files and all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point()):
+                return candidate
+        return None
+
     def _nan_message(self, value: float, total_steps: int) -> str:
-        last = self.latest_checkpoint()
-        where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        last = self._last_finite_checkpoint()
+        where = (f"the last good checkpoint (finite weights) is {last}" if last
+                 else "no checkpoint with finite weights was written yet")
         step = f"{self.state.global_step + 1}/{total_steps}"
         return (f"the loss became {value} at step {step} (epoch {self.state.epoch}); "
                 f"the run stopped before this step changed the weights; {where}. Lower --lr (now {self.args.lr}) "

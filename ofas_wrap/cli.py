@@ -208,9 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from ._errors import SurgeryError
+
     try:
         return args.func(args)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, SurgeryError) as exc:
         print(f"ofas-wrap {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -467,3 +467,21 @@ def test_profiling_does_not_touch_batchnorm_statistics():
     ofas_wrap.adaptify(backbone)
     assert torch.equal(before, backbone.bn1.running_mean)
     assert backbone.training
+
+
+def test_a_threshold_that_rounds_to_one_in_float32_is_refused():
+    model = ofas_wrap.adaptify(ofas_wrap.models.cifar_resnet(8))
+    with pytest.raises(ValueError, match="rounds to 1.0"):
+        model.threshold = 0.999999999
+    assert model.threshold == 0.5  # unchanged (adaptify's default)
+    model.threshold = 0.9999
+    assert model.threshold < 1.0
+
+
+def test_inspect_refuses_a_non_resnet_and_an_absurd_depth_with_exit_2(capsys):
+    from ofas_wrap import cli
+
+    assert cli.main(["inspect", "torchvision:vgg11"]) == 2
+    assert "no residual addition" in capsys.readouterr().err
+    assert cli.main(["inspect", "cifar:resnet600002"]) == 2
+    assert "beyond 1202" in capsys.readouterr().err

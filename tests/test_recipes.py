@@ -317,7 +317,7 @@ def test_nan_loss_stops_cleanly(env, capsys):
                                        "--lr", "1e12", "--checkpoint-every", "1", "--output", str(out), *TINY])
     err = capsys.readouterr().err
     assert code == 3 and "the loss became" in err and "before this step changed the weights" in err
-    assert "the last good checkpoint is" in err
+    assert "the last good checkpoint (finite weights) is" in err
     assert not (out / "metrics.json").exists() and not (out / "config.json").exists()
     last = (out / "checkpoints" / "LATEST").read_text().strip()
     step = int(last.split("-")[1])
@@ -356,3 +356,36 @@ def test_demo_smoke(env, tmp_path):
     assert "chosen on validation" in result.stdout and "exported TorchScript model" in result.stdout
     exported = list((tmp_path / "demo-smoke" / "rl" / "eval").glob("model_T*.pt"))
     assert len(exported) == 1
+
+
+def test_non_finite_optimiser_flags_are_refused(env, tmp_path, capsys):
+    for flag, value in (("--lr", "nan"), ("--weight-decay", "inf")):
+        out = tmp_path / f"bad{flag}"
+        with pytest.raises(SystemExit) as exc:
+            train_backbone(["--dataset", env["dataset"], flag, value, "--output", str(out), *TINY])
+        assert exc.value.code == 2 and "finite" in capsys.readouterr().err and not out.exists()
+
+
+def test_overwrite_replaces_only_our_run_folders(env, base_run, tmp_path, capsys):
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "chapter1.tex").write_text("years of work")
+    args = ["--dataset", env["dataset"], "--model", "cifar:resnet8", "--max-steps", "1", *TINY, "--overwrite"]
+    assert main_guard(train_backbone, [*args, "--output", str(thesis)]) == 2
+    assert "not a run folder" in capsys.readouterr().err and (thesis / "chapter1.tex").is_file()
+    assert main_guard(train_backbone, [*args, "--output", env["dataset"]]) == 2  # the dataset itself
+    assert "input of this run" in capsys.readouterr().err and Path(env["dataset"]).is_dir()
+    assert main_guard(e2e_finetune, ["--init", str(base_run), "--max-steps", "1", *TINY, "--overwrite",
+                                     "--output", str(base_run)]) == 2  # the --init run
+    assert (base_run / "model.safetensors").is_file()
+
+
+def test_a_save_clears_the_leftovers_of_killed_saves(env, tmp_path):
+    out = tmp_path / "stale"
+    stale = [out / "checkpoints" / ".tmp-step-00000009", out / "checkpoints" / ".old-step-00000003"]
+    args = ["--dataset", env["dataset"], "--model", "cifar:resnet8", "--max-steps", "2", "--output", str(out), *TINY]
+    assert main_guard(train_backbone, [*args, "--stop-at-step", "1"]) == 130
+    for folder in stale:
+        folder.mkdir(parents=True)
+    assert main_guard(train_backbone, [*args, "--resume"]) == 0
+    assert not any(folder.exists() for folder in stale)

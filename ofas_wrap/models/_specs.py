@@ -59,10 +59,16 @@ def parse_backbone_spec(spec: str) -> BackboneSpec:
     return BackboneSpec(source, name)
 
 
+MAX_CIFAR_DEPTH = 1202  # the deepest CIFAR ResNet He et al. trained (6n+2, n = 200)
+
+
 def _cifar_depth(name: str) -> int:
     digits = name.removeprefix("cifar_").removeprefix("resnet")
     if not digits.isdigit():
         raise ValueError(f"CIFAR backbone name {name!r} must be 'resnetDEPTH', e.g. 'resnet38' or 'resnet110'")
+    if int(digits) > MAX_CIFAR_DEPTH:
+        raise ValueError(f"CIFAR ResNet depth {int(digits)} is beyond {MAX_CIFAR_DEPTH}, the deepest one He et al. "
+                         "trained; building it would take very long")
     return int(digits)
 
 
