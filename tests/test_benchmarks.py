@@ -118,3 +118,26 @@ def test_cifar10_weights_starts_from_kept_backbones_without_training(tmp_path) -
     missing = subprocess.run([*command[:-7], "--backbone", "resnet8"], cwd=REPO_ROOT, env=env, capture_output=True,
                              text=True, timeout=300)
     assert missing.returncode != 0 and "not a complete run folder" in missing.stderr
+
+
+def test_cifar10_backbones_trains_resumably_and_keeps_the_finished_run(tmp_path) -> None:
+    from benchmarks import cifar10_backbones
+
+    _write_tiny_imagefolder(tmp_path / "data")
+    previous = os.environ.get("OFAS_WRAP_CACHE")
+    os.environ["OFAS_WRAP_CACHE"] = str(tmp_path / "cache")
+    try:
+        flags = ["--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--keep", str(tmp_path / "kept"),
+                 "--only", "resnet20", "--epochs", "1",
+                 "--extra", "--max-steps 1 --val-size 8 --batch-size 8 --eval-batch-size 16"]
+        assert cifar10_backbones.main(flags) == 0
+    finally:
+        if previous is None:
+            os.environ.pop("OFAS_WRAP_CACHE")
+        else:
+            os.environ["OFAS_WRAP_CACHE"] = previous
+    kept = tmp_path / "kept" / "resnet20"
+    assert sorted(p.name for p in kept.iterdir()) == sorted(cifar10_backbones.KEPT_FILES)
+    record = json.loads((tmp_path / "kept" / "backbones.json").read_text())["resnet20"]
+    assert record["model"] == "cifar:resnet20" and 0.0 <= record["test_accuracy"] <= 1.0
+    assert record["command"].startswith("python recipes/train_backbone.py --model cifar:resnet20")

@@ -147,8 +147,9 @@ def test_train_backbone_python(env):
 @pytest.mark.slow
 def test_train_backbone_accelerate(env):
     out = env["root"] / "acc-base"
+    # stochastic depth under DDP: a dropped block's parameters get no gradient in that step (find_unused_parameters)
     result = run(accelerate("train_backbone.py", "--dataset", env["dataset"], "--model", "cifar:resnet8",
-                            "--max-steps", "3", "--in-chans", "3", "--output", out, *TINY), env)
+                            "--max-steps", "3", "--in-chans", "3", "--drop-path", "0.9", "--output", out, *TINY), env)
     assert "2 process(es)" in result.stdout
     model = assert_run_folder(out, 3, 2)
     assert model.config["input_size"] == [3, 12, 12]
