@@ -37,10 +37,35 @@ class GatedBlock(nn.Module):
         self.identity_shortcut = isinstance(shortcut, nn.Identity)
 
     def forward(self, x: Tensor, gate: Tensor) -> Tensor:
-        """Training form: ``gate`` is a float ``(batch,)`` tensor (0/1 forward value, straight-through)."""
+        """Training form: ``gate`` is a float ``(batch,)`` tensor (0/1 forward value, straight-through).
+
+        The block computes its own projection; the separate shortcut call (needed for the mix and the gate's
+        straight-through gradient) must not update the projection's BatchNorm statistics a second time, so its
+        buffers are restored after it. With every gate open and no gradient to the gates, it is not run at all.
+        """
         if self.gate_index < 0:
             return self.after(self.block(x))
-        return self.after(mix_gated(gate, self.block(x), self.shortcut(x)))
+        block_out = self.block(x)
+        if self.identity_shortcut:
+            return self.after(mix_gated(gate, block_out, x))
+        if not gate.requires_grad and bool((gate == 1).all()):
+            return self.after(block_out)
+        return self.after(mix_gated(gate, block_out, self._shortcut_keeping_statistics(x)))
+
+    @torch.jit.unused
+    def _shortcut_keeping_statistics(self, x: Tensor) -> Tensor:
+        # the shortcut runs on throw-away copies of its buffers (running statistics, step counters); the originals
+        # are put back untouched (not copied into: autograd may have saved them for the backward pass)
+        swapped = []
+        for module in self.shortcut.modules():
+            for name, buffer in list(module.named_buffers(recurse=False)):
+                swapped.append((module, name, buffer))
+                setattr(module, name, buffer.clone())
+        try:
+            return self.shortcut(x)
+        finally:
+            for module, name, buffer in swapped:
+                setattr(module, name, buffer)
 
     def forward_single(self, x: Tensor, run: bool) -> Tensor:
         """Inference for a batch of one: a plain branch, the skipped block is not computed."""

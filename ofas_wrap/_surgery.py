@@ -123,8 +123,15 @@ def adaptify(
         head_flops, _ = count_flops(head.eval(), features)
         block_plans = []
         for gated_block, block in zip(gated_blocks, found):
-            skip_flops, _ = count_flops(gated_block.shortcut, features)
+            skip_flops, skipped = count_flops(gated_block.shortcut, features)
             block_flops, features = count_flops(gated_block.block, features)
+            if tuple(skipped.shape) != tuple(features.shape):
+                raise SurgeryError(
+                    f"block {block.name!r} changes its output after the residual addition (its output has shape "
+                    f"{tuple(features.shape[1:])}, but skipping it would give {tuple(skipped.shape[1:])}): only "
+                    "parameter-free operations that keep the shape may follow the addition inside a block (the "
+                    "final ReLU); move the rest (pooling, a resize) out of the block, or pass the block's class in "
+                    "leaf_modules= so that it is never gated")
             after_flops, features = count_flops(gated_block.after, features)
             block_plans.append(BlockPlan(
                 name=block.name, shortcut=block.shortcut, gated=gated_block.gate_index >= 0,

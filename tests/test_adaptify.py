@@ -485,3 +485,35 @@ def test_inspect_refuses_a_non_resnet_and_an_absurd_depth_with_exit_2(capsys):
     assert "no residual addition" in capsys.readouterr().err
     assert cli.main(["inspect", "cifar:resnet600002"]) == 2
     assert "beyond 1202" in capsys.readouterr().err
+
+
+def test_one_training_forward_changes_the_buffers_as_the_backbones_does():
+    import torchvision
+
+    backbone = torchvision.models.resnet18(num_classes=10)
+    reference = copy.deepcopy(backbone).train()
+    model = ofas_wrap.adaptify(backbone, input_size=(3, 32, 32), threshold=0.0).train()
+    x = torch.randn(4, 3, 32, 32)
+    model(x)
+    reference(x)
+    ours, theirs = model.unwrap().state_dict(), reference.state_dict()
+    assert int(ours["layer2.0.downsample.1.num_batches_tracked"]) == 1
+    assert all(torch.allclose(ours[k].float(), theirs[k].float(), atol=1e-6) for k in theirs if "running" in k)
+
+
+class PooledAfterAdd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return torch.nn.functional.avg_pool2d(torch.relu(self.bn(self.conv(x)) + x), 2)
+
+
+def test_a_block_that_changes_its_output_after_the_addition_is_refused():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), PooledAfterAdd(), PooledAfterAdd(), nn.Flatten(),
+                        nn.LazyLinear(2))
+    net(torch.randn(1, 3, 32, 32))
+    with pytest.raises(SurgeryError, match="changes its output after the residual addition"):
+        ofas_wrap.adaptify(net, input_size=(3, 32, 32))
