@@ -92,6 +92,14 @@ def adaptify(
         )
     graph = trace_with_blocks_as_leaves(model, [b.name for b in found], leaf_modules)
     stem, links, tail, stem_nodes = _split_chain(model, graph, found)
+    # code that branches on self.training is frozen into a trace: trace the other mode too, and where the two
+    # differ, run the graph of the mode the adapted model is in (as torchvision's feature extraction does)
+    with _mode(model, not model.training):
+        other = trace_with_blocks_as_leaves(model, [b.name for b in found], leaf_modules)
+    other_stem, other_links, other_tail, _ = _split_chain(model, other, found)
+    stem = _by_mode(stem, other_stem, model.training)
+    tail = _by_mode(tail, other_tail, model.training)
+    links = [_by_mode(link, other_link, model.training) for link, other_link in zip(links, other_links)]
 
     gated_blocks: list[GatedBlock] = []
     gate_index = 0
@@ -225,6 +233,46 @@ def _weighted_depth(model: nn.Module, blocks: list[GatedBlock]) -> int:
         if isinstance(m, (nn.Conv2d, nn.Linear))
     }
     return sum(1 for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in shortcut_layers)
+
+
+class _mode:
+    """Put every module of ``model`` in training or eval mode inside the ``with``; restore each one's own after."""
+
+    def __init__(self, model: nn.Module, training: bool) -> None:
+        self.model, self.training = model, training
+
+    def __enter__(self):
+        self.modes = [(m, m.training) for m in self.model.modules()]
+        self.model.train(self.training)
+        return self
+
+    def __exit__(self, *exc):
+        for module, mode in self.modes:
+            module.training = mode
+
+
+def _by_mode(part: Optional[nn.Module], other: Optional[nn.Module], part_is_training: bool) -> Optional[nn.Module]:
+    """``part`` when both traces agree, else a :class:`ModeDispatch` of the two graphs."""
+    if not (isinstance(part, fx.GraphModule) and isinstance(other, fx.GraphModule)) or part.code == other.code:
+        return part
+    train, evaluation = (part, other) if part_is_training else (other, part)
+    return ModeDispatch(train, evaluation)
+
+
+class ModeDispatch(nn.Module):
+    """A stem, link or tail whose code depends on ``self.training`` (functional dropout, for instance): the graph
+    traced in training mode runs while training, the one traced in eval mode otherwise. Both hold the same
+    backbone modules, so no weight is duplicated."""
+
+    def __init__(self, train_graph: nn.Module, eval_graph: nn.Module) -> None:
+        super().__init__()
+        self.train_graph = train_graph
+        self.eval_graph = eval_graph
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.train_graph(x)
+        return self.eval_graph(x)
 
 
 def _split_chain(model: nn.Module, graph: fx.Graph, blocks: list[ResidualBlock]):

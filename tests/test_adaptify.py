@@ -517,3 +517,25 @@ def test_a_block_that_changes_its_output_after_the_addition_is_refused():
     net(torch.randn(1, 3, 32, 32))
     with pytest.raises(SurgeryError, match="changes its output after the residual addition"):
         ofas_wrap.adaptify(net, input_size=(3, 32, 32))
+
+
+def test_the_adapted_model_follows_train_and_eval_like_the_backbone(tmp_path):
+    # timm's functional dropout (F.dropout(x, training=self.training)) in the head of the backbone
+    model = ofas_wrap.create_model("timm:resnet18", num_classes=10, backbone_kwargs={"drop_rate": 0.5},
+                                   input_size=(3, 32, 32), threshold=0.0).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))  # eval: no dropout
+        torch.manual_seed(0)
+        assert torch.allclose(model(x), model.unwrap().eval()(x), atol=1e-5)
+        model.train()
+        torch.manual_seed(1)
+        first = model(x)
+        torch.manual_seed(2)
+        assert not torch.allclose(first, model(x))  # training: dropout runs
+    model.eval()
+    scripted = torch.jit.script(model)
+    assert torch.allclose(scripted(x), model(x), atol=1e-5)
+    folder = model.save_pretrained(tmp_path / "dropout")
+    loaded = ofas_wrap.OFASModel.from_pretrained(folder)
+    assert torch.allclose(loaded(x), model(x), atol=1e-5)
