@@ -365,6 +365,8 @@ def _fsync(path: Path) -> None:
 @contextlib.contextmanager
 def _staging_folder(target: Path) -> Iterator[Path]:
     """Yield a hidden temporary folder beside ``target``; on success it replaces ``target`` by renames."""
+    if target.is_symlink():  # replace the real folder and keep the link: never move files out of it
+        target = target.resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     mask = os.umask(0)
@@ -383,8 +385,8 @@ def _staging_folder(target: Path) -> Iterator[Path]:
         except BaseException:
             os.rename(backup, target)
             raise
-        for entry in backup.iterdir():  # keep the user's other files
-            if entry.name not in MODEL_FILES:
+        for entry in backup.iterdir():  # keep the user's other files (what this save wrote is newer)
+            if entry.name not in MODEL_FILES and not (target / entry.name).exists():
                 os.rename(entry, target / entry.name)
         shutil.rmtree(backup, ignore_errors=True)
     finally:

@@ -380,3 +380,17 @@ def test_mixin_is_invisible_to_torchscript():
     x = torch.randn(1, *SIZE)
     with torch.no_grad():
         assert scripted(x).shape == (1, 10)
+
+
+def test_a_save_into_a_symlinked_folder_keeps_the_users_files_in_place(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "notes.txt").write_text("mine")
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16))
+    model.save_pretrained(link)
+    model.save_pretrained(link)  # a second save replaces the model files only
+    assert link.is_symlink() and (real / "notes.txt").read_text() == "mine"
+    assert (real / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]  # nothing left beside them
