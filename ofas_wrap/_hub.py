@@ -256,7 +256,56 @@ def read_config(path: PathLike, text: Optional[str] = None) -> dict[str, Any]:
     backbone = config["backbone"]
     if backbone is not None and not (isinstance(backbone, dict) and {"source", "name"} <= set(backbone)):
         raise CheckpointError(f"{path}: 'backbone' must be null or {{'source', 'name', 'kwargs'}}, got {backbone!r}")
+    _check_config_values(path, config)
     return config
+
+
+# the largest values a config may ask for: beyond them building the model would allocate absurd memory
+MAX_INPUT_SIDE = 8192
+MAX_INPUT_CHANNELS = 64
+MAX_NUM_CLASSES = 1_000_000
+
+
+def _check_config_values(path: Path, config: dict[str, Any]) -> None:
+    """Types and ranges of the settings a rebuild uses, each error naming the file and the field."""
+
+    def fail(field: str, expected: str) -> None:
+        value = config["ofas"].get(field) if field in config["ofas"] else config.get(field)
+        raise CheckpointError(f"{path}: field 'ofas.{field}' must be {expected}, got {value!r}")
+
+    ofas = config["ofas"]
+    number = (int, float)
+    threshold = ofas["threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, number) or not 0.0 <= threshold < 1.0 \
+            or float(torch.tensor(float(threshold), dtype=torch.float32)) >= 1.0:
+        fail("threshold", "a number in [0, 1) (also in float32)")
+    if ofas["variant"] not in ("I", "II"):
+        fail("variant", "'I' or 'II'")
+    for field in ("gate_downsample", "detach_input"):
+        if not isinstance(ofas[field], bool):
+            fail(field, "true or false")
+    if ofas["hidden_act"] not in ("none", "relu", "gelu", "silu"):
+        fail("hidden_act", "one of 'none', 'relu', 'gelu', 'silu'")
+    bias = ofas["gate_bias_init"]
+    if bias is not None and (isinstance(bias, bool) or not isinstance(bias, number)):
+        fail("gate_bias_init", "null or a number")
+    size = ofas["input_size"]
+    if not (isinstance(size, list) and len(size) == 3 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                              for v in size)
+            and 1 <= size[0] <= MAX_INPUT_CHANNELS and all(1 <= v <= MAX_INPUT_SIDE for v in size[1:])):
+        fail("input_size", f"[channels <= {MAX_INPUT_CHANNELS}, height, width <= {MAX_INPUT_SIDE}] of positive "
+                           "integers")
+    for field in ("blocks", "gated_blocks"):
+        if not (isinstance(ofas[field], list) and all(isinstance(v, str) for v in ofas[field])):
+            fail(field, "a list of block names")
+    kwargs = (config["backbone"] or {}).get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"{path}: field 'backbone.kwargs' must be an object, got {kwargs!r}")
+    classes = kwargs.get("num_classes")
+    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int)
+                                or not 1 <= classes <= MAX_NUM_CLASSES):
+        raise CheckpointError(f"{path}: field 'backbone.kwargs.num_classes' must be an integer in [1, "
+                              f"{MAX_NUM_CLASSES}], got {classes!r}")
 
 
 def infer_backbone_spec(backbone: nn.Module) -> Optional[dict[str, Any]]:

@@ -394,3 +394,25 @@ def test_a_save_into_a_symlinked_folder_keeps_the_users_files_in_place(tmp_path)
     assert link.is_symlink() and (real / "notes.txt").read_text() == "mine"
     assert (real / "config.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]  # nothing left beside them
+
+
+@pytest.mark.parametrize("field, value", [
+    ("threshold", None), ("threshold", 0.999999999), ("variant", 5), ("gate_downsample", "no"),
+    ("input_size", "3,16,16"), ("input_size", [3, 100000, 100000]), ("hidden_act", "tanh"), ("blocks", [1, 2]),
+])
+def test_config_values_of_the_wrong_type_or_range_name_the_file_and_field(tmp_path, field, value):
+    folder = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16)).save_pretrained(tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    config["ofas"][field] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ofas_wrap.CheckpointError, match=rf"config\.json: field 'ofas\.{field}'"):
+        ofas_wrap.OFASModel.from_pretrained(folder)
+
+
+def test_an_absurd_class_count_is_refused_before_building(tmp_path):
+    folder = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16)).save_pretrained(tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    config["backbone"]["kwargs"]["num_classes"] = 10**9
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ofas_wrap.CheckpointError, match="num_classes"):
+        ofas_wrap.OFASModel.from_pretrained(folder)
