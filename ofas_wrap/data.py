@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -342,12 +343,33 @@ def _pick_column(dataset, wanted: Optional[str], candidates: Sequence[str], kind
                     f"{columns}; name it with {hint}")
 
 
+def _open_picture(picture):
+    """A PIL image from what ``datasets`` holds (a decoded image, a ``{"path", "bytes"}`` record, an array);
+    an unreadable file is a DataError naming it."""
+    from PIL import Image
+
+    if isinstance(picture, Image.Image):
+        return picture
+    if isinstance(picture, dict):
+        where = picture.get("path") or "an image given as bytes"
+        try:
+            source = io.BytesIO(picture["bytes"]) if picture.get("bytes") else picture["path"]
+            opened = Image.open(source)
+            opened.load()
+            return opened
+        except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
+            raise DataError(f"cannot read the image {where}: {type(exc).__name__}: {exc}; remove or replace the "
+                            "file") from None
+    return Image.fromarray(np.asarray(picture))
+
+
 def decode_split(dataset, image_column: Optional[str] = None, label_column: Optional[str] = None,
                  image_size: Optional[int] = None, batch: int = 2000) -> tuple[Tensor, Tensor, list[str]]:
     """Decode a ``datasets.Dataset`` once into ``uint8 (N, C, H, W)`` images, ``int64 (N,)`` labels, class names.
 
-    Images are converted to the mode of the first one (grey ``L`` or ``RGB``); with ``image_size`` every image is
-    resized to a square of that size, otherwise all images must have the same size.
+    The split is colour (3 channels) if any of its images is, with its grey images expanded; grey (1) only if all
+    are. With ``image_size`` every image is resized to a square of that size, otherwise all images must have the
+    same size. An unreadable file is a DataError naming it.
     """
     import datasets
     from PIL import Image
@@ -373,25 +395,27 @@ def decode_split(dataset, image_column: Optional[str] = None, label_column: Opti
         if image_size is not None:
             raise DataError("--image-size is not supported for array datasets (IDX); resize them beforehand")
     else:
-        mode = None
-        plain = dataset.select_columns([image_key])
+        # each image keeps its own kind (grey or colour) while decoding; the split is colour if any image is, and
+        # its grey images are then expanded (lossless): channels are never decided by whichever file sorts first
+        plain = dataset.select_columns([image_key]).cast_column(image_key, datasets.Image(decode=False)) \
+            if isinstance(feature, datasets.Image) else dataset.select_columns([image_key])
         for start in range(0, len(plain), batch):
             pictures = plain[start:start + batch][image_key]
             arrays = []
             for picture in pictures:
-                if not isinstance(picture, Image.Image):
-                    picture = Image.fromarray(np.asarray(picture))
-                if mode is None:
-                    mode = "L" if picture.mode in ("L", "1", "I", "I;16", "F") else "RGB"
+                picture = _open_picture(picture)
+                mode = "L" if picture.mode in ("L", "1", "I", "I;16", "F") else "RGB"
                 picture = picture.convert(mode)
                 if image_size is not None and picture.size != (image_size, image_size):
                     picture = picture.resize((image_size, image_size), Image.BILINEAR)
-                arrays.append(np.asarray(picture))
-            shapes = {a.shape for a in arrays}
-            if len(shapes) > 1 or (chunks and chunks[0].shape[2:] != arrays[0].shape[:2]):
+                array = np.asarray(picture)
+                arrays.append(array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0))
+            if len({a.shape[1:] for a in arrays}) > 1 or (chunks and chunks[0].shape[2:] != arrays[0].shape[1:]):
                 raise DataError("the images have different sizes; pass --image-size N to resize them to N x N")
-            stacked = np.stack(arrays)
-            chunks.append(stacked[:, None] if stacked.ndim == 3 else np.moveaxis(stacked, -1, 1))
+            channels = max(a.shape[0] for a in arrays)
+            chunks.append(np.stack([np.repeat(a, channels // a.shape[0], axis=0) for a in arrays]))
+        channels = max(c.shape[1] for c in chunks)
+        chunks = [np.repeat(c, channels // c.shape[1], axis=1) for c in chunks]
     images = torch.from_numpy(np.ascontiguousarray(np.concatenate(chunks)))
     if images.dtype != torch.uint8:
         raise DataError(f"image column {image_key!r} holds {images.dtype}, expected 8-bit images")
@@ -657,6 +681,11 @@ def _load_decoded(source: Source, config_name: Optional[str], image_column: Opti
         images, labels, names = decode_split(splits[name], image_column, label_column, image_size)
         decoded[role] = {"images": images, "labels": labels}
         decoded.setdefault("class_names", names)
+    train_channels, test_channels = decoded["train"]["images"].shape[1], decoded["test"]["images"].shape[1]
+    if {train_channels, test_channels} == {1, 3}:  # a grey split beside a colour one: expand the grey one
+        for role in ("train", "test"):
+            if decoded[role]["images"].shape[1] == 1:
+                decoded[role]["images"] = decoded[role]["images"].expand(-1, 3, -1, -1).contiguous()
     if decoded["train"]["images"].shape[1:] != decoded["test"]["images"].shape[1:]:
         raise DataError(f"train images are {tuple(decoded['train']['images'].shape[1:])} but test images are "
                         f"{tuple(decoded['test']['images'].shape[1:])}; pass --image-size to resize both")

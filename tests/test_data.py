@@ -278,3 +278,33 @@ def test_shared_cifar10_archive():
     images, labels, names = data.decode_split(splits["test"].shuffle(seed=0).select(range(300)))
     assert images.shape == (300, 3, 32, 32) and images.dtype == torch.uint8 and len(set(labels.tolist())) == 10
     assert 0.4 < float(images.float().mean()) / 255 < 0.55
+
+
+def test_a_grey_image_that_sorts_first_does_not_turn_an_rgb_folder_grey(tmp_path):
+    from PIL import Image
+
+    root = write_imagefolder(tmp_path / "imgs")
+    Image.fromarray(np.full((8, 8), 77, np.uint8), "L").save(f"{root}/train/cat/!grey.png")  # sorts first
+    bundle = data.load_image_data(root, val_size=0)
+    assert bundle.info.channels == 3 and bundle.train.images.shape[1] == 3
+    grey = bundle.train.images[(bundle.train.images[:, 0] == 77).flatten(1).all(1)]
+    assert len(grey) == 1 and bool((grey == 77).all())  # expanded losslessly
+
+
+def test_grey_images_only_in_train_are_aligned_with_an_rgb_test_split(tmp_path):
+    root = write_imagefolder(tmp_path / "imgs", mode="L")
+    rgb = write_imagefolder(tmp_path / "rgb")
+    for path in (tmp_path / "rgb" / "test").rglob("*.png"):
+        target = tmp_path / "imgs" / path.relative_to(rgb)
+        target.write_bytes(path.read_bytes())
+    bundle = data.load_image_data(root, val_size=0)
+    assert bundle.train.images.shape[1] == bundle.test.images.shape[1] == 3
+
+
+def test_an_unreadable_image_is_named(tmp_path):
+    root = write_imagefolder(tmp_path / "imgs")
+    bad = f"{root}/train/dog/broken.png"
+    with open(bad, "wb") as handle:
+        handle.write(b"this is text, not a png")
+    with pytest.raises(DataError, match="broken.png"):
+        data.load_image_data(root)
