@@ -47,6 +47,7 @@ import struct
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -203,8 +204,11 @@ def read_idx(path: Union[str, os.PathLike]) -> np.ndarray:
         [0, 1, 2, 3, 4]
     """
     opener = gzip.open if os.fspath(path).endswith(".gz") else open
-    with opener(path, "rb") as handle:
-        raw = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(f"{path} is damaged ({type(exc).__name__}: {exc}); download or copy it again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{path} is not an IDX file (bad magic number)")
     dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -291,6 +295,9 @@ def _imagefolder_dataset_dict(path: Path):
         for class_dir in sorted(c for c in split.iterdir() if c.is_dir() and not c.name.startswith(".")):
             with os.scandir(class_dir) as entries:
                 names = sorted(e.name for e in entries if e.is_file() and e.name.lower().endswith(_IMAGE_SUFFIXES))
+            if not names:
+                raise DataError(f"class folder {class_dir} holds no image ({', '.join(_IMAGE_SUFFIXES)}); remove it or "
+                                "add its images")
             files += [str(class_dir / name) for name in names]
             labels += [index[class_dir.name]] * len(names)
         splits[split.name] = datasets.Dataset.from_dict({"image": files, "label": labels}, features=features)

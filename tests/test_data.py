@@ -168,7 +168,7 @@ def test_clear_errors(tmp_path, monkeypatch):
         os.remove(f"{root}/test/cat/{name}")
     for name in os.listdir(f"{root}/test/dog"):
         os.remove(f"{root}/test/dog/{name}")
-    with pytest.raises(DataError, match="empty"):
+    with pytest.raises(DataError, match="holds no image"):  # each empty class folder is named
         data.load_image_data(root)
     idx = write_idx_dataset(str(tmp_path / "idx"))
     with pytest.raises(DataError, match="leaves no training image"):
@@ -308,3 +308,18 @@ def test_an_unreadable_image_is_named(tmp_path):
         handle.write(b"this is text, not a png")
     with pytest.raises(DataError, match="broken.png"):
         data.load_image_data(root)
+
+
+def test_a_truncated_idx_file_and_an_empty_class_folder_are_clear_errors(tmp_path):
+    root = write_idx_dataset(tmp_path / "idx")
+    path = f"{root}/train-images-idx3-ubyte.gz"
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    with open(path, "wb") as handle:
+        handle.write(raw[: len(raw) // 2])
+    with pytest.raises(DataError, match="damaged"):
+        data.read_idx(path)
+    folder = write_imagefolder(tmp_path / "imgs")
+    os.makedirs(f"{folder}/train/empty")
+    with pytest.raises(DataError, match="holds no image"):
+        data.load_image_data(folder)
