@@ -118,7 +118,7 @@ def adaptify(
     resolved = resolve_variant(variant, depth)
 
     def profile(size):
-        example = torch.zeros(1, *size, device=_device_of(model))
+        example = torch.zeros(1, *size, device=_device_of(model), dtype=_dtype_of(model))
         stem_flops, features = count_flops(stem, example)
         stem_shape = tuple(features.shape[1:])
         if features.dim() != 4:
@@ -203,6 +203,14 @@ def _device_of(model: nn.Module) -> torch.device:
     for tensor in list(model.parameters()) + list(model.buffers()):
         return tensor.device
     return torch.device("cpu")
+
+
+def _dtype_of(model: nn.Module) -> torch.dtype:
+    """The floating dtype of the model's weights (fp16 / bf16 backbones are profiled in their own dtype)."""
+    for tensor in model.parameters():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.get_default_dtype()
 
 
 class _evaluation_mode:

@@ -539,3 +539,12 @@ def test_the_adapted_model_follows_train_and_eval_like_the_backbone(tmp_path):
     folder = model.save_pretrained(tmp_path / "dropout")
     loaded = ofas_wrap.OFASModel.from_pretrained(folder)
     assert torch.allclose(loaded(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_backbones_adapt_with_the_head_in_their_dtype(dtype):
+    backbone = cifar_resnet(8).to(dtype).eval()
+    model = ofas_wrap.adaptify(backbone, input_size=(3, 16, 16), threshold=0.0).eval()
+    x = torch.randn(2, 3, 16, 16, dtype=dtype)
+    assert next(model.head.parameters()).dtype == dtype
+    assert torch.equal(model(x), backbone(x))
