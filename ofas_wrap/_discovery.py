@@ -80,6 +80,7 @@ class DiscoveryTracer(fx.Tracer):
         self.leaf_types = tuple(leaf_modules) + timm_leaves
         self.leaf_names = leaf_names
         self.calls: list[_ModuleCall] = []
+        self.opaque: dict[str, int] = {}  # class name -> calls of leaves the tracer could not look into
         self._failed_in: str | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -101,6 +102,8 @@ class DiscoveryTracer(fx.Tracer):
                     "every call and never trained; create it in __init__ instead") from None
             return forward(*args, **kwargs)
         if self.is_leaf_module(m, name):
+            if not type(m).__module__.startswith("torch.nn") and any(True for _ in m.children()):
+                self.opaque[type(m).__name__] = self.opaque.get(type(m).__name__, 0) + 1
             return super().call_module(m, forward, args, kwargs)
         start = len(self.graph.nodes)
         try:
@@ -248,6 +251,14 @@ def _is_identity_path(shortcut: fx.Node, x: fx.Node, scope: set[fx.Node], root: 
         n.op == "call_module" and isinstance(root.get_submodule(n.target), nn.Identity)
         for n in _ancestors(shortcut, scope)
     )
+
+
+def opaque_modules(model: nn.Module, leaf_modules: tuple[type, ...] = ()) -> dict[str, int]:
+    """Class name -> count of the composite modules the trace does not look into (``leaf_modules`` and the ones
+    timm marks not traceable), for an error that says where residual additions may hide."""
+    tracer = DiscoveryTracer(leaf_modules=leaf_modules)
+    _trace(tracer, model)
+    return tracer.opaque
 
 
 def find_residual_blocks(model: nn.Module, leaf_modules: tuple[type, ...] = ()) -> list[ResidualBlock]:

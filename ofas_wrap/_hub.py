@@ -417,6 +417,10 @@ def _staging_folder(target: Path) -> Iterator[Path]:
     if target.is_symlink():  # replace the real folder and keep the link: never move files out of it
         target = target.resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
+    for pattern in (f".{target.name}.tmp-*", f".{target.name}.old-*"):  # leftovers of saves a kill interrupted
+        for stale in target.parent.glob(pattern):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     mask = os.umask(0)
     os.umask(mask)

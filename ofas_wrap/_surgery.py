@@ -10,7 +10,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ._discovery import ResidualBlock, find_residual_blocks, trace_with_blocks_as_leaves
+from ._discovery import ResidualBlock, find_residual_blocks, opaque_modules, trace_with_blocks_as_leaves
 from ._errors import SurgeryError
 from ._head import OFASHead, resolve_variant
 from ._model import GatedBlock, OFASModel
@@ -85,10 +85,18 @@ def adaptify(
 
     found = find_residual_blocks(model, leaf_modules)
     if not found:
+        opaque = opaque_modules(model, leaf_modules)
+        hidden = ""
+        if opaque:
+            listed = ", ".join(f"{name} (x{count})" for name, count in sorted(opaque.items()))
+            hidden = (f" The trace could not look into {listed}: these are in leaf_modules= or marked not traceable "
+                      "by timm (timm.layers.register_notrace_module; NF-ResNets' NormFreeBlock, whose scaled "
+                      "residual out * alpha + shortcut is inside it, is one), so additions inside them are "
+                      "invisible and their blocks cannot be gated.")
         raise SurgeryError(
             f"no residual addition was found in {type(model).__name__}: OFAS gates residual blocks "
             "(x + F(x)), so it needs a ResNet-like model. If the blocks sit inside a module passed in "
-            "leaf_modules=, remove it from there."
+            f"leaf_modules=, remove it from there.{hidden}"
         )
     graph = trace_with_blocks_as_leaves(model, [b.name for b in found], leaf_modules)
     stem, links, tail, stem_nodes = _split_chain(model, graph, found)

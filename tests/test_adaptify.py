@@ -548,3 +548,9 @@ def test_half_precision_backbones_adapt_with_the_head_in_their_dtype(dtype):
     x = torch.randn(2, 3, 16, 16, dtype=dtype)
     assert next(model.head.parameters()).dtype == dtype
     assert torch.equal(model(x), backbone(x))
+
+
+def test_nf_resnets_are_refused_with_the_reason():
+    model = create_backbone("timm:nf_resnet26", num_classes=10)
+    with pytest.raises(SurgeryError, match=r"could not look into NormFreeBlock \(x8\).*register_notrace_module"):
+        ofas_wrap.adaptify(model, input_size=(3, 64, 64))

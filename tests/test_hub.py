@@ -416,3 +416,12 @@ def test_an_absurd_class_count_is_refused_before_building(tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ofas_wrap.CheckpointError, match="num_classes"):
         ofas_wrap.OFASModel.from_pretrained(folder)
+
+
+def test_save_pretrained_clears_the_leftovers_of_killed_saves(tmp_path):
+    stale = [tmp_path / ".m.tmp-abc123", tmp_path / ".m.old-def456"]
+    for folder in stale:
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x" * 10)
+    ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16)).save_pretrained(tmp_path / "m")
+    assert not any(folder.exists() for folder in stale)
