@@ -390,3 +390,15 @@ def test_a_save_clears_the_leftovers_of_killed_saves(env, tmp_path):
         folder.mkdir(parents=True)
     assert main_guard(train_backbone, [*args, "--resume"]) == 0
     assert not any(folder.exists() for folder in stale)
+
+
+def test_the_nan_guard_names_only_a_checkpoint_with_finite_weights(tmp_path):
+    from ofas_wrap._training import Trainer
+
+    trainer = Trainer.__new__(Trainer)  # only the checkpoint lookup
+    trainer.checkpoint_root = tmp_path / "checkpoints"
+    for step, value in ((4, 1.0), (8, float("nan"))):
+        folder = trainer.checkpoint_root / f"step-{step:08d}"
+        folder.mkdir(parents=True)
+        torch.save({"w": torch.full((3,), value), "steps": torch.tensor(step)}, folder / "pytorch_model.bin")
+    assert trainer._last_finite_checkpoint().name == "step-00000004"  # the newest one is poisoned
