@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from . import rl
 from ._factory import create_model
 from ._gating import sampled_straight_through_gates, straight_through_gates
 from ._model import OFASModel
+from ._objectives import distillation_loss, gate_information, rate_hinge_loss, target_rate_loss
 from ._speed import StochasticDepth
 from ._surgery import adaptify
 from ._training import RunError, Trainer, build_parser, evaluate_classifier, read_run
@@ -154,6 +156,18 @@ def e2e_parser() -> argparse.ArgumentParser:
                              "cost: spreads the head's outputs so T becomes a smooth knob (docs/training.md)")
     parser.add_argument("--skip-cost", choices=["flops", "gates"], default="flops",
                         help="what the penalty counts: executed FLOPs of the gated blocks, or executed gates")
+    extra = parser.add_argument_group("input-dependent gates (issue 10; off by default: the paper's recipe)")
+    extra.add_argument("--target-rate", type=float, default=None,
+                       help="pull each gate's batch-mean execution rate to this value (ConvNet-AIG)")
+    extra.add_argument("--rate-weight", type=float, default=1.0, help="weight of --target-rate / --rate-bounds")
+    extra.add_argument("--rate-bounds", type=float, nargs=2, default=None, metavar=("R_MIN", "R_MAX"),
+                       help="keep each gate's execution rate inside [R_MIN, R_MAX] (a hinge, free in between)")
+    extra.add_argument("--info-weight", type=float, default=0.0,
+                       help="reward the mutual information between gates and images (penalises a fixed pattern "
+                            "and a cliff); bits, summed over gates")
+    extra.add_argument("--distill-weight", type=float, default=0.0,
+                       help="distillation from the frozen full-depth starting backbone (KL at --distill-tau)")
+    extra.add_argument("--distill-tau", type=float, default=4.0)
     _add_head_args(parser, threshold=0.5)
     return parser
 
@@ -335,6 +349,12 @@ def e2e_finetune(argv: Optional[Sequence[str]] = None, model: Optional[nn.Module
         raise RunError(f"--threshold must be in [0, 1), got {args.threshold}")
     if args.skip_weight < 0:
         raise RunError(f"--skip-weight must be >= 0, got {args.skip_weight}")
+    if args.target_rate is not None and not 0.0 <= args.target_rate <= 1.0:
+        raise RunError(f"--target-rate must be in [0, 1], got {args.target_rate}")
+    if args.rate_bounds is not None and not 0.0 <= args.rate_bounds[0] <= args.rate_bounds[1] <= 1.0:
+        raise RunError(f"--rate-bounds must satisfy 0 <= R_MIN <= R_MAX <= 1, got {args.rate_bounds}")
+    if min(args.rate_weight, args.info_weight, args.distill_weight) < 0 or args.distill_tau <= 0:
+        raise RunError("--rate-weight, --info-weight and --distill-weight must be >= 0 and --distill-tau > 0")
     base, init = (None, None)
     if user_model is not None and (args.init or args.model):
         raise RunError("model= already gives the model: leave out --init / --model")
@@ -372,6 +392,9 @@ def e2e_finetune(argv: Optional[Sequence[str]] = None, model: Optional[nn.Module
     head, rest = _head_params(model)
     optimizer = _sgd([(rest, args.lr), (head, args.head_lr or args.lr)], args)
     costs = _gate_costs(model, args.skip_cost)
+    teacher = None
+    if args.distill_weight > 0:  # the starting backbone at full depth, frozen
+        teacher = copy.deepcopy(model.unwrap()).eval().requires_grad_(False)
 
     sampled = args.gate_sampling == "bernoulli"
 
@@ -384,12 +407,30 @@ def e2e_finetune(argv: Optional[Sequence[str]] = None, model: Optional[nn.Module
         ce = F.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
         loss = ce
         metrics = {"ce": float(ce.detach())}
+        # bernoulli: the expected cost (exact gradient); threshold: the executed cost, straight-through
+        gates = probs if sampled else straight_through_gates(model.last_probs, model.gate_threshold)
         if args.skip_weight > 0:
-            # bernoulli: the expected cost (exact gradient); threshold: the executed cost, straight-through
-            gates = probs if sampled else straight_through_gates(model.last_probs, model.gate_threshold)
             cost = (gates * costs.to(gates.device)).sum(dim=1).mean()
-            loss = ce + args.skip_weight * cost
+            loss = loss + args.skip_weight * cost
             metrics["cost"] = float(cost.detach())
+        if args.target_rate is not None:
+            rate = target_rate_loss(gates, args.target_rate)
+            loss = loss + args.rate_weight * rate
+            metrics["rate_loss"] = float(rate.detach())
+        if args.rate_bounds is not None:
+            hinge = rate_hinge_loss(gates, *args.rate_bounds)
+            loss = loss + args.rate_weight * hinge
+            metrics["rate_hinge"] = float(hinge.detach())
+        if args.info_weight > 0:
+            info = gate_information(probs if sampled else model.last_probs)
+            loss = loss - args.info_weight * info
+            metrics["gate_info_bits"] = float(info.detach())
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(images)
+            distill = distillation_loss(logits, teacher_logits, args.distill_tau)
+            loss = loss + args.distill_weight * distill
+            metrics["distill"] = float(distill.detach())
         skip = 1.0 - float(model.last_gates.float().mean()) if model.num_gates else 0.0
         return {"loss": loss, "logits": logits, "targets": labels, "skip": skip, "metrics": metrics}
 
