@@ -10,7 +10,7 @@ Example:
 from . import data, models, rl
 from ._bench import LatencyResult, SweepResult, format_sweep, measure_latency, sweep_thresholds
 from ._errors import SurgeryError
-from ._export import export_program, export_torchscript, load_torchscript
+from ._export import export_onnx, export_program, export_torchscript, load_torchscript, set_onnx_threshold
 from ._factory import create_model
 from ._gating import hard_gates, mix_gated, straight_through_gates
 from ._head import OFASHead
@@ -41,6 +41,8 @@ __all__ = [
     "export_torchscript",
     "load_torchscript",
     "export_program",
+    "export_onnx",
+    "set_onnx_threshold",
     "measure_latency",
     "sweep_thresholds",
     "format_sweep",

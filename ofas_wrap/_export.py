@@ -22,7 +22,11 @@ from torch import Tensor, nn
 
 from ._hub import CheckpointError, build_config, read_config
 
-__all__ = ["EXTRA_CONFIG_NAME", "export_torchscript", "load_torchscript", "export_program"]
+__all__ = ["EXTRA_CONFIG_NAME", "ONNX_CONFIG_KEY", "ONNX_THRESHOLD_NAME", "export_torchscript", "load_torchscript",
+           "export_program", "export_onnx", "set_onnx_threshold"]
+
+ONNX_CONFIG_KEY = "ofas_config"  # metadata_props key holding the config JSON
+ONNX_THRESHOLD_NAME = "model.gate_threshold"  # the initializer holding T
 
 EXTRA_CONFIG_NAME = "ofas_config.json"
 PathLike = Union[str, os.PathLike]
@@ -167,6 +171,106 @@ def export_program(model: nn.Module, example_input: Optional[Tensor] = None) -> 
         model.threshold = threshold
         model.train(was_training)
     return program
+
+
+def export_onnx(model: nn.Module, path: PathLike, example_input: Optional[Tensor] = None, *,
+                opset_version: Optional[int] = None, atol: float = 1e-5, rtol: float = 1e-4) -> Path:
+    """Export to ONNX for a **batch of one**: each gated block an ONNX ``If``, so a skipped block is not computed.
+
+    Built from the same ``torch.cond`` routing as :func:`export_program` with the dynamo-based
+    ``torch.onnx.export``. Per-sample routing of batches is not exported: it needs data-dependent batch sizes,
+    which torch.export could not trace through the backbone's layers on torch 2.14 (use TorchScript for batches).
+    The threshold T is the initializer ``model.gate_threshold`` (change it with :func:`set_onnx_threshold`); the
+    config (gate names, FLOPs per block, normalisation) is the ``ofas_config`` entry of the metadata. When
+    onnxruntime is installed the file is checked against eager mode at the model's T and at T = 0 before it is
+    written (atomically). Needs the ``onnx`` extra (onnx, onnxscript; onnxruntime for the check).
+
+    Example:
+        >>> import tempfile, ofas_wrap
+        >>> path = ofas_wrap.export_onnx(ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16)),
+        ...                              tempfile.mkdtemp() + "/m.onnx")  # doctest: +SKIP
+    """
+    from ._model import OFASModel
+
+    if not isinstance(model, OFASModel):
+        raise TypeError(f"export_onnx expects an OFASModel (from ofas_wrap.adaptify), got {type(model).__name__}")
+    try:
+        import onnx
+    except ImportError as exc:
+        raise RuntimeError("export_onnx needs onnx and onnxscript: pip install 'ofas-wrap[onnx]'") from exc
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name such as {path / 'model.onnx'}")
+    if example_input is None:
+        example_input = torch.randn(1, *model.config["input_size"], generator=torch.Generator().manual_seed(0))
+    if example_input.dim() < 1 or example_input.shape[0] != 1:
+        raise ValueError(f"export_onnx exports a batch of one (an ONNX If routes one input), got batch "
+                         f"{example_input.shape[0]}; use export_torchscript for per-sample routing in batches")
+    example_input = example_input.to(_device_of(model))
+    config = build_config(model)
+    config["export"] = {"format": "onnx", "torch_version": torch.__version__.split("+")[0], "batch_size": 1,
+                        "threshold_initializer": ONNX_THRESHOLD_NAME}
+    was_training, threshold = model.training, model.threshold
+    model.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".onnx", dir=path.parent)
+    os.close(handle)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(_CondRouter(model).eval(), (example_input,), temporary, dynamo=True,
+                              opset_version=opset_version, input_names=["image"], output_names=["logits"],
+                              external_data=False, verbose=False)
+        proto = onnx.load(temporary)
+        if not any(node.op_type == "If" for node in proto.graph.node):
+            raise RuntimeError("the ONNX graph has no If node: the gates were not exported as branches")
+        if not any(init.name == ONNX_THRESHOLD_NAME for init in proto.graph.initializer):
+            raise RuntimeError(f"the ONNX graph has no {ONNX_THRESHOLD_NAME} initializer to set T with")
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = ONNX_CONFIG_KEY, json.dumps(config)
+        for value in sorted({threshold, 0.0}):
+            _check_onnx(model, proto, example_input, value, atol, rtol)
+        set_onnx_threshold(proto, threshold)
+        onnx.save(proto, temporary)
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+    finally:
+        model.threshold = threshold
+        model.train(was_training)
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return path
+
+
+def set_onnx_threshold(proto: Any, threshold: float) -> Any:
+    """Set T in an ONNX model written by :func:`export_onnx` (an ``onnx.ModelProto``, changed in place)."""
+    from onnx import numpy_helper
+
+    if not 0.0 <= float(threshold) < 1.0:
+        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+    for init in proto.graph.initializer:
+        if init.name == ONNX_THRESHOLD_NAME:
+            current = numpy_helper.to_array(init)
+            init.CopyFrom(numpy_helper.from_array(current.copy().astype(current.dtype) * 0 + threshold,
+                                                  ONNX_THRESHOLD_NAME))
+            return proto
+    raise ValueError(f"this ONNX model has no {ONNX_THRESHOLD_NAME} initializer (not written by export_onnx)")
+
+
+def _check_onnx(model: nn.Module, proto: Any, x: Tensor, threshold: float, atol: float, rtol: float) -> None:
+    try:
+        import onnxruntime
+    except ImportError:
+        return  # nothing to check with; the export itself succeeded
+    set_onnx_threshold(proto, threshold)
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    model.threshold = threshold
+    with torch.no_grad():
+        expected = model(x).cpu().numpy()
+    got = session.run(None, {session.get_inputs()[0].name: x.cpu().numpy()})[0]
+    if not abs(expected - got).max() <= atol + rtol * abs(expected).max():
+        raise RuntimeError(f"the ONNX model differs from eager mode at T={threshold:g} by "
+                           f"{abs(expected - got).max():.3g}; nothing was written")
 
 
 class _CondRouter(nn.Module):

@@ -108,11 +108,12 @@ def _add_export(subparsers) -> None:
         "export", help="export an OFAS model to TorchScript (real skipping; loads with plain torch.jit.load)",
         description="Script an OFAS model (a save_pretrained folder, a Hub repo id, or a backbone spec with "
                     "random weights), check it against eager mode and write OUTPUT atomically. With "
-                    "--format export: torch.export with torch.cond gates, batch of one (a .pt2 file).",
+                    "--format export: torch.export with torch.cond gates, batch of one (a .pt2 file). With "
+                    "--format onnx: an ONNX If per gated block, batch of one (a .onnx file).",
     )
     parser.add_argument("model", help="save_pretrained folder, Hub repo id, or backbone spec (cifar:resnet20)")
     parser.add_argument("output", help="the file to write, e.g. model.pt")
-    parser.add_argument("--format", default="torchscript", choices=["torchscript", "export"])
+    parser.add_argument("--format", default="torchscript", choices=["torchscript", "export", "onnx"])
     parser.add_argument("--batch-size", type=int, default=2, help="batch of the example input used for the check")
     _add_source_arguments(parser)
     parser.set_defaults(func=_run_export)
@@ -126,7 +127,7 @@ def _run_export(args: argparse.Namespace) -> int:
         if len(args.threshold) != 1:
             raise ValueError("export takes one --threshold value (it stays settable in the exported model)")
         model.threshold = args.threshold[0]
-    batch = 1 if args.format == "export" else args.batch_size
+    batch = 1 if args.format in ("export", "onnx") else args.batch_size
     if batch < 1:
         raise ValueError(f"--batch-size must be positive, got {batch}")
     example = torch.randn(batch, *model.config["input_size"], generator=torch.Generator().manual_seed(0))
@@ -135,6 +136,10 @@ def _run_export(args: argparse.Namespace) -> int:
 
         program = export_program(model, example)
         torch.export.save(program, args.output)
+    elif args.format == "onnx":
+        from ._export import export_onnx
+
+        export_onnx(model, args.output, example)
     else:
         from ._export import export_torchscript
 

@@ -166,3 +166,35 @@ def test_cli_export_writes_a_loadable_file(tmp_path):
     assert main(["export", str(folder), str(tmp_path / "m.pt"), "--threshold", "0.3"]) == 0
     scripted, config = ofas_wrap.load_torchscript(tmp_path / "m.pt")
     assert abs(float(scripted.gate_threshold) - 0.3) < 1e-6 and config["ofas"]["threshold"] == 0.3
+
+
+# ----------------------------------------------------------------------------------------------------- ONNX
+@pytest.mark.parametrize("spec, size", [("cifar:resnet8", (3, 16, 16)), ("torchvision:resnet18", (3, 64, 64))])
+def test_onnx_export_skips_for_real_and_matches_eager(tmp_path, spec, size):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from ofas_wrap._export import ONNX_CONFIG_KEY, set_onnx_threshold
+
+    model = ofas_wrap.create_model(spec, num_classes=10, input_size=size, threshold=0.5).eval()
+    path = ofas_wrap.export_onnx(model, tmp_path / "m.onnx")
+    proto = onnx.load(str(path))
+    assert sum(node.op_type == "If" for node in proto.graph.node) == model.num_gates
+    config = json.loads({p.key: p.value for p in proto.metadata_props}[ONNX_CONFIG_KEY])
+    assert config["ofas"]["gated_blocks"] == model.gated_block_names
+    x = torch.randn(1, *size)
+    for threshold in (0.0, 0.5, 0.9999):
+        set_onnx_threshold(proto, threshold)
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        model.threshold = threshold
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        assert abs(expected - got).max() < 1e-4, threshold
+
+
+def test_onnx_export_refuses_a_batch(tmp_path):
+    model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16))
+    with pytest.raises(ValueError, match="batch of one"):
+        ofas_wrap.export_onnx(model, tmp_path / "m.onnx", torch.randn(2, 3, 16, 16))
+    assert not (tmp_path / "m.onnx").exists()
