@@ -176,6 +176,23 @@ def format_table(rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, An
     return "\n".join(lines)
 
 
+def outputs_labels_difficulty(accelerator, model, loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Head outputs, labels and the full-depth backbone's per-image cross-entropy (difficulty) over ``loader``."""
+    outputs, labels, losses = [], [], []
+    backbone = model.unwrap()
+    with torch.no_grad():
+        for images, targets in loader:
+            _, probs = model.gate_probabilities(images)
+            loss = torch.nn.functional.cross_entropy(backbone(images), targets, reduction="none")
+            probs, targets, loss = accelerator.gather_for_metrics((probs, targets, loss))
+            outputs.append(probs.float().cpu())
+            labels.append(targets.cpu())
+            losses.append(loss.float().cpu())
+    if not outputs:
+        return torch.zeros(0, model.num_gates), torch.zeros(0, dtype=torch.int64), torch.zeros(0)
+    return torch.cat(outputs), torch.cat(labels), torch.cat(losses)
+
+
 def head_outputs(accelerator, model, loader) -> torch.Tensor:
     """The head's outputs ``S_L`` (Eq. 3) for every image of ``loader``, shape (images, num_gates): stem + head only."""
     outputs = []
@@ -194,7 +211,56 @@ def output_percentiles(outputs: torch.Tensor) -> dict[str, float]:
     return {str(q): float(flat.quantile(q / 100)) for q in (5, 25, 50, 75, 95)}
 
 
-def adaptivity(outputs: torch.Tensor, threshold: float) -> dict[str, int]:
+def pattern_information(gates: torch.Tensor, labels: torch.Tensor) -> float:
+    """The mutual information (bits) between the skip pattern and the class, ``H(pattern) - H(pattern | class)``,
+    plug-in estimate over the images. 0 when the pattern says nothing about the class (a fixed pattern, or one
+    that varies independently of it).
+
+    Example:
+        >>> pattern_information(torch.tensor([[True], [False], [True], [False]]), torch.tensor([0, 1, 0, 1]))
+        1.0
+    """
+    def entropy(keys: torch.Tensor) -> float:
+        _, counts = torch.unique(keys, dim=0, return_counts=True)
+        p = counts.double() / counts.sum()
+        return float(-(p * torch.log2(p)).sum())
+
+    gates = gates.to(torch.int64)
+    labels = labels.to(torch.int64).reshape(-1, 1)
+    joint = torch.cat([gates, labels], dim=1)
+    # I(P; Y) = H(P) + H(Y) - H(P, Y)
+    return max(0.0, entropy(gates) + entropy(labels) - entropy(joint))
+
+
+def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rank correlation of two 1-d tensors (average ranks for ties); 0 when either is constant.
+
+    Example:
+        >>> rank_correlation(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 30.0, 20.0]))
+        0.5
+    """
+    def ranks(x: torch.Tensor) -> torch.Tensor:
+        x = x.double().flatten()
+        order = torch.argsort(x)
+        sorted_x = x[order]
+        rank = torch.empty_like(x)
+        start = 0
+        while start < len(x):
+            end = start
+            while end + 1 < len(x) and sorted_x[end + 1] == sorted_x[start]:
+                end += 1
+            rank[order[start:end + 1]] = (start + end) / 2.0
+            start = end + 1
+        return rank
+
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / denominator if denominator > 0 else 0.0
+
+
+def adaptivity(outputs: torch.Tensor, threshold: float, labels: Optional[torch.Tensor] = None,
+               difficulty: Optional[torch.Tensor] = None) -> dict[str, Any]:
     """How input-adaptive the decisions at ``threshold`` are, from the head's outputs (images, gates).
 
     ``adaptive_gates``: gates open for more than 5 % and fewer than 95 % of the images (the others act as a fixed
@@ -209,8 +275,13 @@ def adaptivity(outputs: torch.Tensor, threshold: float) -> dict[str, int]:
         return {"adaptive_gates": 0, "distinct_patterns": 0}
     gates = outputs >= threshold
     rate = gates.float().mean(0)
-    return {"adaptive_gates": int(((rate > 0.05) & (rate < 0.95)).sum()),
-            "distinct_patterns": int(torch.unique(gates, dim=0).shape[0])}
+    result: dict[str, Any] = {"adaptive_gates": int(((rate > 0.05) & (rate < 0.95)).sum()),
+                              "distinct_patterns": int(torch.unique(gates, dim=0).shape[0])}
+    if labels is not None:
+        result["mi_bits"] = round(pattern_information(gates, labels), 4)
+    if difficulty is not None:
+        result["difficulty_corr"] = round(rank_correlation(gates.sum(1).double(), difficulty), 4)
+    return result
 
 
 def _plot(rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, Any]], path: Path, title: str,
@@ -358,9 +429,11 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     else:
         chosen = min(r["threshold"] for r in rows_sweep)
     export_t = args.export_threshold if args.export_threshold is not None else chosen
-    outputs = head_outputs(accelerator, model, val_loader if val_loader is not None else test_loader)
+    model.eval()
+    outputs, labels, difficulty = outputs_labels_difficulty(accelerator, model,
+                                                            val_loader if val_loader is not None else test_loader)
     for row in rows_sweep:
-        row.update(adaptivity(outputs, row["threshold"]))
+        row.update(adaptivity(outputs, row["threshold"], labels, difficulty))
     result = {
         "run": str(run["path"]), "dataset": info.source, "test_images": reference["test_count"],
         "val_images": len(data.val), "val_from": info.val_from,

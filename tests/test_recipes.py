@@ -227,6 +227,7 @@ def test_evaluate_python(env, rl_run):
     for row in payload["rows"]:
         assert 0 <= row["executed_blocks"] <= row["num_blocks"] and row["latency_ms"] > 0 and row["mflops"] > 0
         assert 0 <= row["adaptive_gates"] <= row["num_gates"] and 1 <= row["distinct_patterns"] <= 16
+        assert row["mi_bits"] >= 0 and -1 <= row["difficulty_corr"] <= 1
     lines = (out / "results.csv").read_text().splitlines()
     assert lines[0].startswith("model,threshold") and len(lines) == 5 and lines[-1].startswith("original")
     assert (out / "accuracy_vs_cost.png").stat().st_size > 10_000
@@ -251,6 +252,21 @@ def test_adaptivity_tells_a_static_policy_from_an_adaptive_one():
     assert adaptivity(static, 0.5) == {"adaptive_gates": 0, "distinct_patterns": 1}
     varied = torch.rand(200, 3, generator=torch.Generator().manual_seed(0))
     assert adaptivity(varied, 0.5) == {"adaptive_gates": 3, "distinct_patterns": 8}
+
+
+def test_pattern_information_and_difficulty_correlation():
+    from ofas_wrap._evaluate import adaptivity, pattern_information, rank_correlation
+
+    labels = torch.arange(200) % 2
+    by_class = torch.stack([labels.float() * 0.8 + 0.1, torch.full((200,), 0.9)], 1)  # gate 0 opens for class 1
+    noise = torch.rand(200, 2, generator=torch.Generator().manual_seed(0))
+    assert adaptivity(by_class, 0.5, labels)["mi_bits"] == pytest.approx(1.0)
+    assert adaptivity(noise, 0.5, labels)["mi_bits"] < 0.05  # varies, but says nothing about the class
+    assert pattern_information(torch.ones(10, 3, dtype=torch.bool), torch.arange(10) % 3) == 0.0
+    difficulty = torch.linspace(0, 1, 200)
+    harder_runs_more = torch.stack([difficulty, difficulty], 1)
+    assert adaptivity(harder_runs_more, 0.5, difficulty=difficulty)["difficulty_corr"] > 0.8
+    assert rank_correlation(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 30.0, 20.0])) == pytest.approx(0.5)
 
 
 @pytest.mark.slow
