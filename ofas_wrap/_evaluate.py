@@ -83,6 +83,12 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads while timing")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--cpu", action="store_true", help="force the CPU")
+    parser.add_argument("--controls", action="store_true",
+                        help="at the chosen T, also evaluate the shuffled, random_rates and fixed_subset controls "
+                             "(same mean cost, no input dependence; fixed_subset chosen greedily on validation)")
+    parser.add_argument("--control-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--control-val-images", type=int, default=1000,
+                        help="validation images the greedy fixed_subset search uses")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="let a folder whose backbone comes from your own factory run that code to rebuild it")
     return parser
@@ -444,6 +450,21 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                        "most accurate T", "export_threshold": export_t,
         "head_output_percentiles": output_percentiles(outputs), "timed_as": timed_as,
     }
+    if args.controls:
+        if accelerator.num_processes > 1:
+            accelerator.print("note: --controls runs in one process only; skipped")
+        else:
+            from ._controls import control_rows
+
+            val_part = data.val if len(data.val) else data.test
+            count = min(args.control_val_images, len(val_part))
+            result["controls"] = control_rows(
+                model, chosen, data.test.__getitems__(list(range(len(data.test)))),
+                val_part.__getitems__(list(range(count))), seeds=args.control_seeds, batch_size=args.batch_size)
+            for control in result["controls"]:
+                accelerator.print(f"control {control['method']} (seed {control['seed']}) at T={chosen:.2f}: test acc "
+                                  f"{control['top1']:.4f}, gates {control['executed_gates']:.2f}, "
+                                  f"{control['mflops']:.2f} MFLOPs")
     if accelerator.is_main_process:
         model.threshold = export_t
         export_path = out_dir / f"model_T{export_t:.2f}.pt"

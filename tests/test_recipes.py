@@ -215,9 +215,11 @@ def test_rl_accelerate_interrupted_and_resumed(env, e2e_run):
 def test_evaluate_python(env, rl_run):
     out = env["root"] / "py-eval"
     result = run(python("evaluate.py", rl_run, "--thresholds", "0.4:0.6:0.1", "--output", out, "--latency-samples",
-                        "2", "--latency-runs", "2", "--latency-warmup", "1"), env)
+                        "2", "--latency-runs", "2", "--latency-warmup", "1", "--controls", "--control-seeds", "0"),
+                 env)
     assert "original backbone" in result.stdout and "chosen on validation" in result.stdout
     payload = json.loads((out / "results.json").read_text())
+    assert [c["method"] for c in payload["controls"]] == ["shuffled", "random_rates", "fixed_subset"]
     assert [row["threshold"] for row in payload["rows"]] == [0.4, 0.5, 0.6]
     assert payload["baseline"]["source"].endswith("base")  # found through the --init chain
     assert payload["chosen_threshold"] in (0.4, 0.5, 0.6)

@@ -1,0 +1,47 @@
+"""The controls of issue 10 on a tiny model: same cost as OFAS, no input dependence."""
+
+import torch
+from torch import nn
+
+import ofas_wrap
+from ofas_wrap._controls import control_rows, greedy_fixed_subset, random_rate_patterns, shuffled_patterns
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x) + x)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.blocks = nn.Sequential(*[Block() for _ in range(4)])
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def test_shuffled_and_random_patterns_keep_the_costs_but_not_the_assignment():
+    patterns = torch.rand(500, 4, generator=torch.Generator().manual_seed(1)) < torch.tensor([0.9, 0.5, 0.2, 0.7])
+    shuffled = shuffled_patterns(patterns, seed=3)
+    assert sorted(map(tuple, shuffled.tolist())) == sorted(map(tuple, patterns.tolist()))  # the same patterns
+    assert not torch.equal(shuffled, patterns)
+    rates = random_rate_patterns(patterns, seed=3).float().mean(0)
+    assert torch.allclose(rates, patterns.float().mean(0), atol=0.07)
+
+
+def test_the_greedy_fixed_subset_has_the_asked_number_of_gates_and_rows_are_complete():
+    model = ofas_wrap.adaptify(Net(), input_size=(3, 8, 8), threshold=0.5).eval()
+    images, labels = torch.randn(40, 3, 8, 8), torch.arange(40) % 3
+    subset = greedy_fixed_subset(model, images, labels, 2.4)
+    assert subset.dtype == torch.bool and int(subset.sum()) == 2
+    rows = control_rows(model, 0.5, (images, labels), (images[:20], labels[:20]), seeds=(0, 1))
+    assert [r["method"] for r in rows] == ["shuffled", "random_rates"] * 2 + ["fixed_subset"]
+    for row in rows:
+        assert 0.0 <= row["top1"] <= 1.0 and 0.0 <= row["executed_gates"] <= 4 and row["mflops"] > 0
