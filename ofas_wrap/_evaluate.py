@@ -384,7 +384,7 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     scripted = None
-    timed_as, script_failure = "torchscript", None
+    timed_as, script_failure = ("torchscript" if len(latency_images) else None), None
     if accelerator.is_main_process and len(latency_images):
         # script once; the threshold is a buffer of the scripted model, set per T below
         scripted_path = out_dir / ".sweep.pt"
@@ -492,7 +492,8 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             print(f"exported TorchScript model (T = {export_t:.2f}): {export_path}")
         else:
             print(f"skipped the TorchScript export: {result['export_skipped']}")
-        print(f"latency timed on the {timed_as} model")
+        if timed_as:
+            print(f"latency timed on the {timed_as} model")
         print(f"results: {out_dir / 'results.csv'}, {out_dir / 'results.json'}"
               + (f", {result['plot']}" if "plot" in result else ""))
     accelerator.wait_for_everyone()
