@@ -97,8 +97,9 @@ class OFASHubMixin:
         overrides = {"class_names": class_names, "normalization": normalization, "datasets": datasets,
                      "metrics": metrics, "license": license}
         config = build_config(self, **overrides)
+        users_card = _users_card(target)
         with _staging_folder(target) as staging:
-            _write_folder(self, config, staging, model_name=model_name, repo_id=None)
+            _write_folder(self, config, staging, model_name=model_name, repo_id=None, card_text=users_card)
         return target
 
     @classmethod
@@ -361,8 +362,23 @@ def check_repo_id(repo_id: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------- writing
+def _users_card(target: Path) -> Optional[str]:
+    """The README.md of ``target`` when the user wrote or edited it (it is not the card our last save wrote, whose
+    SHA-256 ``config.json`` records): a save keeps it, as the Hub mixin and timm never overwrite a README."""
+    card, config = target / CARD_NAME, target / CONFIG_NAME
+    if not card.is_file():
+        return None
+    recorded = None
+    if config.is_file():
+        try:
+            recorded = json.loads(config.read_text(encoding="utf-8")).get("card_sha256")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            recorded = None
+    return None if recorded == _sha256(card) else card.read_text(encoding="utf-8")
+
+
 def _write_folder(model: Any, config: dict[str, Any], folder: Path, model_name: Optional[str],
-                  repo_id: Optional[str]) -> None:
+                  repo_id: Optional[str], card_text: Optional[str] = None) -> None:
     config = _bundle_factory_code(config, folder)
     weights, aliases = _weights_to_save(model)
     weights_path = folder / WEIGHTS_NAME
@@ -370,8 +386,13 @@ def _write_folder(model: Any, config: dict[str, Any], folder: Path, model_name: 
         "format": "pt", "ofas_wrap_version": __version__, "aliases": json.dumps(aliases, sort_keys=True),
     })
     config = dict(config, weights_sha256=_sha256(weights_path))
+    if card_text is None:  # our card, recorded so that a later save can tell a user's edit from it
+        _write_text(folder / CARD_NAME, model_card(config, model_name=model_name, repo_id=repo_id))
+        config["card_sha256"] = _sha256(folder / CARD_NAME)
+    else:
+        _write_text(folder / CARD_NAME, card_text)
+        config["card_sha256"] = None
     _write_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
-    _write_text(folder / CARD_NAME, model_card(config, model_name=model_name, repo_id=repo_id))
 
 
 def _bundle_factory_code(config: dict[str, Any], folder: Path) -> dict[str, Any]:

@@ -425,3 +425,16 @@ def test_save_pretrained_clears_the_leftovers_of_killed_saves(tmp_path):
         (folder / "model.safetensors").write_bytes(b"x" * 10)
     ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16)).save_pretrained(tmp_path / "m")
     assert not any(folder.exists() for folder in stale)
+
+
+def test_a_save_keeps_a_readme_the_user_edited_and_renews_its_own(tmp_path):
+    model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16), threshold=0.3)
+    folder = model.save_pretrained(tmp_path / "m")
+    ours = (folder / "README.md").read_text()
+    model.threshold = 0.6
+    model.save_pretrained(folder)
+    assert (folder / "README.md").read_text() != ours  # our own card follows the model
+    (folder / "README.md").write_text("# My model\n\nNotes I wrote.\n")
+    model.save_pretrained(folder)
+    assert (folder / "README.md").read_text() == "# My model\n\nNotes I wrote.\n"
+    assert ofas_wrap.OFASModel.from_pretrained(folder).threshold == pytest.approx(0.6)
