@@ -112,7 +112,8 @@ class OFASModel(OFASHubMixin, nn.Module):
     blocks are not computed at all. ``threshold`` is the accuracy/latency knob (Eq. 1), stored in a buffer.
     """
 
-    __jit_unused_properties__ = ["threshold", "num_gates", "gated_block_names"]
+    __jit_unused_properties__ = ["threshold", "num_gates", "gated_block_names", "num_classes", "num_features",
+                                 "pretrained_cfg", "default_cfg"]
     __jit_ignored_attributes__ = ["plan", "config", "_backbone"]
 
     last_gates: Tensor
@@ -180,25 +181,34 @@ class OFASModel(OFASHubMixin, nn.Module):
         return self._run_training(features, gates)
 
     def _run_training(self, features: Tensor, gates: Tensor) -> Tensor:
+        return self.tail(self._blocks_training(features, gates))
+
+    def _blocks_training(self, features: Tensor, gates: Tensor) -> Tensor:
         for block in self.blocks:
             features = block(features, gates[:, max(block.gate_index, 0)])
-        return self.tail(features)
+        return features
 
     def _run_inference(self, features: Tensor, decisions: Tensor) -> Tensor:
         """``decisions``: bool (batch, num_gates) on the CPU, read once; skipped blocks are not computed."""
+        return self.tail(self._blocks_inference(features, decisions))
+
+    def _blocks_inference(self, features: Tensor, decisions: Tensor) -> Tensor:
         if features.shape[0] == 1:
             row: List[bool] = decisions[0].tolist()
             for block in self.blocks:
                 features = block.forward_single(features, block.gate_index < 0 or row[block.gate_index])
-            return self.tail(features)
+            return features
         counts: List[int] = decisions.sum(0).tolist()
         for block in self.blocks:
             index = max(block.gate_index, 0)
             features = block.forward_routed(features, decisions[:, index], counts[index])
-        return self.tail(features)
+        return features
 
     def forward(self, x: Tensor) -> Tensor:
         """Training mode (eager): straight-through gates. Eval mode, and always once scripted: real skipping."""
+        return self.tail(self._forward_blocks(x))
+
+    def _forward_blocks(self, x: Tensor) -> Tensor:
         features, probs = self.gate_probabilities(x)
         self.last_probs = probs
         forced = self.forced_gate_mask
@@ -209,13 +219,70 @@ class OFASModel(OFASHubMixin, nn.Module):
                 else:
                     gates = forced.to(device=probs.device, dtype=probs.dtype).expand(probs.shape[0], -1)
                 self.last_gates = gates.detach() > 0.5
-                return self._run_training(features, gates)
+                return self._blocks_training(features, gates)
         if forced is None:
             decisions = (probs >= self.gate_threshold).cpu()  # the one host synchronisation per forward
         else:
             decisions = forced.cpu().expand(probs.shape[0], -1)
         self.last_gates = decisions
-        return self._run_inference(features, decisions)
+        return self._blocks_inference(features, decisions)
+
+    # ------------------------------------------------------------------------------------ timm's interface
+    @torch.jit.unused
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Stem, the head's decisions and the gated blocks: the feature map the backbone's tail pools (timm's
+        ``forward_features``); the decisions follow the threshold and the mode exactly as in :meth:`forward`."""
+        return self._forward_blocks(x)
+
+    @torch.jit.unused
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """The backbone's tail on :meth:`forward_features`' output (timm's ``forward_head``)."""
+        if pre_logits:
+            head = getattr(self._backbone, "forward_head", None)
+            if head is None:
+                raise NotImplementedError(f"{type(self._backbone).__name__} has no forward_head(pre_logits=True)")
+            return head(x, pre_logits=True)
+        return self.tail(x)
+
+    @torch.jit.unused
+    def get_classifier(self) -> nn.Module:
+        """The backbone's classifier (timm's ``get_classifier``, else its ``fc``)."""
+        getter = getattr(self._backbone, "get_classifier", None)
+        if callable(getter):
+            return getter()
+        if isinstance(getattr(self._backbone, "fc", None), nn.Module):
+            return self._backbone.fc
+        raise AttributeError(f"{type(self._backbone).__name__} has no get_classifier() and no fc")
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        """The backbone's ``num_classes`` (or its classifier's output size)."""
+        value = getattr(self._backbone, "num_classes", None)
+        if isinstance(value, int):
+            return value
+        classifier = getattr(self._backbone, "fc", None)
+        return classifier.out_features if isinstance(classifier, nn.Linear) else None
+
+    @property
+    def num_features(self) -> Optional[int]:
+        """The backbone's ``num_features`` (the channels its tail pools)."""
+        value = getattr(self._backbone, "num_features", None)
+        if isinstance(value, int):
+            return value
+        classifier = getattr(self._backbone, "fc", None)
+        return classifier.in_features if isinstance(classifier, nn.Linear) else None
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        """The backbone's timm ``pretrained_cfg`` (so ``timm.data.resolve_model_data_config`` resolves its
+        input size, crop and normalisation), with ``input_size`` from the surgery where the backbone has none."""
+        cfg = dict(getattr(self._backbone, "pretrained_cfg", None) or {})
+        cfg.setdefault("input_size", tuple(self.config.get("input_size") or ()) or None)
+        return cfg
+
+    @property
+    def default_cfg(self) -> dict:
+        return self.pretrained_cfg
 
     # ------------------------------------------------------------------------------------ utilities
     @torch.jit.unused

@@ -554,3 +554,21 @@ def test_nf_resnets_are_refused_with_the_reason():
     model = create_backbone("timm:nf_resnet26", num_classes=10)
     with pytest.raises(SurgeryError, match=r"could not look into NormFreeBlock \(x8\).*register_notrace_module"):
         ofas_wrap.adaptify(model, input_size=(3, 64, 64))
+
+
+@pytest.mark.parametrize("spec", ["timm:resnet18", "cifar:resnet8", "torchvision:resnet18"])
+def test_the_adapted_model_answers_timms_interface(spec):
+    model = ofas_wrap.create_model(spec, num_classes=7, input_size=(3, 32, 32), threshold=0.5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        assert torch.allclose(model.forward_head(features), model(x), atol=1e-6)
+    assert features.dim() == 4 and features.shape[1] == model.num_features
+    assert model.num_classes == 7 and model.get_classifier().out_features == 7
+    assert tuple(model.pretrained_cfg["input_size"])[0] == 3
+
+
+def test_timm_resolves_the_backbones_data_config_through_the_adapted_model():
+    timm_data = pytest.importorskip("timm.data")
+    model = ofas_wrap.create_model("timm:resnet18", num_classes=7)
+    assert timm_data.resolve_model_data_config(model) == timm_data.resolve_model_data_config(model.unwrap())
