@@ -256,21 +256,21 @@ class OFASModel(OFASHubMixin, nn.Module):
 
     @property
     def num_classes(self) -> Optional[int]:
-        """The backbone's ``num_classes`` (or its classifier's output size)."""
-        value = getattr(self._backbone, "num_classes", None)
-        if isinstance(value, int):
-            return value
-        classifier = getattr(self._backbone, "fc", None)
-        return classifier.out_features if isinstance(classifier, nn.Linear) else None
+        """The backbone's ``num_classes`` (or its ``fc``'s output size)."""
+        return self._backbone_size("num_classes", "out_features")
 
     @property
     def num_features(self) -> Optional[int]:
-        """The backbone's ``num_features`` (the channels its tail pools)."""
-        value = getattr(self._backbone, "num_features", None)
+        """The backbone's ``num_features``, the channels its tail pools (or its ``fc``'s input size)."""
+        return self._backbone_size("num_features", "in_features")
+
+    @torch.jit.unused
+    def _backbone_size(self, name: str, linear_field: str) -> Optional[int]:
+        value = getattr(self._backbone, name, None)
         if isinstance(value, int):
             return value
         classifier = getattr(self._backbone, "fc", None)
-        return classifier.in_features if isinstance(classifier, nn.Linear) else None
+        return getattr(classifier, linear_field) if isinstance(classifier, nn.Linear) else None
 
     @property
     def pretrained_cfg(self) -> dict:
