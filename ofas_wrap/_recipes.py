@@ -34,10 +34,10 @@ from ._factory import create_model
 from ._gating import sampled_straight_through_gates, straight_through_gates
 from ._model import OFASModel
 from ._objectives import distillation_loss, gate_information, rate_hinge_loss, target_rate_loss
-from ._speed import StochasticDepth
+from ._speed import StochasticDepth, recalibrate_batchnorm
 from ._surgery import adaptify
 from ._training import RunError, Trainer, build_parser, evaluate_classifier, read_run
-from .data import DataInfo
+from .data import DataInfo, make_loader
 
 __all__ = [
     "backbone_parser",
@@ -270,6 +270,14 @@ def _head_params(model: OFASModel) -> tuple[list[nn.Parameter], list[nn.Paramete
 
 
 # ----------------------------------------------------------------------------------------------- phases
+BN_CALIBRATION_BATCHES = 50  # training batches that re-estimate BatchNorm statistics after stochastic depth
+
+
+def _calibration_batches(trainer: Trainer):
+    """Augmented training batches in a fixed order (their own seed: the run's RNG streams are not touched)."""
+    return make_loader(trainer.data.train, trainer.args.batch_size, shuffle=True, seed=trainer.args.seed + 7919)
+
+
 def train_backbone(argv: Optional[Sequence[str]] = None, model: Optional[nn.Module] = None) -> dict[str, Any]:
     """Plain supervised training of ``--model`` on ``--dataset``; saves it as an OFAS model at T = 0.
 
@@ -305,6 +313,10 @@ def train_backbone(argv: Optional[Sequence[str]] = None, model: Optional[nn.Modu
                 "logits": logits, "targets": labels}
 
     def evaluate(module: nn.Module, loader) -> dict[str, float]:
+        if isinstance(module, StochasticDepth):  # full depth, BatchNorm statistics re-estimated at full depth
+            full = recalibrate_batchnorm(copy.deepcopy(module.model.unwrap()), _calibration_batches(trainer),
+                                         BN_CALIBRATION_BATCHES)
+            return evaluate_classifier(trainer.accelerator, full, loader, ofas=False)
         return evaluate_classifier(trainer.accelerator, module, loader, ofas=False)
 
     model.threshold = 0.0
@@ -312,9 +324,9 @@ def train_backbone(argv: Optional[Sequence[str]] = None, model: Optional[nn.Modu
     if isinstance(trained, StochasticDepth):
         plain_save = save
 
-        def save(run_dir: Path) -> None:  # the test-time network of stochastic depth (Huang et al., Eq. 5)
-            with trained.folded():
-                plain_save(run_dir)
+        def save(run_dir: Path) -> None:  # the saved backbone: BatchNorm statistics of the full-depth network
+            recalibrate_batchnorm(backbone, _calibration_batches(trainer), BN_CALIBRATION_BATCHES)
+            plain_save(run_dir)
     summary = trainer.fit(trained, optimizer, step, eval_fn=evaluate, save_fn=save,
                           config={"num_classes": info.num_classes})
     return {**summary, "model": model}

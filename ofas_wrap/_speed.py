@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Optional
@@ -31,7 +30,7 @@ __all__ = [
     "uncompile",
     "survival_probabilities",
     "StochasticDepth",
-    "residual_output_norms",
+    "recalibrate_batchnorm",
 ]
 
 MIXED_PRECISION_CHOICES = ("no", "bf16")
@@ -133,21 +132,34 @@ def survival_probabilities(num_blocks: int, drop_path: float) -> list[float]:
     return [1.0 - (index + 1) / num_blocks * drop_path for index in range(num_blocks)]
 
 
-def residual_output_norms(model: nn.Module) -> dict[int, nn.Module]:
-    """gate index -> the BatchNorm that ends each gated block's residual branch (the last one registered in the
-    block outside its shortcut: ``bn2`` of a BasicBlock, ``bn3`` of a Bottleneck). Scaling its affine parameters
-    by ``p`` scales the branch by ``p``, which is Huang et al.'s test-time rule (Eq. 5). Blocks without one are
-    left out."""
-    found = {}
-    for block in model.blocks:
-        if block.gate_index < 0:
-            continue
-        shortcut = {id(m) for m in block.shortcut.modules()}
-        norms = [m for m in block.block.modules()
-                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in shortcut and m.affine]
-        if norms:
-            found[block.gate_index] = norms[-1]
-    return found
+@torch.no_grad()
+def recalibrate_batchnorm(module: nn.Module, batches: Iterable, num_batches: int) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics as the cumulative average over ``num_batches`` batches of
+    ``batches`` (images, ...) run through ``module`` in training mode without gradients ("precise BN"); the
+    module is left in eval mode, its weights unchanged.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+        >>> _ = recalibrate_batchnorm(net, [(torch.randn(4, 1, 3, 3),)], 1)
+        >>> net.training
+        False
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative moving average: every batch weighs the same
+    module.train()
+    try:
+        for index, batch in enumerate(batches):
+            if index >= num_batches:
+                break
+            module(batch[0] if isinstance(batch, (list, tuple)) else batch)
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        module.eval()
+    return module
 
 
 class StochasticDepth(nn.Module):
@@ -158,11 +170,10 @@ class StochasticDepth(nn.Module):
     path (``OFASModel._run_inference``), so the compute is saved. ``mode="batch"`` draws one pattern per batch
     (whole-batch skips, the fastest); ``"sample"`` one per image (the block runs on the gathered survivors).
     Training does not rescale: what the network sees is exactly what an OFAS skip gives it. In eval mode the plain
-    backbone runs at full depth with each block's residual branch scaled by its survival probability (Huang et
-    al.'s test-time rule, folded into the branch's last BatchNorm while in eval mode, restored exactly for
-    training); without it a full-depth network sees larger residual sums than it was trained on (measured on
-    a ResNet-38 after 2 epochs at P = 0.5: 27.0 % unscaled, 39.2 % rescaled). :meth:`folded` applies the same
-    scaling for saving the trained backbone.
+    backbone runs at full depth. Its BatchNorm running statistics were gathered with blocks dropped, which a
+    full-depth pass does not match: :func:`recalibrate_batchnorm` re-estimates them at full depth before evaluating
+    and saving (measured on a ResNet-38 after 6 of 30 epochs at P = 0.5, 2,000 validation images: 55.8 % as
+    trained, 60.7 % with Huang et al.'s test-time rescaling of the branches, 68.5 % recalibrated, 68.1 % both).
 
     The draws come from a generator seeded by ``seed`` and a counter saved in the state dict, so a resumed run
     draws the same patterns as an uninterrupted one, and every DDP process draws the same batch pattern.
@@ -182,47 +193,6 @@ class StochasticDepth(nn.Module):
                 per_gate[block.gate_index] = survival[position]
         self.register_buffer("survival", per_gate, persistent=False)
         self.register_buffer("draws", torch.zeros((), dtype=torch.int64))
-        self._saved_affine: Optional[list[tuple[Tensor, Tensor, Tensor, Tensor]]] = None
-
-    def _fold(self) -> None:
-        if self._saved_affine is not None:
-            return
-        saved = []
-        with torch.no_grad():
-            for index, norm in residual_output_norms(self.model).items():
-                saved.append((norm.weight, norm.bias, norm.weight.detach().clone(), norm.bias.detach().clone()))
-                norm.weight.mul_(float(self.survival[index]))
-                norm.bias.mul_(float(self.survival[index]))
-        self._saved_affine = saved
-
-    def _unfold(self) -> None:
-        if self._saved_affine is None:
-            return
-        with torch.no_grad():
-            for weight, bias, weight_copy, bias_copy in self._saved_affine:
-                weight.copy_(weight_copy)
-                bias.copy_(bias_copy)
-        self._saved_affine = None
-
-    def train(self, mode: bool = True) -> StochasticDepth:
-        """Eval mode folds the survival probabilities into the branches; training mode restores them exactly."""
-        super().train(mode)
-        if mode:
-            self._unfold()
-        else:
-            self._fold()
-        return self
-
-    @contextlib.contextmanager
-    def folded(self) -> Iterator[nn.Module]:
-        """The backbone with the survival probabilities folded in (for saving), restored afterwards."""
-        was_folded = self._saved_affine is not None
-        self._fold()
-        try:
-            yield self.model
-        finally:
-            if not was_folded:
-                self._unfold()
 
     def compile_units(self) -> list[nn.Module]:
         parts: list[nn.Module] = [self.model.stem, self.model.tail]

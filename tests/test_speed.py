@@ -10,7 +10,12 @@ from torch import nn
 import ofas_wrap
 from ofas_wrap import _speed
 from ofas_wrap._recipes import train_backbone
-from ofas_wrap._speed import StochasticDepth, resolve_mixed_precision, survival_probabilities
+from ofas_wrap._speed import (
+    StochasticDepth,
+    recalibrate_batchnorm,
+    resolve_mixed_precision,
+    survival_probabilities,
+)
 from ofas_wrap._training import LRSchedule, Trainer, main_guard
 
 
@@ -85,23 +90,26 @@ def test_per_sample_mode_draws_a_pattern_per_image():
     assert len({tuple(row.tolist()) for row in model.last_gates}) > 1
 
 
-def test_eval_mode_runs_the_full_backbone_with_huangs_rescaling():
+def test_eval_mode_runs_the_full_backbone():
     model = adapted()
-    wrapper = StochasticDepth(model, 0.5)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    wrapper = StochasticDepth(model, 0.9).eval()
     x = torch.randn(2, 3, 8, 8)
-    reference = TinyNet()
-    reference.load_state_dict(model.unwrap().state_dict())
+    assert torch.equal(wrapper(x), model.unwrap().eval()(x))
+
+
+def test_batchnorm_recalibration_gives_the_full_depth_statistics():
+    net = TinyNet(2)
+    batches = [(torch.randn(8, 3, 8, 8),) for _ in range(3)]
     with torch.no_grad():
-        for block, p in zip(reference.layers, survival_probabilities(4, 0.5)):
-            block.bn.weight.mul_(p)  # the residual branch scaled by its survival probability (Huang et al., Eq. 5)
-            block.bn.bias.mul_(p)
-    assert torch.allclose(wrapper.eval()(x), reference.eval()(x), atol=1e-6)
-    wrapper.train()
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # restored exactly for training
-    with wrapper.folded() as folded:
-        assert torch.allclose(folded.unwrap().eval()(x), reference(x), atol=1e-6)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        first = torch.cat([net.stem(b[0]) for b in batches])
+    before = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k and "num_batches" not in k}
+    recalibrate_batchnorm(net, iter(batches), 3)
+    norm = net.layers[0].bn
+    with torch.no_grad():
+        branch = torch.cat([net.layers[0].conv(net.stem(b[0])) for b in batches])
+    assert torch.allclose(norm.running_mean, branch.mean((0, 2, 3)), atol=1e-5)  # the average over all batches
+    assert not net.training and first.shape[0] == 24
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items() if k in before)  # weights untouched
 
 
 def test_the_draws_resume_exactly_from_the_state_dict():
