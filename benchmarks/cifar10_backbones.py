@@ -25,13 +25,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 KEEP = REPO / "benchmarks" / "weights" / "cifar10"
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-png.tar.gz"
-# name -> (backbone spec, extra flags, run folder); the order is the order of training
+# name -> (backbone spec, extra flags, run folder); the order is the order of training: the OFAS starting point and
+# the static curve it is judged against first, the plain ResNet-38 (the other starting point) last
 BACKBONES = {
     "resnet38_sd": ("cifar:resnet38", ["--drop-path", "0.5"], "c10-r38-sd"),
-    "resnet38": ("cifar:resnet38", [], "c10-r38"),
     "resnet20": ("cifar:resnet20", [], "c10-r20"),
-    "resnet26": ("cifar:resnet26", [], "c10-r26"),
     "resnet32": ("cifar:resnet32", [], "c10-r32"),
+    "resnet26": ("cifar:resnet26", [], "c10-r26"),
+    "resnet38": ("cifar:resnet38", [], "c10-r38"),
 }
 KEPT_FILES = ("config.json", "model.safetensors", "README.md", "args.json", "data.json", "metrics.json")
 
