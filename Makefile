@@ -26,8 +26,10 @@ test-data:
 		|| echo "note: could not install dataset-fashion-mnist; the tests that need it will skip"; \
 	fi
 
+# the suite in TEST_WORKERS parallel processes (pytest-xdist); TEST_WORKERS=0 runs it in one
+TEST_WORKERS ?= 2
 test: setup test-data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

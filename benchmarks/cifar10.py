@@ -38,6 +38,9 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from benchmarks._runner import run_recipe  # noqa: E402
+
 # the lossless copy: published CIFAR-10 numbers are comparable on it (the JPEG copy costs about 10 pp; old tables
 # used it: --data ../shared/data/cifar10-jpeg.tar.gz reproduces them)
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-png.tar.gz"
@@ -99,14 +102,11 @@ def _recipe(name: str, run: Path, flags: list[str], log: Path) -> float:
     if _complete(run):
         print(f"[cifar10] reuse {run}", flush=True)
         return float(json.loads((run / "metrics.json").read_text()).get("wall_seconds", math.nan))
-    command = [sys.executable, str(REPO / "recipes" / f"{name}.py"), *flags, "--output", str(run), "--no-progress"]
+    command = [*flags, "--output", str(run), "--no-progress"]
     if (run / "checkpoints").is_dir():
         command.append("--resume")
-    print(f"[cifar10] {' '.join(command)}", flush=True)
-    started = time.time()
-    with open(log, "a") as handle:
-        subprocess.run(command, check=True, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
-    return time.time() - started
+    print(f"[cifar10] recipes/{name}.py {' '.join(command)}", flush=True)
+    return run_recipe(name, command, log)
 
 
 def _kept(args: argparse.Namespace, name: str) -> Optional[Path]:
@@ -124,15 +124,14 @@ def _evaluate(run: Path, args: argparse.Namespace, baseline: Path, thresholds: s
               out: Optional[Path] = None) -> dict[str, Any]:
     out = out or run / "eval"  # never inside a kept weights folder: the caller passes a work folder then
     if not (out / "results.json").is_file():
-        command = [sys.executable, str(REPO / "recipes" / "evaluate.py"), str(run), "--thresholds", thresholds,
+        command = [str(run), "--thresholds", thresholds,
                    "--baseline", str(baseline), "--threads", str(args.threads), "--max-drop", str(args.max_drop),
                    "--latency-samples", str(args.latency_samples), "--latency-runs", str(args.latency_runs),
                    "--output", str(out)]
         if args.eval_subset:
             command += ["--eval-subset", str(args.eval_subset)]
-        print(f"[cifar10] {' '.join(command)}", flush=True)
-        with open(log, "a") as handle:
-            subprocess.run(command, check=True, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+        print(f"[cifar10] recipes/evaluate.py {' '.join(command)}", flush=True)
+        run_recipe("evaluate", command, log)
     return json.loads((out / "results.json").read_text())
 
 

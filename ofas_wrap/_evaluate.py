@@ -407,7 +407,9 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         row = {"threshold": threshold, "val_accuracy": val.get("accuracy"), "test_accuracy": test["accuracy"],
                "executed_blocks": test["executed_blocks"], "num_blocks": len(model.blocks),
                "executed_gates": test["executed_gates"], "num_gates": model.num_gates, "mflops": test["mflops"],
-               "latency_ms": None, "latency_p90_ms": None, "test_count": test["count"]}
+               "latency_ms": None, "latency_p90_ms": None, "test_count": test["count"],
+               # the cost on validation: an operating point can be chosen by cost without looking at test
+               "val_mflops": val.get("mflops"), "val_executed_blocks": val.get("executed_blocks")}
         if scripted is not None:
             with torch.no_grad():
                 scripted.gate_threshold.fill_(threshold)

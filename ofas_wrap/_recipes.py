@@ -168,6 +168,10 @@ def e2e_parser() -> argparse.ArgumentParser:
     extra.add_argument("--distill-weight", type=float, default=0.0,
                        help="distillation from the frozen full-depth starting backbone (KL at --distill-tau)")
     extra.add_argument("--distill-tau", type=float, default=4.0)
+    extra.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=DEFAULT_FREEZE_BN,
+                       help="keep the backbone's BatchNorm layers in eval mode: the running statistics of a trained "
+                            "backbone are neither used per batch nor shifted by sampled skip patterns (affine "
+                            "weights still train); for fine-tuning a fully trained model")
     _add_head_args(parser, threshold=0.5)
     return parser
 
@@ -448,6 +452,7 @@ def e2e_finetune(argv: Optional[Sequence[str]] = None, model: Optional[nn.Module
 
     summary = trainer.fit(SampledGateForward(model) if sampled else model, optimizer, step,
                           eval_fn=_ofas_eval(trainer), save_fn=_save(model, info),
+                          train_mode_fn=rl.freeze_batchnorm_statistics if args.freeze_bn else None,
                           config={"num_classes": info.num_classes, "num_gates": model.num_gates,
                                   "variant": model.config["variant"]})
     return {**summary, "model": model}

@@ -1,0 +1,40 @@
+"""Run a recipe inside this process, its output appended to a log: the benchmarks chain many short steps, and a
+fresh interpreter per step costs about 6 s of imports here (torch, torchvision, timm), which dominated the smoke
+runs of the test suite.
+
+The recipes' own entry points do the same work (``recipes/NAME.py`` calls these functions through
+``main_guard``); exit codes other than 0 become a ``SystemExit`` naming the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["RECIPES", "run_recipe"]
+
+# recipe name -> (module, function) called by recipes/NAME.py
+RECIPES = {
+    "train_backbone": ("ofas_wrap._recipes", "train_backbone"),
+    "e2e_finetune": ("ofas_wrap._recipes", "e2e_finetune"),
+    "rl_finetune": ("ofas_wrap._recipes", "rl_finetune"),
+    "evaluate": ("ofas_wrap._evaluate", "evaluate_run"),
+}
+
+
+def run_recipe(name: str, argv: Sequence[str], log: Path) -> float:
+    """``recipes/NAME.py ARGV`` in this process, stdout and stderr into ``log``; returns the wall seconds."""
+    from ofas_wrap._training import main_guard
+
+    module, function = RECIPES[name]
+    run = getattr(importlib.import_module(module), function)
+    started = time.time()
+    with open(log, "a") as handle, contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+        print(f"$ recipes/{name}.py {' '.join(map(str, argv))}", flush=True)
+        code = main_guard(run, list(map(str, argv)))
+    if code != 0:
+        raise SystemExit(f"recipes/{name}.py stopped with exit code {code}; its output is in {log}")
+    return time.time() - started

@@ -1,0 +1,385 @@
+"""Issue 15's evidence: a user's released 200-epoch ResNet-56 made adaptive, judged against the same repository's
+ResNet-20/32/44 (the static curve at full training quality) by issue 10's decision rule (``benchmarks/verdict.py``).
+
+The user's journey, on ``../shared/data/pretrained/akamaster-cifar10/`` (their class, their checkpoints, option-A
+shortcuts) and the lossless ``cifar10-png.tar.gz``:
+
+* ``original``: the released ResNet-56 as it is; ``static_resnet20/32/44``: the released shallower ones;
+* ``original_finetuned``: the ResNet-56 after the same fine-tune as OFAS with every gate open and nothing to learn
+  about skipping (``CONTROL_ARGS``): extra training is not mistaken for OFAS's merit;
+* ``ofas_e2e``: ``recipes/e2e_finetune.py --model resnet.py:resnet56 --weights ...`` with ``METHOD_ARGS``, one run
+  per seed, swept over T with ``recipes/evaluate.py``;
+* the controls of issue 10 at each seed's chosen T: ``fixed_subset`` (chosen greedily on validation images),
+  ``shuffled`` and ``random_rates`` (``ofas_wrap._controls``).
+
+Held-out data (issue 15 item 7): the released models saw all 50,000 training images, so T is chosen on a fixed,
+seeded half of the test split (``--val-from test``) and everything is reported on the other half.
+
+The operating point, fixed before the runs: for each seed, the T that is the most accurate on validation among
+those that execute at most ``1 - --target-cut`` of the original's MFLOPs on validation (the cheapest T if none
+does). The controls are evaluated at that T.
+
+Latency: batch 1, eager PyTorch (the option-A ``LambdaLayer`` does not script, so every model, static ones
+included, is timed eager, the same way), ``--threads`` intra-op threads, the mean over ``--latency-samples`` test
+images of each one's median over ``--latency-runs`` runs, every model in this one process. Keep the machine
+otherwise idle while it runs (pause a background training with ``kill -STOP``).
+
+    python benchmarks/pretrained.py --work ../runs/pretrained --out docs/results       # the documented budget
+    python benchmarks/pretrained.py --smoke --work /tmp/w --out /tmp/o                   # a check of the plumbing
+
+Writes ``OUT/pretrained.json`` (rows in the format of ``cifar10.json``, ``meta.verdict``), ``OUT/pretrained.md``
+and ``OUT/pretrained.png``. Run folders in ``--work`` are reused when complete, so a stopped run continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from benchmarks._runner import run_recipe  # noqa: E402
+from benchmarks.verdict import RULE, decide, sentence  # noqa: E402
+
+RELEASED = REPO.parent / "shared" / "data" / "pretrained" / "akamaster-cifar10"
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-png.tar.gz"
+CHECKPOINTS = {20: "resnet20-12fca82f.th", 32: "resnet32-d509ac18.th", 44: "resnet44-014dd654.th",
+               56: "resnet56-4bfd9763.th"}
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # what these checkpoints were trained with (their README)
+# The recipe under test (issue 10's terms on a fully trained model), fixed before the runs it is judged by:
+# BatchNorm statistics protected, a gentle backbone learning rate, distillation from the released model,
+# sampled gates pulled to a 60 % execution rate per gate, an information term against a fixed pattern.
+COMMON_ARGS = "--freeze-bn --lr 0.002 --distill-weight 1.0 --distill-tau 4"
+METHOD_ARGS = ("--gate-sampling bernoulli --gate-bias-init 1.5 --head-lr 0.05 --skip-weight 0 --target-rate 0.6 "
+               "--info-weight 0.05")
+CONTROL_ARGS = "--gate-sampling threshold --threshold 0 --skip-weight 0"  # every gate open: fine-tuning alone
+THRESHOLDS = "0.1:0.9:0.1"
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--released", default=str(RELEASED), help="folder of resnet.py and the .th checkpoints")
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--work", default=str(REPO.parent / "runs" / "pretrained"))
+    parser.add_argument("--out", default=str(REPO / "docs" / "results"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=float, default=1.0, help="fine-tune epochs (of the 50,000 training images)")
+    parser.add_argument("--train-subset", type=int, default=None)
+    parser.add_argument("--eval-subset", type=int, default=None, help="validation / test images each (all: 5,000)")
+    parser.add_argument("--method-args", default=METHOD_ARGS)
+    parser.add_argument("--common-args", default=COMMON_ARGS)
+    parser.add_argument("--thresholds", default=THRESHOLDS)
+    parser.add_argument("--target-cut", type=float, default=0.35,
+                        help="operating point: at least this share of the original's MFLOPs saved on validation")
+    parser.add_argument("--control-val-images", type=int, default=1000,
+                        help="validation images the greedy fixed_subset search uses")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--latency-samples", type=int, default=40)
+    parser.add_argument("--latency-runs", type=int, default=15)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["finetune_control"])
+    parser.add_argument("--smoke", action="store_true",
+                        help="a seconds-long plumbing check: 2 steps, 64 images, 1 seed, 2 thresholds")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.seeds, args.train_subset, args.eval_subset = args.seeds[:1], 64, 64
+        args.thresholds, args.latency_samples, args.latency_runs, args.control_val_images = "0.5", 2, 2, 16
+        args.common_args += " --max-steps 2 --batch-size 32"
+    if not 0.0 < args.target_cut < 1.0:
+        parser.error(f"--target-cut must be in (0, 1), got {args.target_cut}")
+    return args
+
+
+# ------------------------------------------------------------------------------------------- the models
+def released_model(args: argparse.Namespace, depth: int) -> torch.nn.Module:
+    from ofas_wrap.models._user import build_from_factory, load_checkpoint_weights
+
+    model = build_from_factory(f"{args.released}/resnet.py:resnet{depth}")
+    return load_checkpoint_weights(model, Path(args.released) / CHECKPOINTS[depth]).eval()
+
+
+def load_data(args: argparse.Namespace):
+    from ofas_wrap.data import load_image_data
+
+    return load_image_data(args.data, in_chans=3, eval_subset=args.eval_subset, augment=False,
+                           normalization={"mean": list(MEAN), "std": list(STD)}, val_from="test")
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, split) -> float:
+    from ofas_wrap.data import make_loader
+
+    correct = count = 0
+    for images, labels in make_loader(split, 500):
+        correct += int((model(images).argmax(1) == labels).sum())
+        count += int(labels.numel())
+    return correct / max(count, 1)
+
+
+def latency_ms(model: Any, images: torch.Tensor, args: argparse.Namespace,
+               patterns: Optional[torch.Tensor] = None) -> float:
+    """Mean over the images of each one's median batch-1 time; ``patterns`` forces image i's gates (controls)."""
+    from ofas_wrap import measure_latency
+
+    medians = []
+    for index in range(images.shape[0]):
+        example = images[index:index + 1]
+        if patterns is None:
+            result = measure_latency(model, example, runs=args.latency_runs, warmup=3, threads=args.threads)
+        else:
+            with model.forced_gates(patterns[index:index + 1]):
+                result = measure_latency(model, example, runs=args.latency_runs, warmup=3, threads=args.threads)
+        medians.append(result.median_ms)
+    return statistics.fmean(medians)
+
+
+def static_rows(args: argparse.Namespace, data, images: torch.Tensor) -> list[dict[str, Any]]:
+    from ofas_wrap import adaptify
+
+    rows = []
+    for depth in (20, 32, 44, 56):
+        model = released_model(args, depth)
+        plan = adaptify(model, input_size=(3, 32, 32)).plan  # FLOPs at the 32 px the model is fed
+        rows.append({
+            "method": "original" if depth == 56 else f"static_resnet{depth}", "threshold": None, "seed": None,
+            "top1": accuracy(model, data.test), "val_top1": accuracy(model, data.val),
+            "executed_blocks": float(3 * (depth - 2) // 6), "mflops": plan.backbone_flops / 1e6,
+            "latency_ms": latency_ms(model, images, args), "chosen": True, "train_seconds": 0.0,
+            "adaptive_gates": None, "distinct_patterns": None, "mi_bits": None,
+        })
+        print(f"[pretrained] released resnet{depth}: test {100 * rows[-1]['top1']:.2f} %, "
+              f"{rows[-1]['latency_ms']:.3f} ms", flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- the runs
+def _complete(run: Path) -> bool:
+    return (run / "metrics.json").is_file() and (run / "model.safetensors").is_file()
+
+
+def finetune(args: argparse.Namespace, run: Path, flags: str, seed: int, log: Path) -> float:
+    """``recipes/e2e_finetune.py`` from the released ResNet-56 into ``run`` (resumed / reused); its wall seconds."""
+    if _complete(run):
+        return float(json.loads((run / "metrics.json").read_text()).get("wall_seconds", math.nan))
+    command = ["--model", f"{args.released}/resnet.py:resnet56",
+               "--weights", str(Path(args.released) / CHECKPOINTS[56]),
+               "--mean", *map(str, MEAN), "--std", *map(str, STD), "--dataset", args.data, "--val-from", "test",
+               "--seed", str(seed), *args.common_args.split(), *flags.split(), "--output", str(run), "--no-progress"]
+    if "--max-steps" not in args.common_args:
+        command += ["--epochs", str(args.epochs)]
+    for flag, value in (("--train-subset", args.train_subset), ("--eval-subset", args.eval_subset)):
+        if value:
+            command += [flag, str(value)]
+    if (run / "checkpoints").is_dir():
+        command.append("--resume")
+    print(f"[pretrained] recipes/e2e_finetune.py {' '.join(command)}", flush=True)
+    return run_recipe("e2e_finetune", command, log)
+
+
+def sweep(args: argparse.Namespace, run: Path, log: Path) -> dict[str, Any]:
+    """``recipes/evaluate.py`` over the thresholds (accuracy, cost, adaptivity; latency is timed here later)."""
+    out = run / "eval"
+    if not (out / "results.json").is_file():
+        command = [str(run), "--trust-remote-code",
+                   "--thresholds", args.thresholds, "--latency-samples", "0", "--no-plot", "--output", str(out)]
+        if args.eval_subset:
+            command += ["--eval-subset", str(args.eval_subset)]
+        print(f"[pretrained] recipes/evaluate.py {' '.join(command)}", flush=True)
+        run_recipe("evaluate", command, log)
+    return json.loads((out / "results.json").read_text())
+
+
+def operating_point(rows: list[dict[str, Any]], original_val_mflops: float, cut: float) -> dict[str, Any]:
+    """The most accurate row on validation among those within the cost budget on validation; else the cheapest."""
+    budget = (1.0 - cut) * original_val_mflops
+    within = [r for r in rows if r["val_mflops"] <= budget]
+    if within:
+        return max(within, key=lambda r: (r["val_accuracy"], -r["val_mflops"]))
+    return min(rows, key=lambda r: r["val_mflops"])
+
+
+def ofas_rows(args: argparse.Namespace, seed: int, run: Path, result: dict[str, Any], seconds: float,
+              original_val_mflops: float, data, images: torch.Tensor) -> tuple[list[dict[str, Any]], list[dict]]:
+    from ofas_wrap import OFASModel
+    from ofas_wrap._controls import control_rows
+
+    chosen = operating_point(result["rows"], original_val_mflops, args.target_cut)
+    model = OFASModel.from_pretrained(run, trust_remote_code=True).eval()
+    rows = []
+    for row in result["rows"]:
+        model.threshold = row["threshold"]
+        rows.append({
+            "method": "ofas_e2e", "threshold": row["threshold"], "seed": seed, "top1": row["test_accuracy"],
+            "val_top1": row["val_accuracy"], "executed_blocks": row["executed_blocks"], "mflops": row["mflops"],
+            "val_mflops": row["val_mflops"], "latency_ms": latency_ms(model, images, args),
+            "chosen": row is chosen, "train_seconds": seconds, "adaptive_gates": row.get("adaptive_gates"),
+            "distinct_patterns": row.get("distinct_patterns"), "mi_bits": row.get("mi_bits"),
+            "difficulty_corr": row.get("difficulty_corr"),
+        })
+    threshold = chosen["threshold"]
+    test_split = data.test.__getitems__(list(range(len(data.test))))
+    val_count = min(args.control_val_images, len(data.val))
+    val_split = data.val.__getitems__(list(range(val_count)))
+    controls = control_rows(model, threshold, test_split, val_split, seeds=(seed,))
+    model.threshold = threshold
+    with torch.no_grad():
+        _, probs = model.gate_probabilities(images)
+    own = (probs >= threshold).cpu()
+    from ofas_wrap._controls import random_rate_patterns, shuffled_patterns
+
+    for control in controls:
+        if control["method"] == "fixed_subset":
+            patterns = torch.tensor(control["pattern"]).expand(images.shape[0], -1)
+        elif control["method"] == "shuffled":
+            patterns = shuffled_patterns(own, seed)
+        else:
+            patterns = random_rate_patterns(own, seed)
+        control.update({"seed": seed, "val_top1": None, "latency_ms": latency_ms(model, images, args, patterns),
+                        "executed_blocks": control["executed_gates"] + (len(model.blocks) - model.num_gates),
+                        "chosen": True, "train_seconds": seconds, "adaptive_gates": 0 if
+                        control["method"] == "fixed_subset" else None, "distinct_patterns": None, "mi_bits": None})
+    print(f"[pretrained] seed {seed}: T = {threshold:.2f}, test {100 * chosen['test_accuracy']:.2f} %, "
+          f"{chosen['executed_blocks']:.2f} blocks; controls "
+          + ", ".join(f"{c['method']} {100 * c['top1']:.2f} %" for c in controls), flush=True)
+    return rows, controls
+
+
+# ------------------------------------------------------------------------------------------- the report
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    original = next(r for r in rows if r["method"] == "original")
+    lines = ["| method | seed | T | val top-1 (%) | test top-1 (%) | Δ test (pp) | blocks | MFLOPs | latency (ms) "
+             "| Δ latency | adaptive gates / patterns | MI (bits) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        if row["method"] == "ofas_e2e" and not row["chosen"]:
+            continue
+
+        def cell(value, spec="", scale=1.0):
+            return "-" if value is None else format(scale * value, spec)
+
+        lines.append(
+            f"| {row['method']} | {cell(row.get('seed'), 'd', 1)} | {cell(row['threshold'], '.2f')} "
+            f"| {cell(row.get('val_top1'), '.2f', 100)} | {100 * row['top1']:.2f} "
+            f"| {100 * (row['top1'] - original['top1']):+.2f} | {row['executed_blocks']:.2f} | {row['mflops']:.2f} "
+            f"| {cell(row['latency_ms'], '.3f')} "
+            f"| {_change(row['latency_ms'], original['latency_ms'])} "
+            f"| {cell(row.get('adaptive_gates'))} / {cell(row.get('distinct_patterns'))} "
+            f"| {cell(row.get('mi_bits'), '.2f')} |")
+    verdict = meta["verdict"]
+    lines += ["", f"**Verdict**: {sentence(verdict)}", "", f"Rule (written before the runs): {RULE}",
+              f"Operating point: {meta['operating_point']}", f"Held-out data: {meta['held_out']}",
+              f"Budget: {meta['budget']}", f"Wall time of the user's journey: {meta['journey']}",
+              f"Machine: {meta['machine']}", f"Command: `{meta['command']}`", f"Commit: {meta['commit']}"]
+    return "\n".join(lines)
+
+
+def _change(value: Optional[float], reference: float) -> str:
+    return "-" if value is None else f"{100 * (value / reference - 1):+.1f} %"
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    static = sorted((r["latency_ms"], 100 * r["top1"]) for r in rows
+                    if r["method"].startswith("static") or r["method"] == "original")
+    axis.plot(*zip(*static), "D--", color="gray", label="released ResNet-20/32/44/56")
+    for seed in sorted({r["seed"] for r in rows if r["method"] == "ofas_e2e"}):
+        points = sorted((r["latency_ms"], 100 * r["top1"]) for r in rows
+                        if r["method"] == "ofas_e2e" and r["seed"] == seed)
+        axis.plot(*zip(*points), "o-", markersize=3, alpha=0.7, label=f"OFAS seed {seed}")
+    for method, marker in (("fixed_subset", "s"), ("shuffled", "x"), ("random_rates", "+"),
+                           ("original_finetuned", "*")):
+        points = [(r["latency_ms"], 100 * r["top1"]) for r in rows if r["method"] == method]
+        if points:
+            axis.plot(*zip(*points), marker, linestyle="none", label=method)
+    chosen = [(r["latency_ms"], 100 * r["top1"]) for r in rows if r["method"] == "ofas_e2e" and r["chosen"]]
+    axis.plot(*zip(*chosen), "o", markersize=9, markerfacecolor="none", color="tab:red", label="chosen T")
+    axis.set_ylim(max(min(s[1] for s in static) - 8, min(100 * r["top1"] for r in rows) - 1), None)
+    axis.set_xlabel("batch-1 CPU latency, eager (ms)")
+    axis.set_ylabel("test top-1 (%), held-out half")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    axis.set_title("Released CIFAR-10 ResNet-56 + OFAS against the released static ResNets")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    work, out = Path(args.work).resolve(), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    log = work / "benchmark.log"
+    torch.manual_seed(0)
+
+    seconds, results = {}, {}
+    if "finetune_control" not in args.skip:
+        seconds["control"] = finetune(args, work / "finetuned", CONTROL_ARGS, 0, log)
+    for seed in args.seeds:
+        run = work / f"ofas_seed{seed}"
+        seconds[seed] = finetune(args, run, args.method_args, seed, log)
+        results[seed] = sweep(args, run, log)
+
+    data = load_data(args)
+    images = data.test.__getitems__(list(range(min(args.latency_samples, len(data.test)))))[0]
+    rows = static_rows(args, data, images)
+    original = next(r for r in rows if r["method"] == "original")
+    from ofas_wrap import OFASModel
+
+    original_val_mflops = original["mflops"]  # every block runs whatever the image
+    if "finetune_control" not in args.skip:
+        tuned = OFASModel.from_pretrained(work / "finetuned", trust_remote_code=True).unwrap().eval()
+        rows.append({**original, "method": "original_finetuned", "top1": accuracy(tuned, data.test),
+                     "val_top1": accuracy(tuned, data.val), "latency_ms": original["latency_ms"],
+                     "train_seconds": seconds["control"]})
+    controls, chosen = [], []
+    for seed in args.seeds:
+        seed_rows, seed_controls = ofas_rows(args, seed, work / f"ofas_seed{seed}", results[seed], seconds[seed],
+                                             original_val_mflops, data, images)
+        rows += seed_rows + seed_controls
+        controls += seed_controls
+        chosen += [r for r in seed_rows if r["chosen"]]
+    static = [(r["latency_ms"], r["top1"]) for r in rows if r["method"].startswith("static") or r is original]
+    verdict = decide(static, chosen, controls, "ofas_e2e")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=REPO).stdout.strip()
+    journey = statistics.fmean(seconds[s] for s in args.seeds)
+    meta = {
+        "verdict": verdict,
+        "operating_point": (f"per seed, the most accurate T on validation among those executing at most "
+                            f"{100 * (1 - args.target_cut):.0f} % of the original's MFLOPs on validation "
+                            f"(the cheapest T if none does); thresholds {args.thresholds}"),
+        "held_out": ("val-from test: T chosen on a fixed, seeded half of the test split "
+                     f"({len(data.val)} images), reported on the other half ({len(data.test)} images); the released "
+                     "models saw every training image"),
+        "budget": (f"fine-tune {args.epochs} epoch(s) of {args.train_subset or 50000} training images, "
+                   f"{args.common_args} + OFAS: {args.method_args}; control original_finetuned: {CONTROL_ARGS}"),
+        "journey": f"{journey / 60:.1f} min of fine-tuning per seed on this machine (evaluation excluded)",
+        "machine": (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                    f"latency with {args.threads} thread(s), batch 1, eager, mean over {len(images)} test images "
+                    f"of each one's median over {args.latency_runs} runs"),
+        "command": "python benchmarks/pretrained.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "commit": commit,
+    }
+    (out / "pretrained.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    (out / "pretrained.md").write_text(markdown(rows, meta) + "\n")
+    plot(rows, out / "pretrained.png")
+    print(markdown(rows, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
