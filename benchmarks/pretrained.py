@@ -365,8 +365,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         "held_out": ("val-from test: T chosen on a fixed, seeded half of the test split "
                      f"({len(data.val)} images), reported on the other half ({len(data.test)} images); the released "
                      "models saw every training image"),
-        "budget": (f"fine-tune {args.epochs} epoch(s) of {args.train_subset or 50000} training images, "
-                   f"{args.common_args} + OFAS: {args.method_args}; control original_finetuned: {CONTROL_ARGS}"),
+        "budget": (f"fine-tune from the released ResNet-56 on {args.train_subset or 'all 50,000'} training images: "
+                   f"{args.common_args}"
+                   + ("" if "--max-steps" in args.common_args else f" --epochs {args.epochs}")
+                   + f" (batch 128 unless set); OFAS: {args.method_args}; control original_finetuned: "
+                   f"{CONTROL_ARGS}"),
         "journey": f"{journey / 60:.1f} min of fine-tuning per seed on this machine (evaluation excluded)",
         "machine": (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                     f"latency with {args.threads} thread(s), batch 1, eager, mean over {len(images)} test images "

@@ -141,3 +141,32 @@ def test_cifar10_backbones_trains_resumably_and_keeps_the_finished_run(tmp_path)
     record = json.loads((tmp_path / "kept" / "backbones.json").read_text())["resnet20"]
     assert record["model"] == "cifar:resnet20" and 0.0 <= record["test_accuracy"] <= 1.0
     assert record["command"].startswith("python recipes/train_backbone.py --model cifar:resnet20")
+
+
+def test_pretrained_smoke_runs_the_released_resnet56_journey_and_writes_the_verdict(tmp_path) -> None:
+    shared = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
+    released = os.path.join(shared, "pretrained", "akamaster-cifar10", "resnet.py")
+    if not (os.path.isfile(released) and os.path.isfile(os.path.join(shared, "cifar10-png.tar.gz"))):
+        pytest.skip("../shared/data (released ResNets and the lossless CIFAR-10 copy) is not present")
+    completed = subprocess.run(
+        [sys.executable, os.path.join("benchmarks", "pretrained.py"), "--smoke", "--work", str(tmp_path / "work"),
+         "--out", str(tmp_path / "out")],
+        cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "pretrained.json").read_text())
+    methods = {row["method"] for row in result["rows"]}
+    assert {"original", "original_finetuned", "static_resnet20", "static_resnet32", "static_resnet44", "ofas_e2e",
+            "fixed_subset", "shuffled"} <= methods
+    for row in result["rows"]:
+        assert {"method", "threshold", "top1", "executed_blocks", "mflops", "latency_ms", "chosen", "seed",
+                "adaptive_gates"} <= row.keys()
+        assert 0.0 <= row["top1"] <= 1.0 and row["mflops"] > 0 and row["latency_ms"] > 0
+    # FLOPs at the 32 px the models are fed (issue 15 item 4): a ResNet-56 is about 0.25 GFLOPs there
+    original = next(row for row in result["rows"] if row["method"] == "original")
+    assert 200 < original["mflops"] < 300
+    assert sum(row["chosen"] for row in result["rows"] if row["method"] == "ofas_e2e") == 1
+    verdict = result["meta"]["verdict"]
+    assert {"beats_static", "margin_pp", "stderr_pp", "method", "threshold"} <= verdict.keys()
+    assert verdict["beats_static"] is False  # one seed can never pass the rule
+    assert "**Verdict**" in (tmp_path / "out" / "pretrained.md").read_text()
