@@ -9,6 +9,7 @@ in ``_extra_files``), so a plain ``torch.jit.load`` on a device without ofas-wra
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import tempfile
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from ._hub import CheckpointError, build_config, read_config
 
 __all__ = ["EXTRA_CONFIG_NAME", "ONNX_CONFIG_KEY", "ONNX_THRESHOLD_NAME", "export_torchscript", "load_torchscript",
-           "export_program", "export_onnx", "set_onnx_threshold"]
+           "export_program", "export_onnx", "set_onnx_threshold", "script_with_fx_fallback"]
 
 ONNX_CONFIG_KEY = "ofas_config"  # metadata_props key holding the config JSON
 ONNX_THRESHOLD_NAME = "model.gate_threshold"  # the initializer holding T
@@ -75,8 +76,9 @@ def export_torchscript(model: nn.Module, path: PathLike, example_input: Optional
     was_training, threshold = model.training, model.threshold
     model.eval()
     try:
-        with _quiet_jit():
-            scripted = torch.jit.script(model)
+        scripted, traced = script_with_fx_fallback(model)
+        if traced:
+            config["export"]["fx_traced_modules"] = traced
         for value in sorted({threshold, 0.0}):
             _check_same(model, scripted, example_input, value, atol, rtol)
     finally:
@@ -85,6 +87,86 @@ def export_torchscript(model: nn.Module, path: PathLike, example_input: Optional
     scripted.gate_threshold.fill_(threshold)
     _atomic_jit_save(scripted, path, {EXTRA_CONFIG_NAME: json.dumps(config, indent=2)})
     return path
+
+
+def script_with_fx_fallback(model: nn.Module) -> tuple[Any, list[str]]:
+    """``torch.jit.script(model)``; where a user's module cannot be scripted (a ``lambda`` in a module, as in the
+    option-A shortcuts of public CIFAR ResNets, or Python TorchScript does not read), script a copy of the model in
+    which each such module is replaced by its ``torch.fx.symbolic_trace``: the same operations as a graph, which
+    TorchScript reads. Only modules from outside ofas-wrap are replaced (ours hold the gates' control flow, which
+    a trace would freeze); the caller checks the result against eager mode. Returns the scripted module and the
+    qualified names of the replaced modules (empty when the model scripts as it is); the model is not changed.
+    """
+    try:
+        with _quiet_jit():
+            return torch.jit.script(model), []
+    except Exception as first_error:
+        clone = copy.deepcopy(model).eval()
+        for module in clone.modules():  # our own traces of the user's code carry its constants as written
+            if isinstance(module, torch.fx.GraphModule):
+                _scriptable_constants(module)
+        traced = _replace_unscriptable(clone, "")
+        if not traced:
+            raise
+        try:
+            with _quiet_jit():
+                return torch.jit.script(clone), traced
+        except Exception as exc:
+            raise RuntimeError(f"TorchScript cannot compile this model ({first_error}), nor with "
+                               f"{', '.join(traced)} replaced by torch.fx traces ({exc})") from exc
+
+
+def _replace_unscriptable(module: nn.Module, prefix: str) -> list[str]:
+    replaced = []
+    for name, child in list(module._modules.items()):
+        if child is None:
+            continue
+        qualified = f"{prefix}{name}"
+        if isinstance(child, (nn.ModuleList, nn.ModuleDict)):  # no forward of their own: scripting them alone
+            replaced += _replace_unscriptable(child, qualified + ".")  # compiles nothing, so look inside
+            continue
+        try:
+            with _quiet_jit():  # on copies throughout: TorchScript compiles each GraphModule class only once
+                torch.jit.script(copy.deepcopy(child))
+            continue
+        except Exception:
+            pass
+        if not _ours(child) and not isinstance(child, torch.fx.GraphModule):
+            try:
+                graph_module = _scriptable_constants(torch.fx.symbolic_trace(child))
+                with _quiet_jit():
+                    torch.jit.script(copy.deepcopy(graph_module))
+                setattr(module, name, graph_module)
+                replaced.append(qualified)
+                continue
+            except Exception:
+                pass  # not traceable as a whole: look inside
+        replaced += _replace_unscriptable(child, qualified + ".")
+    return replaced
+
+
+def _ours(module: nn.Module) -> bool:
+    package = type(module).__module__
+    return package == "ofas_wrap" or package.startswith("ofas_wrap.")  # not ofas_wrap_user_* (a user's file)
+
+
+def _scriptable_constants(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Python accepts ``F.pad(x, p, "constant", 0)``; TorchScript wants the fill value as a float."""
+    import torch.nn.functional as F
+
+    changed = False
+    for node in graph_module.graph.nodes:
+        if node.op == "call_function" and node.target in (F.pad, torch._C._nn.pad):
+            if len(node.args) >= 4 and isinstance(node.args[3], int) and not isinstance(node.args[3], bool):
+                node.args = (*node.args[:3], float(node.args[3]), *node.args[4:])
+                changed = True
+            value = node.kwargs.get("value")
+            if isinstance(value, int) and not isinstance(value, bool):
+                node.kwargs = {**node.kwargs, "value": float(value)}
+                changed = True
+    if changed:
+        graph_module.recompile()
+    return graph_module
 
 
 def load_torchscript(path: PathLike, map_location: Union[str, torch.device, None] = None) -> tuple[Any, dict]:

@@ -38,7 +38,7 @@ USER_MODEL = textwrap.dedent('''
             self.shortcut = nn.Sequential()
             if stride != 1 or cin != cout:
                 pad = (cout - cin) // 2
-                self.shortcut = LambdaLayer(lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, pad, pad)))
+                self.shortcut = LambdaLayer(lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, pad, pad), "constant", 0))
 
         def forward(self, x):
             out = F.relu(self.bn1(self.conv1(x)))
@@ -97,6 +97,26 @@ def test_a_users_class_and_checkpoint_adapt_exactly(user_file, checkpoint):
     model.eval().threshold = 0.0
     assert torch.allclose(model(x), reference.eval()(x), atol=1e-6)
     assert model.config["backbone"]["source"] == "factory"
+
+
+def test_a_model_torchscript_cannot_compile_exports_through_fx_traces(tmp_path, user_file, checkpoint):
+    path, _ = checkpoint
+    model = ofas_wrap.create_model(f"{user_file}:tiny_resnet", checkpoint_path=str(path), input_size=(3, 16, 16))
+    with pytest.raises(Exception, match="lambd"):  # the lambda of the option-A shortcut: TorchScript refuses it
+        torch.jit.script(model.eval())
+    with torch.no_grad():
+        _, probs = model.gate_probabilities(torch.randn(1, 3, 16, 16))
+    model.threshold = float(probs.median())  # skips some blocks
+    exported = ofas_wrap.export_torchscript(model, tmp_path / "model.pt")
+    scripted, config = ofas_wrap.load_torchscript(exported)
+    assert config["export"]["fx_traced_modules"] == ["blocks.2.block"]  # the downsampling block, nothing else
+    x = torch.randn(3, 3, 16, 16)
+    for threshold in (0.0, model.threshold):
+        model.threshold = threshold
+        scripted.gate_threshold.fill_(threshold)
+        assert torch.allclose(scripted(x), model(x), atol=1e-5)
+    assert isinstance(model.blocks[2].block.shortcut, torch.nn.Module)  # the user's model is left as it was
+    assert type(model.blocks[2].block).__name__ == "Block"
 
 
 def test_a_saved_folder_rebuilds_only_with_trust_remote_code(tmp_path, user_file, checkpoint):
