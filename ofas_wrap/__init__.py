@@ -10,7 +10,14 @@ Example:
 from . import data, models, rl
 from ._bench import LatencyResult, SweepResult, format_sweep, measure_latency, sweep_thresholds
 from ._errors import SurgeryError
-from ._export import export_onnx, export_program, export_torchscript, load_torchscript, set_onnx_threshold
+from ._export import (
+    export_onnx,
+    export_program,
+    export_torchscript,
+    load_torchscript,
+    script_with_fx_fallback,
+    set_onnx_threshold,
+)
 from ._factory import create_model
 from ._gating import hard_gates, mix_gated, straight_through_gates
 from ._head import OFASHead
@@ -39,6 +46,7 @@ __all__ = [
     "rl",
     "CheckpointError",
     "export_torchscript",
+    "script_with_fx_fallback",
     "load_torchscript",
     "export_program",
     "export_onnx",
