@@ -88,14 +88,17 @@ def export(path: Path) -> dict[str, list]:
     return outputs
 
 
-def ensure_venv(root: Path, version: str) -> Optional[str]:
-    """A virtualenv with torch==version (cached under root); None when it is ready, else the install error."""
+def ensure_venv(root: Path, version: str, wheels: Optional[Path] = None) -> Optional[str]:
+    """A virtualenv with torch==version (cached under root; from a wheel already in ``wheels`` when there is one);
+    None when it is ready, else the install error."""
     venv = root / f"torch-{version}"
     python = venv / "bin" / "python"
     if (venv / ".ready").is_file():
         return None
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    for command in ([str(python), "-m", "pip", "install", "-q", "--no-deps", "--only-binary", ":all:",
+    have_wheel = wheels is not None and any(wheels.glob(f"torch-{version}-*.whl"))
+    local = ["--no-index", "--find-links", str(wheels)] if have_wheel else []
+    for command in ([str(python), "-m", "pip", "install", "-q", "--no-deps", "--only-binary", ":all:", *local,
                      f"torch=={version}"],
                     [str(python), "-m", "pip", "install", "-q", *DEPENDENCIES]):
         done = subprocess.run(command, capture_output=True, text=True)
@@ -105,10 +108,11 @@ def ensure_venv(root: Path, version: str) -> Optional[str]:
     return None
 
 
-def check(root: Path, version: str, path: Path, expected: dict[str, list], atol: float) -> dict[str, Any]:
+def check(root: Path, version: str, path: Path, expected: dict[str, list], atol: float,
+          wheels: Optional[Path] = None) -> dict[str, Any]:
     import torch
 
-    error = ensure_venv(root, version)
+    error = ensure_venv(root, version, wheels)
     if error is not None:
         return {"loader": version, "status": "install error", "error": error}
     python = root / f"torch-{version}" / "bin" / "python"
@@ -150,6 +154,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="where the throw-away virtualenvs go (reused)")
     parser.add_argument("--out", default=str(REPO / "docs" / "results"))
     parser.add_argument("--atol", type=float, default=1e-4)
+    parser.add_argument("--wheels", default=None, help="a folder of torch wheels already downloaded (pip download)")
     args = parser.parse_args(argv)
     root = Path(args.venvs)
     root.mkdir(parents=True, exist_ok=True)
@@ -158,7 +163,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         expected = export(path)
         rows = []
         for version in args.versions:
-            rows.append(check(root, version, path, expected, args.atol))
+            rows.append(check(root, version, path, expected, args.atol, Path(args.wheels) if args.wheels else None))
             print(f"[torchscript_compat] torch {version}: {rows[-1]['status']} {rows[-1].get('error') or ''}",
                   flush=True)
     meta = {"exporter": torch.__version__.split("+")[0],
