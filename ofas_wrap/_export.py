@@ -241,7 +241,7 @@ def export_program(model: nn.Module, example_input: Optional[Tensor] = None) -> 
     was_training, threshold = model.training, model.threshold
     model.eval()
     try:
-        program = torch.export.export(_CondRouter(model).eval(), (example_input,))
+        program = torch.export.export(_CondRouter(model, with_gates=False).eval(), (example_input,))
         for value in sorted({threshold, 0.0}):
             model.threshold = value
             with torch.no_grad():
@@ -262,6 +262,7 @@ def export_onnx(model: nn.Module, path: PathLike, example_input: Optional[Tensor
     Built from the same ``torch.cond`` routing as :func:`export_program` with the dynamo-based
     ``torch.onnx.export``. Per-sample routing of batches is not exported: it needs data-dependent batch sizes,
     which torch.export could not trace through the backbone's layers on torch 2.14 (use TorchScript for batches).
+    Outputs: ``logits`` and ``gates`` (1, num_gates) bool, which gated blocks ran.
     The threshold T is the initializer ``model.gate_threshold`` (change it with :func:`set_onnx_threshold`); the
     config (gate names, FLOPs per block, normalisation) is the ``ofas_config`` entry of the metadata. When
     onnxruntime is installed the file is checked against eager mode at the model's T and at T = 0 before it is
@@ -301,7 +302,8 @@ def export_onnx(model: nn.Module, path: PathLike, example_input: Optional[Tensor
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(_CondRouter(model).eval(), (example_input,), temporary, dynamo=True,
-                              opset_version=opset_version, input_names=["image"], output_names=["logits"],
+                              opset_version=opset_version, input_names=["image"],
+                              output_names=["logits", "gates"],
                               external_data=False, verbose=False)
         proto = onnx.load(temporary)
         if not any(node.op_type == "If" for node in proto.graph.node):
@@ -358,20 +360,23 @@ def _check_onnx(model: nn.Module, proto: Any, x: Tensor, threshold: float, atol:
 class _CondRouter(nn.Module):
     """The OFAS forward for one input with ``torch.cond`` per gate (for torch.export)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, with_gates: bool = True) -> None:
         super().__init__()
         self.model = model
+        self.with_gates = with_gates
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Union[Tensor, tuple[Tensor, Tensor]]:
         features, probs = self.model.gate_probabilities(x)
-        run = probs[0] >= self.model.gate_threshold
+        gates = probs >= self.model.gate_threshold  # (1, gates): the second output, which blocks ran
+        run = gates[0]
         for block in self.model.blocks:
             if block.gate_index < 0:
                 features = block.after(block.block(features))
                 continue
             skip = _clone if block.identity_shortcut else block.shortcut  # cond branches must not alias inputs
             features = block.after(torch.cond(run[block.gate_index], block.block, skip, (features,)))
-        return self.model.tail(features)
+        logits = self.model.tail(features)
+        return (logits, gates) if self.with_gates else logits
 
 
 def _clone(x: Tensor) -> Tensor:

@@ -13,8 +13,13 @@ timed input and the MFLOPs that implies. With ``--data DIR`` (an image folder: D
 also reports accuracy and mean executed blocks over the images, and times the model on real images
 instead of random ones (the gates depend on the input).
 
+An ``.onnx`` file (from ``ofas-wrap export --format onnx`` / ``ofas_wrap.export_onnx``, batch of one) is timed
+with onnxruntime on the CPU instead, in the same table: ``python bench_latency.py MODEL.onnx --threshold 0 0.5``
+(T is set through the session's initializer override; the executed blocks come from the file's ``gates`` output).
+
 Requirements: torch (any version that can load the file: export with the torch version of the device);
-Pillow and NumPy for --data. It does not import ofas_wrap, and its syntax works on Python 3.6.
+onnxruntime for .onnx files; Pillow and NumPy for --data. It does not import ofas_wrap, and its syntax works on
+Python 3.6.
 """
 
 import argparse
@@ -33,7 +38,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".ti
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Latency (and accuracy) of an exported OFAS model per threshold.")
-    parser.add_argument("model", help="TorchScript file written by `ofas-wrap export` / export_torchscript")
+    parser.add_argument("model", help="TorchScript file written by `ofas-wrap export` / export_torchscript, or an "
+                                      ".onnx file from export_onnx (timed with onnxruntime)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's)")
     parser.add_argument("--batch-size", type=int, default=1)
@@ -60,10 +66,81 @@ def parse_args(argv=None):
     return args
 
 
-def load_model(path, device):
-    """The scripted module and its OFAS config (from the file's extra files)."""
+class _Threshold:
+    """``module.gate_threshold.fill_(T)`` for an onnxruntime session: a new session with the initializer replaced."""
+
+    def __init__(self, owner):
+        self.owner = owner
+
+    def fill_(self, value):
+        self.owner.set_threshold(float(value))
+        return self
+
+    def __float__(self):
+        return self.owner.threshold
+
+
+class OnnxModule:
+    """An export_onnx file in onnxruntime, answering as the scripted module does here: call, gate_threshold,
+    last_gates."""
+
+    THRESHOLD_NAME = "model.gate_threshold"
+
+    def __init__(self, path, threads):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise SystemExit("error: timing an .onnx file needs onnxruntime (pip install onnxruntime)") from None
+        self.ort, self.path, self.threads = onnxruntime, path, threads
+        try:
+            session = self._session(None)
+        except Exception as exc:
+            raise SystemExit(f"error: {path} is not an ONNX file onnxruntime can load: {exc}") from None
+        raw = session.get_modelmeta().custom_metadata_map.get("ofas_config")
+        if not raw:
+            raise SystemExit(f"error: {path} is ONNX but not an OFAS export (no ofas_config metadata); export it "
+                             "with `ofas-wrap export --format onnx`")
+        self.config = json.loads(raw)
+        self.threshold = float(self.config["ofas"]["threshold"])
+        self.session, self.last_gates = session, None
+        self.gate_threshold = _Threshold(self)
+
+    def _session(self, threshold):
+        options = self.ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        if threshold is not None:  # the array must outlive the session
+            import numpy as np
+
+            self._value = self.ort.OrtValue.ortvalue_from_numpy(np.array(threshold, dtype=np.float32))
+            options.add_initializer(self.THRESHOLD_NAME, self._value)
+        return self.ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
+
+    def set_threshold(self, value):
+        self.session, self.threshold = self._session(value), value
+
+    def eval(self):
+        return self
+
+    def __call__(self, x):
+        if x.shape[0] != 1:
+            raise SystemExit("error: an ONNX export runs a batch of one; use --batch-size 1 (TorchScript files "
+                             "route batches)")
+        outputs = self.session.run(None, {self.session.get_inputs()[0].name: x.cpu().numpy()})
+        if len(outputs) > 1:
+            self.last_gates = torch.from_numpy(outputs[1].astype("bool"))
+        return torch.from_numpy(outputs[0])
+
+
+def load_model(path, device, threads=None):
+    """The scripted module (or an onnxruntime stand-in for .onnx) and its OFAS config."""
     if not os.path.isfile(path):
         raise SystemExit(f"error: {path}: no such file")
+    if path.endswith(".onnx"):
+        if device.type != "cpu":
+            raise SystemExit("error: .onnx files are timed with onnxruntime on the CPU here; use --device cpu")
+        module = OnnxModule(path, threads)
+        return module, module.config
     extra = {CONFIG_NAME: ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # newer torch calls torch.jit deprecated
@@ -115,6 +192,8 @@ def time_model(module, x, warmup, runs, device):
 
 def executed(module, config):
     """Executed residual blocks and FLOPs per sample of the last forward, from module.last_gates."""
+    if getattr(module, "last_gates", None) is None:  # an ONNX file without the gates output
+        return torch.full((1,), float("nan"), dtype=torch.float64), None
     gates = module.last_gates.cpu().bool()
     num_blocks = len(config["ofas"]["blocks"])
     blocks = gates.sum(dim=1).double() + (num_blocks - gates.shape[1])
@@ -217,7 +296,7 @@ def main(argv=None):
     device = torch.device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    module, config = load_model(args.model, device)
+    module, config = load_model(args.model, device, args.threads)
     size = config["ofas"]["input_size"]
     thresholds = args.threshold if args.threshold is not None else [float(module.gate_threshold)]
 
@@ -263,7 +342,9 @@ def main(argv=None):
     if args.json:
         print(json.dumps({"model": args.model, "device": str(device), "threads": torch.get_num_threads(),
                           "batch_size": args.batch_size, "warmup": args.warmup, "runs": args.runs,
-                          "torch": torch.__version__, "rows": rows}, indent=2))
+                          "torch": torch.__version__,
+                          "runtime": "onnxruntime" if isinstance(module, OnnxModule) else "torchscript",
+                          "rows": rows}, indent=2))
         return 0
     num_blocks = len(config["ofas"]["blocks"])
     backbone = config.get("backbone") or {}

@@ -159,5 +159,26 @@ def test_bench_latency_script_is_old_python_and_torch_only():
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module.split(".")[0])
-    assert imported <= {"argparse", "json", "os", "random", "sys", "time", "warnings", "torch", "PIL", "numpy"}
+    assert imported <= {"argparse", "json", "os", "random", "sys", "time", "warnings", "torch", "PIL", "numpy",
+                        "onnxruntime"}
     assert not any(isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr) for node in ast.walk(tree))
+
+
+def test_bench_latency_script_times_an_onnx_export_in_the_same_table(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16)).eval()
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _, probs = model.gate_probabilities(x)
+    skipping = float(probs.max()) + 1e-3  # closes every gate for this input
+    path = ofas_wrap.export_onnx(model, tmp_path / "model.onnx", example_input=x)
+    script = load_script()
+    assert script.main([str(path), "--runs", "3", "--warmup", "1", "--threads", "1", "--json",
+                        "--threshold", "0", f"{skipping:.4f}"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["runtime"] == "onnxruntime"
+    full, skipped = result["rows"]
+    assert full["executed_blocks"] == len(model.blocks)
+    assert skipped["executed_blocks"] == len(model.blocks) - model.num_gates
+    assert skipped["mflops"] < full["mflops"] and full["median_ms"] > 0
