@@ -2,10 +2,11 @@
 
 Exports ``cifar:resnet20`` with OFAS (seeded random weights; the threshold set so that some blocks are skipped)
 with the torch installed here, then, for each ``--versions`` release, makes a throw-away virtualenv under
-``--venvs`` with that torch (from the package index, ``--no-deps`` plus its small pure-Python dependencies: the
-CUDA libraries are not needed on CPU), loads the file there with ``torch.jit.load``, runs it on a deterministic
+``--venvs`` with that torch from the package index (with its dependencies: the PyPI wheels load their CUDA
+libraries at import even on a CPU, so each release costs one to a few GB; ``--wheels DIR`` reuses downloaded
+torch wheels), loads the file there with ``torch.jit.load``, runs it on a deterministic
 input (no random generator, so every version sees the same numbers) at the exported threshold and at T = 0, and
-compares the outputs with the exporter's. Not part of the test suite: each torch wheel is hundreds of MB.
+compares the outputs with the exporter's. Not part of the test suite.
 
     python benchmarks/torchscript_compat.py --versions 1.13.1 2.0.1 2.2.2 2.4.1 2.6.0 2.8.0
     python benchmarks/torchscript_compat.py --versions 2.8.0 --venvs ../runs/torch-venvs --out /tmp/o
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 REPO = Path(__file__).resolve().parent.parent
-DEPENDENCIES = ["typing-extensions", "numpy<2", "sympy", "filelock", "networkx", "jinja2", "fsspec"]
+DEPENDENCIES = ["numpy<2"]
 INPUT_SHAPE = (2, 3, 32, 32)
 
 # run inside the old torch's interpreter: no ofas-wrap there, only torch
@@ -96,14 +97,12 @@ def ensure_venv(root: Path, version: str, wheels: Optional[Path] = None) -> Opti
     if (venv / ".ready").is_file():
         return None
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    have_wheel = wheels is not None and any(wheels.glob(f"torch-{version}-*.whl"))
-    local = ["--no-index", "--find-links", str(wheels)] if have_wheel else []
-    for command in ([str(python), "-m", "pip", "install", "-q", "--no-deps", "--only-binary", ":all:", *local,
-                     f"torch=={version}"],
-                    [str(python), "-m", "pip", "install", "-q", *DEPENDENCIES]):
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            return (done.stderr.strip().splitlines() or ["pip failed"])[-1][:300]
+    local = ["--find-links", str(wheels)] if wheels is not None else []
+    # with its dependencies: the PyPI wheels load their CUDA libraries (nvidia-* packages) at import, even on a CPU
+    done = subprocess.run([str(python), "-m", "pip", "install", "-q", "--only-binary", ":all:", *local,
+                           f"torch=={version}", *DEPENDENCIES], capture_output=True, text=True)
+    if done.returncode != 0:
+        return (done.stderr.strip().splitlines() or ["pip failed"])[-1][:300]
     (venv / ".ready").write_text(version + "\n")
     return None
 
