@@ -35,6 +35,39 @@ def test_cifar_resnets_are_registered_with_timm():
         timm.create_model("cifar_resnet20", pretrained=True)
 
 
+def test_cifar_resnets_resolve_their_own_data_config_in_timm():
+    config = timm.data.resolve_model_data_config(timm.create_model("cifar_resnet20"))
+    assert config["input_size"] == (3, 32, 32) and config["crop_pct"] == 1.0  # not ImageNet's 224 px, 0.875
+    assert config["mean"] == pytest.approx((0.4914, 0.4822, 0.4465))
+
+
+def test_cifar_resnets_features_only_returns_the_stem_and_each_stage():
+    model = timm.create_model("cifar_resnet20", features_only=True)
+    features = model(torch.randn(2, 3, 32, 32))
+    assert [tuple(f.shape[1:]) for f in features] == [(16, 32, 32), (16, 32, 32), (32, 16, 16), (64, 8, 8)]
+    assert model.feature_info.channels() == [16, 16, 32, 64]
+
+
+@pytest.mark.parametrize("kwargs", [{"drop_rate": 0.5}, {"global_pool": "max"}])
+def test_cifar_resnets_take_timms_head_options(kwargs):
+    model = timm.create_model("cifar_resnet20", num_classes=4, **kwargs).eval()
+    x = torch.randn(2, 3, 32, 32)
+    features = model.forward_features(x)
+    pooled = features.amax((2, 3)) if kwargs.get("global_pool") == "max" else features.mean((2, 3))
+    assert torch.allclose(model(x), model.get_classifier()(pooled), atol=1e-5)  # eval: no dropout
+    if "drop_rate" in kwargs:
+        model.train()
+        assert not torch.allclose(model.forward_head(features), model.forward_head(features))
+
+
+def test_cifar_resnet_reset_classifier():
+    model = timm.create_model("cifar_resnet20")
+    model.reset_classifier(3)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3) and model.num_classes == 3
+    model.reset_classifier(0)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, model.num_features)
+
+
 @pytest.mark.parametrize("spec,kind", [("cifar:resnet20", "CifarResNet"), ("timm:resnet18", "ResNet"),
                                         ("torchvision:resnet18", "ResNet")])
 def test_spec_strings_build_backbones(spec, kind):
