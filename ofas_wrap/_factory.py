@@ -15,7 +15,7 @@ __all__ = ["create_model"]
 
 def create_model(spec: str, num_classes: Optional[int] = None, in_chans: Optional[int] = None,
                  backbone_kwargs: Optional[dict[str, Any]] = None, checkpoint_path: Optional[str] = None,
-                 **adaptify_kwargs: Any) -> OFASModel:
+                 pretrained: bool = False, **adaptify_kwargs: Any) -> OFASModel:
     """Build ``spec`` (``cifar:resnet38``, ``timm:resnet50``, ``torchvision:resnet18``, or your own factory
     ``path/to/file.py:FACTORY`` / ``package.module:FACTORY``), load ``checkpoint_path`` into it, adaptify it.
 
@@ -23,7 +23,10 @@ def create_model(spec: str, num_classes: Optional[int] = None, in_chans: Optiona
     ``save_pretrained`` / ``from_pretrained`` can rebuild the same backbone (a factory's only with
     ``trust_remote_code=True``). A factory gets ``num_classes`` / ``in_chans`` only if its signature takes them.
     ``checkpoint_path`` (as in ``timm.create_model``): safetensors or a ``torch.save`` state dict, read without
-    unpickling objects, loaded strictly into the backbone before the surgery.
+    unpickling objects, loaded strictly into the backbone before the surgery. ``pretrained=True`` asks the
+    backbone's library for its published weights (timm, with tags such as ``timm:resnet50.a1_in1k``: from the
+    Hugging Face Hub; torchvision: its ``DEFAULT`` weights); the CIFAR ResNets and your factories have none (use
+    ``checkpoint_path``). A saved folder rebuilds with random weights and then loads its own.
 
     Example:
         >>> import ofas_wrap
@@ -41,7 +44,10 @@ def create_model(spec: str, num_classes: Optional[int] = None, in_chans: Optiona
         if in_chans is not None:
             kwargs["in_chans"] = in_chans
     parsed.kwargs = kwargs
-    backbone = create_backbone(parsed)
+    if pretrained and checkpoint_path is not None:
+        raise ValueError("give pretrained=True (the library's published weights) or checkpoint_path (your file), "
+                         "not both")
+    backbone = create_backbone(parsed, pretrained=pretrained)
     if checkpoint_path is not None:
         load_checkpoint_weights(backbone, checkpoint_path)
     model = adaptify(backbone, **adaptify_kwargs)

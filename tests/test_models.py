@@ -98,3 +98,27 @@ def test_create_model_records_the_spec():
     assert model.config["backbone"] == {"source": "cifar", "name": "resnet20",
                                         "kwargs": {"num_classes": 5, "in_chans": 1}}
     assert model.plan.input_size == (1, 32, 32)
+
+
+def test_a_tagged_timm_name_builds_and_is_recorded_with_its_tag():
+    model = ofas_wrap.create_model("timm:resnet18.a1_in1k", input_size=(3, 64, 64))
+    assert model.config["backbone"]["name"] == "resnet18.a1_in1k"
+
+
+def test_pretrained_asks_the_library_for_its_weights(monkeypatch):
+    calls = []
+    real = timm.create_model
+
+    def fake(name, pretrained=False, **kwargs):  # the Hub is not reachable in CI: record the request
+        calls.append((name, pretrained))
+        return real(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", fake)
+    ofas_wrap.create_model("timm:resnet18.a1_in1k", pretrained=True, input_size=(3, 64, 64))
+    assert calls == [("resnet18.a1_in1k", True)]
+
+
+@pytest.mark.parametrize("spec", ["cifar:resnet20"])
+def test_pretrained_without_published_weights_is_a_clear_error(spec):
+    with pytest.raises(ValueError, match="no published weights"):
+        ofas_wrap.create_model(spec, pretrained=True)

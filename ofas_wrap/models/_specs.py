@@ -73,8 +73,9 @@ def _cifar_depth(name: str) -> int:
 
 
 def create_backbone(spec: str | BackboneSpec, num_classes: int | None = None, in_chans: int | None = None,
-                    **kwargs: Any) -> nn.Module:
-    """Build a backbone from a spec string, with random weights (nothing is downloaded).
+                    pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Build a backbone from a spec string, with random weights (nothing is downloaded) unless ``pretrained``:
+    timm's weights for the name and tag (``timm:resnet50.a1_in1k``), torchvision's ``DEFAULT`` weights.
 
     Example:
         >>> model = create_backbone("cifar:resnet20", num_classes=100)
@@ -83,6 +84,9 @@ def create_backbone(spec: str | BackboneSpec, num_classes: int | None = None, in
     """
     if isinstance(spec, str):
         spec = parse_backbone_spec(spec)
+    if pretrained and spec.source in ("cifar", FACTORY_SOURCE):
+        raise ValueError(f"{spec.source}:{spec.name} has no published weights to download; load your own "
+                         "(checkpoint_path= / --weights FILE, or OFASModel.from_pretrained for a saved folder)")
     if spec.source == FACTORY_SOURCE:
         return build_from_factory(spec.name, {**spec.kwargs, **kwargs}, num_classes=num_classes, in_chans=in_chans)
     kwargs = {**spec.kwargs, **kwargs}
@@ -95,9 +99,9 @@ def create_backbone(spec: str | BackboneSpec, num_classes: int | None = None, in
     if spec.source == "timm":
         import timm
 
-        if not timm.list_models(spec.name):
+        if not timm.is_model(spec.name):  # a pretrained tag (resnet50.a1_in1k) names the same architecture
             raise ValueError(f"timm has no model named {spec.name!r}; see timm.list_models('*resnet*')")
-        return timm.create_model(spec.name, pretrained=False, **kwargs)
+        return timm.create_model(spec.name, pretrained=pretrained, **kwargs)
     import torchvision
 
     builders = torchvision.models.list_models(module=torchvision.models)
@@ -107,7 +111,7 @@ def create_backbone(spec: str | BackboneSpec, num_classes: int | None = None, in
             "see torchvision.models.list_models(module=torchvision.models)"
         )
     channels = kwargs.pop("in_chans", 3)
-    model = torchvision.models.get_model(spec.name, weights=None, **kwargs)
+    model = torchvision.models.get_model(spec.name, weights="DEFAULT" if pretrained else None, **kwargs)
     if channels != 3:
         raise ValueError(
             f"torchvision models are built for 3 input channels; in_chans={channels} is not supported "
