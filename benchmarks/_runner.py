@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["RECIPES", "run_recipe"]
+__all__ = ["RECIPES", "run_recipe", "work_folders"]
 
 # recipe name -> (module, function) called by recipes/NAME.py
 RECIPES = {
@@ -38,3 +38,11 @@ def run_recipe(name: str, argv: Sequence[str], log: Path) -> float:
     if code != 0:
         raise SystemExit(f"recipes/{name}.py stopped with exit code {code}; its output is in {log}")
     return time.time() - started
+
+
+def work_folders(work: str, out: str) -> tuple[Path, Path, Path]:
+    """The benchmark's run folder (absolute), its output folder, and the log of its recipe steps; created."""
+    work_dir, out_dir = Path(work).resolve(), Path(out)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return work_dir, out_dir, work_dir / "benchmark.log"

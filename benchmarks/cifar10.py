@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchmarks._runner import run_recipe  # noqa: E402
+from benchmarks._runner import run_recipe, work_folders  # noqa: E402
 
 # the lossless copy: published CIFAR-10 numbers are comparable on it (the JPEG copy costs about 10 pp; old tables
 # used it: --data ../shared/data/cifar10-jpeg.tar.gz reproduces them)
@@ -349,17 +349,14 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         axis.set_ylabel("top-1 (%)")
         axis.grid(alpha=0.3)
     axes[0].legend()
-    figure.suptitle("CIFAR-10 (JPEG copy), accuracy against cost, with and without RL")
+    figure.suptitle("CIFAR-10, accuracy against cost, with and without RL")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    work, out = Path(args.work).resolve(), Path(args.out)
-    work.mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    log = work / "benchmark.log"
+    work, out, log = work_folders(args.work, args.out)
     data = _data_flags(args)
     spec = f"cifar:resnet{args.depth}"
     backbone_flags = ["--lr", str(args.lr), "--weight-decay", "5e-4", "--epochs", str(args.epochs)]

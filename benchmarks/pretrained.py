@@ -49,7 +49,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchmarks._runner import run_recipe  # noqa: E402
+from benchmarks._runner import run_recipe, work_folders  # noqa: E402
 from benchmarks.verdict import RULE, decide, sentence  # noqa: E402
 
 RELEASED = REPO.parent / "shared" / "data" / "pretrained" / "akamaster-cifar10"
@@ -321,10 +321,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    work, out = Path(args.work).resolve(), Path(args.out)
-    work.mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    log = work / "benchmark.log"
+    work, out, log = work_folders(args.work, args.out)
     torch.manual_seed(0)
 
     seconds, results = {}, {}
