@@ -254,6 +254,43 @@ class OFASModel(OFASHubMixin, nn.Module):
             return self._backbone.fc
         raise AttributeError(f"{type(self._backbone).__name__} has no get_classifier() and no fc")
 
+    @torch.jit.unused
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new, freshly initialised classifier for ``num_classes`` (timm's ``reset_classifier``): set on the backbone
+        and in the tail graph, and recorded so that ``save_pretrained`` / ``from_pretrained`` rebuild it. The gates
+        and every other weight are kept. Checks come first: on an error nothing is changed."""
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}; for features without a "
+                             "classifier use forward_features() or forward_head(x, pre_logits=True)")
+        if global_pool is not None:
+            raise ValueError("global_pool cannot change after the surgery (the tail is a traced graph): build the "
+                             "backbone with the pooling you want, then adaptify it")
+        old = self.get_classifier()
+        places = [name for name, module in self.tail.named_modules() if module is old and name]
+        reset = getattr(self._backbone, "reset_classifier", None)
+        if not places or not (callable(reset) or isinstance(getattr(self._backbone, "fc", None), nn.Linear)):
+            raise AttributeError(f"cannot replace the classifier of this {type(self._backbone).__name__}: it has no "
+                                 "reset_classifier() or fc the surgery's tail uses")
+        if callable(reset):
+            reset(num_classes)
+        else:
+            self._backbone.fc = nn.Linear(self._backbone.fc.in_features, num_classes)
+        reference = next(old.parameters(), None)
+        new = self.get_classifier()
+        if reference is not None:
+            new.to(device=reference.device, dtype=reference.dtype)
+        for name in places:
+            parent, _, attribute = name.rpartition(".")
+            setattr(self.tail.get_submodule(parent) if parent else self.tail, attribute, new)
+        spec = self.config.get("backbone")
+        if isinstance(spec, dict):
+            kwargs = spec.setdefault("kwargs", {})
+            if spec.get("source") != "factory" or "num_classes" in kwargs:
+                kwargs["num_classes"] = num_classes
+        names = self.config.get("class_names")
+        if names is not None and len(names) != num_classes:
+            self.config["class_names"] = None  # they named the old classes
+
     @property
     def num_classes(self) -> Optional[int]:
         """The backbone's ``num_classes`` (or its ``fc``'s output size)."""

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import ofas_wrap
-from ofas_wrap import SurgeryError
+from ofas_wrap import OFASModel, SurgeryError
 from ofas_wrap.models import cifar_resnet, create_backbone
 
 # ------------------------------------------------------------------------------------------------ architectures
@@ -566,6 +566,32 @@ def test_the_adapted_model_answers_timms_interface(spec):
     assert features.dim() == 4 and features.shape[1] == model.num_features
     assert model.num_classes == 7 and model.get_classifier().out_features == 7
     assert tuple(model.pretrained_cfg["input_size"])[0] == 3
+
+
+@pytest.mark.parametrize("spec", ["timm:resnet18", "cifar:resnet8", "torchvision:resnet18"])
+def test_reset_classifier_replaces_it_everywhere_and_survives_a_save(tmp_path, spec):
+    model = ofas_wrap.create_model(spec, num_classes=7, input_size=(3, 32, 32), threshold=0.0).eval()
+    gates = [p.clone() for p in model.head.parameters()]
+    model.reset_classifier(3)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert model(x).shape == (2, 3) and model.num_classes == 3
+        assert torch.allclose(model(x), model.unwrap()(x), atol=1e-5)  # the tail uses the backbone's new classifier
+    assert all(torch.equal(a, b) for a, b in zip(gates, model.head.parameters()))  # the gates are kept
+    loaded = OFASModel.from_pretrained(model.save_pretrained(tmp_path / "m")).eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-5)
+
+
+def test_reset_classifier_refuses_bad_values_before_changing_anything():
+    model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16))
+    before = model.get_classifier()
+    for value, message in ((0, "positive integer"), (True, "positive integer")):
+        with pytest.raises(ValueError, match=message):
+            model.reset_classifier(value)
+    with pytest.raises(ValueError, match="global_pool"):
+        model.reset_classifier(3, global_pool="max")
+    assert model.get_classifier() is before and model.num_classes == 10
 
 
 def test_timm_resolves_the_backbones_data_config_through_the_adapted_model():
