@@ -6,16 +6,20 @@ FLOPs are not measured here: they come from the surgery plan (``model.plan``, co
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LatencyResult", "SweepResult", "measure_latency", "sweep_thresholds", "format_sweep"]
+__all__ = ["LatencyResult", "SweepResult", "OnnxRuntimeModel", "measure_latency", "sweep_thresholds",
+           "format_sweep"]
 
 
 @dataclass(frozen=True)
@@ -146,12 +150,14 @@ def sweep_thresholds(model: Any, example_input: Tensor, thresholds: Sequence[flo
     bad = [t for t in thresholds if not 0.0 <= t < 1.0]
     if not thresholds or bad:
         raise ValueError(f"thresholds must be a non-empty list of numbers in [0, 1), got {list(thresholds)}")
-    if not hasattr(model, "gate_threshold") or not hasattr(model, "blocks"):
-        raise TypeError("sweep_thresholds expects an OFAS model (OFASModel or its TorchScript export)")
     if config is None and isinstance(getattr(model, "config", None), dict):
         config = model.config
-    plan = getattr(model, "plan", None) if not isinstance(model, torch.jit.ScriptModule) else None
-    num_blocks = len(list(model.blocks.children()))
+    if not hasattr(model, "gate_threshold") or not (hasattr(model, "blocks") or config):
+        raise TypeError("sweep_thresholds expects an OFAS model (OFASModel, its TorchScript export or an "
+                        "OnnxRuntimeModel)")
+    plan = getattr(model, "plan", None) if isinstance(model, nn.Module) and not isinstance(
+        model, torch.jit.ScriptModule) else None
+    num_blocks = len(list(model.blocks.children())) if hasattr(model, "blocks") else len(config["ofas"]["blocks"])
     original = float(model.gate_threshold)
     results = []
     try:
@@ -161,6 +167,9 @@ def sweep_thresholds(model: Any, example_input: Tensor, thresholds: Sequence[flo
             latency = measure_latency(model, example_input, runs=runs, warmup=warmup, threads=threads, device=device)
             with torch.inference_mode():
                 model(example_input.to(device))
+            if model.last_gates is None:
+                raise ValueError("this model reports no gates (an ONNX file exported before the 'gates' output): "
+                                 "export it again with ofas-wrap export --format onnx")
             gates = model.last_gates.detach().cpu().bool()
             num_gates = int(gates.shape[1])
             executed = gates.sum(dim=1).double()
@@ -178,6 +187,47 @@ def sweep_thresholds(model: Any, example_input: Tensor, thresholds: Sequence[flo
         with torch.no_grad():
             model.gate_threshold.fill_(original)
     return results
+
+
+class OnnxRuntimeModel:
+    """An ``export_onnx`` file in onnxruntime that answers like the TorchScript export: call it on a tensor (a batch
+    of one), set T with ``gate_threshold.fill_(T)`` (the session is rebuilt with the threshold initializer
+    overridden on the next call), read ``last_gates`` (the file's ``gates`` output) and ``config``. So
+    :func:`sweep_thresholds` and ``ofas-wrap bench`` time ``.onnx`` files as they time ``.pt`` files.
+    """
+
+    THRESHOLD = "model.gate_threshold"
+
+    def __init__(self, path: Union[str, os.PathLike], threads: Optional[int] = None) -> None:
+        import onnxruntime
+
+        self._ort, self.path, self.threads = onnxruntime, str(path), threads
+        self._session, self._session_threshold = self._open(None), None
+        raw = self._session.get_modelmeta().custom_metadata_map.get("ofas_config")
+        if not raw:
+            raise ValueError(f"{path} is ONNX but not an OFAS export (no ofas_config metadata)")
+        self.config = json.loads(raw)
+        self.gate_threshold = torch.tensor(float(self.config["ofas"]["threshold"]))
+        self.last_gates: Optional[Tensor] = None
+
+    def _open(self, threshold: Optional[float]) -> Any:
+        options = self._ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        if threshold is not None:
+            self._value = self._ort.OrtValue.ortvalue_from_numpy(np.array(threshold, dtype=np.float32))
+            options.add_initializer(self.THRESHOLD, self._value)  # the value must outlive the session
+        return self._ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: Tensor) -> Tensor:
+        threshold = float(self.gate_threshold)
+        if threshold != self._session_threshold:
+            self._session, self._session_threshold = self._open(threshold), threshold
+        if x.shape[0] != 1:
+            raise ValueError(f"an ONNX export runs a batch of one, got {x.shape[0]}; TorchScript routes batches")
+        outputs = self._session.run(None, {self._session.get_inputs()[0].name: x.detach().cpu().numpy()})
+        self.last_gates = torch.from_numpy(outputs[1]).bool() if len(outputs) > 1 else None
+        return torch.from_numpy(outputs[0])
 
 
 def executed_flops_from_config(flops: dict[str, Any], gates: Tensor) -> Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Callable, Optional
 
 __all__ = ["main", "build_parser"]
@@ -155,7 +156,8 @@ def _add_bench(subparsers) -> None:
                     "is a TorchScript file from `ofas-wrap export`, a save_pretrained folder, a Hub repo id or a "
                     "backbone spec (random weights). On real images: recipes/bench_latency.py --data DIR.",
     )
-    parser.add_argument("model", help="MODEL.pt, save_pretrained folder, Hub repo id, or backbone spec")
+    parser.add_argument("model", help="MODEL.pt, MODEL.onnx (timed with onnxruntime, batch 1), save_pretrained "
+                                      "folder, Hub repo id, or backbone spec")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     parser.add_argument("--batch-size", type=int, default=1)
@@ -174,9 +176,23 @@ def _run_bench(args: argparse.Namespace) -> int:
 
     from ._bench import format_sweep, sweep_thresholds
 
-    model, config, kind = _load_source(args, allow_torchscript=True)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    if str(args.model).lower().endswith(".onnx"):
+        from ._bench import OnnxRuntimeModel
+
+        if args.batch_size != 1 or args.device != "cpu" or args.torchscript:
+            raise ValueError(".onnx files are timed with onnxruntime on the CPU at batch 1 (an ONNX If routes one "
+                             "input): leave out --batch-size, --device and --torchscript")
+        if not Path(args.model).is_file():
+            raise ValueError(f"{args.model}: no such file")
+        try:
+            model = OnnxRuntimeModel(args.model, threads=args.threads)
+        except ImportError:
+            raise ValueError("timing an .onnx file needs onnxruntime: pip install 'ofas-wrap[onnx]'") from None
+        config, kind = model.config, "onnx"
+    else:
+        model, config, kind = _load_source(args, allow_torchscript=True)
     if args.torchscript and kind != "torchscript":
         import warnings
 
@@ -186,7 +202,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             model = torch.jit.script(model.eval())
-    size = config["ofas"]["input_size"] if kind == "torchscript" else config["input_size"]
+    size = config["ofas"]["input_size"] if kind in ("torchscript", "onnx") else config["input_size"]
     example = torch.randn(args.batch_size, *size, generator=torch.Generator().manual_seed(0))
     thresholds = args.threshold or [float(model.gate_threshold)]
     results = sweep_thresholds(model, example, thresholds, runs=args.runs, warmup=args.warmup,
@@ -194,7 +210,9 @@ def _run_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
-        print(f"model: {args.model} ({'TorchScript' if kind == 'torchscript' or args.torchscript else 'eager'}), "
+        runtime = {"onnx": "onnxruntime", "torchscript": "TorchScript"}.get(kind, "TorchScript" if args.torchscript
+                                                                            else "eager")
+        print(f"model: {args.model} ({runtime}), "
               f"input {args.batch_size}x{'x'.join(str(s) for s in size)} random normal")
         print(format_sweep(results))
     return 0

@@ -182,3 +182,18 @@ def test_bench_latency_script_times_an_onnx_export_in_the_same_table(tmp_path, c
     assert full["executed_blocks"] == len(model.blocks)
     assert skipped["executed_blocks"] == len(model.blocks) - model.num_gates
     assert skipped["mflops"] < full["mflops"] and full["median_ms"] > 0
+
+
+def test_cli_bench_times_an_onnx_file(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from ofas_wrap.cli import main
+
+    model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16)).eval()
+    path = ofas_wrap.export_onnx(model, tmp_path / "model.onnx")
+    assert main(["bench", str(path), "--runs", "3", "--warmup", "1", "--threads", "1", "--json",
+                 "--threshold", "0", "0.9999"]) == 0
+    full, skipped = json.loads(capsys.readouterr().out)
+    assert full["mean_executed_blocks"] == len(model.blocks) and full["latency"]["median_ms"] > 0
+    assert skipped["mean_executed_gates"] == 0 and skipped["mean_mflops"] < full["mean_mflops"]
+    assert main(["bench", str(path), "--batch-size", "2"]) == 2  # an ONNX If routes one input
