@@ -145,6 +145,8 @@ def _data_flags(args: argparse.Namespace) -> list[str]:
 
 
 def _ofas_rows(method: str, result: dict[str, Any], seconds: float) -> list[dict[str, Any]]:
+    recorded = Path(result["run"]) / "args.json"
+    seed = json.loads(recorded.read_text()).get("seed", 0) if recorded.is_file() else None
     rows = []
     for row in result["rows"]:
         rows.append({
@@ -153,7 +155,7 @@ def _ofas_rows(method: str, result: dict[str, Any], seconds: float) -> list[dict
             "latency_ms": row["latency_ms"], "chosen": row["threshold"] == result["chosen_threshold"],
             # how input-adaptive the decisions are (validation): 0 adaptive gates = a fixed sub-network
             "adaptive_gates": row.get("adaptive_gates"), "distinct_patterns": row.get("distinct_patterns"),
-            "train_seconds": seconds,
+            "mi_bits": row.get("mi_bits"), "seed": seed, "train_seconds": seconds,
             # the original backbone timed in the same evaluate session: latency ratios are taken against it
             "reference_latency_ms": result["baseline"]["latency_ms"],
         })
@@ -164,7 +166,8 @@ def _baseline_row(method: str, result: dict[str, Any], seconds: float, blocks: i
     base = result["baseline"]
     return {"method": method, "threshold": None, "top1": base["test_accuracy"], "val_top1": base["val_accuracy"],
             "executed_blocks": float(blocks), "mflops": base["mflops"], "latency_ms": base["latency_ms"],
-            "chosen": True, "train_seconds": seconds}
+            "chosen": True, "train_seconds": seconds, "seed": None, "adaptive_gates": None,
+            "distinct_patterns": None, "mi_bits": None}
 
 
 # ------------------------------------------------------------------------------------------------ early exit
