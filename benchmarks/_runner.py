@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["RECIPES", "run_recipe", "work_folders"]
+__all__ = ["RECIPES", "run_recipe", "work_folders", "save_figure", "write_report"]
 
 # recipe name -> (module, function) called by recipes/NAME.py
 RECIPES = {
@@ -46,3 +46,21 @@ def work_folders(work: str, out: str) -> tuple[Path, Path, Path]:
     work_dir.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     return work_dir, out_dir, work_dir / "benchmark.log"
+
+
+def save_figure(figure, path: Path) -> None:
+    """Lay out and write a matplotlib figure at the benchmarks' resolution."""
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def write_report(out: Path, name: str, rows: list, meta: dict, markdown, plot) -> None:
+    """``OUT/NAME.json`` (meta and rows), ``OUT/NAME.md`` (``markdown(rows, meta)``, also printed) and
+    ``OUT/NAME.png`` (``plot(rows, path)``)."""
+    import json
+
+    table = markdown(rows, meta)
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    (out / f"{name}.md").write_text(table + "\n")
+    plot(rows, out / f"{name}.png")
+    print(table)

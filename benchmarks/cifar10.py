@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchmarks._runner import run_recipe, work_folders  # noqa: E402
+from benchmarks._runner import run_recipe, save_figure, work_folders, write_report  # noqa: E402
 
 # the lossless copy: published CIFAR-10 numbers are comparable on it (the JPEG copy costs about 10 pp; old tables
 # used it: --data ../shared/data/cifar10-jpeg.tar.gz reproduces them)
@@ -353,8 +353,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         axis.grid(alpha=0.3)
     axes[0].legend()
     figure.suptitle("CIFAR-10, accuracy against cost, with and without RL")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -422,10 +421,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "command": "python benchmarks/cifar10.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "commit": commit,
     }
-    (out / "cifar10.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    (out / "cifar10.md").write_text(_markdown(rows, meta) + "\n")
-    _plot(rows, out / "cifar10.png")
-    print(_markdown(rows, meta))
+    write_report(out, "cifar10", rows, meta, _markdown, _plot)
     return 0
 
 

@@ -49,7 +49,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchmarks._runner import run_recipe, work_folders  # noqa: E402
+from benchmarks._runner import run_recipe, save_figure, work_folders, write_report  # noqa: E402
 from benchmarks.verdict import RULE, decide, sentence  # noqa: E402
 
 RELEASED = REPO.parent / "shared" / "data" / "pretrained" / "akamaster-cifar10"
@@ -315,8 +315,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
     axis.set_title("Released CIFAR-10 ResNet-56 + OFAS against the released static ResNets")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -376,10 +375,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "command": "python benchmarks/pretrained.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "commit": commit,
     }
-    (out / "pretrained.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    (out / "pretrained.md").write_text(markdown(rows, meta) + "\n")
-    plot(rows, out / "pretrained.png")
-    print(markdown(rows, meta))
+    write_report(out, "pretrained", rows, meta, markdown, plot)
     return 0
 
 
