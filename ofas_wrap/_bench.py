@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._export import ONNX_CONFIG_KEY, ONNX_THRESHOLD_NAME
+
 __all__ = ["LatencyResult", "SweepResult", "OnnxRuntimeModel", "measure_latency", "sweep_thresholds",
            "format_sweep"]
 
@@ -196,16 +198,14 @@ class OnnxRuntimeModel:
     :func:`sweep_thresholds` and ``ofas-wrap bench`` time ``.onnx`` files as they time ``.pt`` files.
     """
 
-    THRESHOLD = "model.gate_threshold"
-
     def __init__(self, path: Union[str, os.PathLike], threads: Optional[int] = None) -> None:
         import onnxruntime
 
         self._ort, self.path, self.threads = onnxruntime, str(path), threads
         self._session, self._session_threshold = self._open(None), None
-        raw = self._session.get_modelmeta().custom_metadata_map.get("ofas_config")
+        raw = self._session.get_modelmeta().custom_metadata_map.get(ONNX_CONFIG_KEY)
         if not raw:
-            raise ValueError(f"{path} is ONNX but not an OFAS export (no ofas_config metadata)")
+            raise ValueError(f"{path} is ONNX but not an OFAS export (no {ONNX_CONFIG_KEY} metadata)")
         self.config = json.loads(raw)
         self.gate_threshold = torch.tensor(float(self.config["ofas"]["threshold"]))
         self.last_gates: Optional[Tensor] = None
@@ -216,7 +216,7 @@ class OnnxRuntimeModel:
             options.intra_op_num_threads = self.threads
         if threshold is not None:
             self._value = self._ort.OrtValue.ortvalue_from_numpy(np.array(threshold, dtype=np.float32))
-            options.add_initializer(self.THRESHOLD, self._value)  # the value must outlive the session
+            options.add_initializer(ONNX_THRESHOLD_NAME, self._value)  # the value must outlive the session
         return self._ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: Tensor) -> Tensor:

@@ -282,10 +282,12 @@ class OFASModel(OFASHubMixin, nn.Module):
         for name in places:
             parent, _, attribute = name.rpartition(".")
             setattr(self.tail.get_submodule(parent) if parent else self.tail, attribute, new)
+        from .models._user import FACTORY_SOURCE
+
         spec = self.config.get("backbone")
         if isinstance(spec, dict):
             kwargs = spec.setdefault("kwargs", {})
-            if spec.get("source") != "factory" or "num_classes" in kwargs:
+            if spec.get("source") != FACTORY_SOURCE or "num_classes" in kwargs:
                 kwargs["num_classes"] = num_classes
         names = self.config.get("class_names")
         if names is not None and len(names) != num_classes:

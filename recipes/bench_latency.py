@@ -66,23 +66,10 @@ def parse_args(argv=None):
     return args
 
 
-class _Threshold:
-    """``module.gate_threshold.fill_(T)`` for an onnxruntime session: a new session with the initializer replaced."""
-
-    def __init__(self, owner):
-        self.owner = owner
-
-    def fill_(self, value):
-        self.owner.set_threshold(float(value))
-        return self
-
-    def __float__(self):
-        return self.owner.threshold
-
-
 class OnnxModule:
-    """An export_onnx file in onnxruntime, answering as the scripted module does here: call, gate_threshold,
-    last_gates."""
+    """An export_onnx file in onnxruntime, answering as the scripted module does here: a call on a batch of one,
+    ``gate_threshold`` (a tensor: the session is rebuilt with the initializer overridden when it changes) and
+    ``last_gates`` (the file's ``gates`` output)."""
 
     THRESHOLD_NAME = "model.gate_threshold"
 
@@ -93,17 +80,16 @@ class OnnxModule:
             raise SystemExit("error: timing an .onnx file needs onnxruntime (pip install onnxruntime)") from None
         self.ort, self.path, self.threads = onnxruntime, path, threads
         try:
-            session = self._session(None)
+            self.session, self.session_threshold = self._session(None), None
         except Exception as exc:
             raise SystemExit(f"error: {path} is not an ONNX file onnxruntime can load: {exc}") from None
-        raw = session.get_modelmeta().custom_metadata_map.get("ofas_config")
+        raw = self.session.get_modelmeta().custom_metadata_map.get("ofas_config")
         if not raw:
             raise SystemExit(f"error: {path} is ONNX but not an OFAS export (no ofas_config metadata); export it "
                              "with `ofas-wrap export --format onnx`")
         self.config = json.loads(raw)
-        self.threshold = float(self.config["ofas"]["threshold"])
-        self.session, self.last_gates = session, None
-        self.gate_threshold = _Threshold(self)
+        self.gate_threshold = torch.tensor(float(self.config["ofas"]["threshold"]))
+        self.last_gates = None
 
     def _session(self, threshold):
         options = self.ort.SessionOptions()
@@ -116,9 +102,6 @@ class OnnxModule:
             options.add_initializer(self.THRESHOLD_NAME, self._value)
         return self.ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
 
-    def set_threshold(self, value):
-        self.session, self.threshold = self._session(value), value
-
     def eval(self):
         return self
 
@@ -126,6 +109,9 @@ class OnnxModule:
         if x.shape[0] != 1:
             raise SystemExit("error: an ONNX export runs a batch of one; use --batch-size 1 (TorchScript files "
                              "route batches)")
+        threshold = float(self.gate_threshold)
+        if threshold != self.session_threshold:
+            self.session, self.session_threshold = self._session(threshold), threshold
         outputs = self.session.run(None, {self.session.get_inputs()[0].name: x.cpu().numpy()})
         if len(outputs) > 1:
             self.last_gates = torch.from_numpy(outputs[1].astype("bool"))
