@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["RECIPES", "run_recipe", "work_folders", "save_figure", "write_report"]
+__all__ = ["RECIPES", "complete_run", "run_recipe", "run_or_reuse", "work_folders", "save_figure", "write_report"]
 
 # recipe name -> (module, function) called by recipes/NAME.py
 RECIPES = {
@@ -38,6 +38,27 @@ def run_recipe(name: str, argv: Sequence[str], log: Path) -> float:
     if code != 0:
         raise SystemExit(f"recipes/{name}.py stopped with exit code {code}; its output is in {log}")
     return time.time() - started
+
+
+def complete_run(run: Path) -> bool:
+    """A recipe's run folder that finished: its metrics and its saved model are there."""
+    return (run / "metrics.json").is_file() and (run / "model.safetensors").is_file()
+
+
+def run_or_reuse(name: str, run: Path, flags: Sequence[str], log: Path, tag: str) -> float:
+    """``recipes/NAME.py FLAGS --output RUN`` in this process, resuming a partial run; a complete run is reused.
+    Returns the run's wall seconds (the recorded ones when reused); ``tag`` prefixes the printed command."""
+    import json
+    import math
+
+    if complete_run(run):
+        print(f"[{tag}] reuse {run}", flush=True)
+        return float(json.loads((run / "metrics.json").read_text()).get("wall_seconds", math.nan))
+    command = [*flags, "--output", str(run), "--no-progress"]
+    if (run / "checkpoints").is_dir():
+        command.append("--resume")
+    print(f"[{tag}] recipes/{name}.py {' '.join(map(str, command))}", flush=True)
+    return run_recipe(name, command, log)
 
 
 def work_folders(work: str, out: str) -> tuple[Path, Path, Path]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import subprocess
@@ -39,7 +38,14 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchmarks._runner import run_recipe, save_figure, work_folders, write_report  # noqa: E402
+from benchmarks._runner import (  # noqa: E402
+    complete_run,
+    run_or_reuse,
+    run_recipe,
+    save_figure,
+    work_folders,
+    write_report,
+)
 
 # the lossless copy: published CIFAR-10 numbers are comparable on it (the JPEG copy costs about 10 pp; old tables
 # used it: --data ../shared/data/cifar10-jpeg.tar.gz reproduces them)
@@ -93,20 +99,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------------------ the runs
-def _complete(run: Path) -> bool:
-    return (run / "metrics.json").is_file() and (run / "model.safetensors").is_file()
-
-
 def _recipe(name: str, run: Path, flags: list[str], log: Path) -> float:
     """Run ``recipes/NAME.py`` into ``run`` (resuming a partial run) and return its wall time in seconds."""
-    if _complete(run):
-        print(f"[cifar10] reuse {run}", flush=True)
-        return float(json.loads((run / "metrics.json").read_text()).get("wall_seconds", math.nan))
-    command = [*flags, "--output", str(run), "--no-progress"]
-    if (run / "checkpoints").is_dir():
-        command.append("--resume")
-    print(f"[cifar10] recipes/{name}.py {' '.join(command)}", flush=True)
-    return run_recipe(name, command, log)
+    return run_or_reuse(name, run, flags, log, "cifar10")
 
 
 def _kept(args: argparse.Namespace, name: str) -> Optional[Path]:
@@ -114,7 +109,7 @@ def _kept(args: argparse.Namespace, name: str) -> Optional[Path]:
     if not args.weights:
         return None
     folder = Path(args.weights).resolve() / name
-    if not _complete(folder):
+    if not complete_run(folder):
         raise SystemExit(f"--weights {args.weights}: {folder} is not a complete run folder (config.json, "
                          "model.safetensors, metrics.json); see benchmarks/weights/cifar10/README.md")
     return folder

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shlex
@@ -49,7 +48,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchmarks._runner import run_recipe, save_figure, work_folders, write_report  # noqa: E402
+from benchmarks._runner import run_or_reuse, run_recipe, save_figure, work_folders, write_report  # noqa: E402
 from benchmarks.verdict import RULE, decide, sentence  # noqa: E402
 
 RELEASED = REPO.parent / "shared" / "data" / "pretrained" / "akamaster-cifar10"
@@ -163,27 +162,18 @@ def static_rows(args: argparse.Namespace, data, images: torch.Tensor) -> list[di
 
 
 # ------------------------------------------------------------------------------------------- the runs
-def _complete(run: Path) -> bool:
-    return (run / "metrics.json").is_file() and (run / "model.safetensors").is_file()
-
-
 def finetune(args: argparse.Namespace, run: Path, flags: str, seed: int, log: Path) -> float:
     """``recipes/e2e_finetune.py`` from the released ResNet-56 into ``run`` (resumed / reused); its wall seconds."""
-    if _complete(run):
-        return float(json.loads((run / "metrics.json").read_text()).get("wall_seconds", math.nan))
     command = ["--model", f"{args.released}/resnet.py:resnet56",
                "--weights", str(Path(args.released) / CHECKPOINTS[56]),
                "--mean", *map(str, MEAN), "--std", *map(str, STD), "--dataset", args.data, "--val-from", "test",
-               "--seed", str(seed), *args.common_args.split(), *flags.split(), "--output", str(run), "--no-progress"]
+               "--seed", str(seed), *args.common_args.split(), *flags.split()]
     if "--max-steps" not in args.common_args:
         command += ["--epochs", str(args.epochs)]
     for flag, value in (("--train-subset", args.train_subset), ("--eval-subset", args.eval_subset)):
         if value:
             command += [flag, str(value)]
-    if (run / "checkpoints").is_dir():
-        command.append("--resume")
-    print(f"[pretrained] recipes/e2e_finetune.py {' '.join(command)}", flush=True)
-    return run_recipe("e2e_finetune", command, log)
+    return run_or_reuse("e2e_finetune", run, command, log, "pretrained")
 
 
 def sweep(args: argparse.Namespace, run: Path, log: Path) -> dict[str, Any]:
