@@ -21,6 +21,7 @@ import argparse
 import copy
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import rl
+from ._costs import COST_KINDS, gate_costs, read_block_table
 from ._factory import create_model
 from ._gating import sampled_straight_through_gates, straight_through_gates
 from ._model import OFASModel
@@ -154,8 +156,8 @@ def e2e_parser() -> argparse.ArgumentParser:
                         help="training gates: threshold = S_L >= T with a straight-through gradient (the paper); "
                              "bernoulli = G ~ Bernoulli(S_L), straight-through, and the penalty on the expected "
                              "cost: spreads the head's outputs so T becomes a smooth knob (docs/training.md)")
-    parser.add_argument("--skip-cost", choices=["flops", "gates"], default="flops",
-                        help="what the penalty counts: executed FLOPs of the gated blocks, or executed gates")
+    _add_cost_table_arg(parser, "what the penalty counts")
+    parser.add_argument("--skip-cost", choices=["flops", "gates"], default=None, help=argparse.SUPPRESS)
     extra = parser.add_argument_group("input-dependent gates (issue 10; off by default: the paper's recipe)")
     extra.add_argument("--target-rate", type=float, default=None,
                        help="pull each gate's batch-mean execution rate to this value (ConvNet-AIG)")
@@ -186,8 +188,10 @@ def rl_parser() -> argparse.ArgumentParser:
     parser.add_argument("--head-lr", type=float, default=DEFAULT_RL_HEAD_LR,
                         help="learning rate of the head, l_r of Eq. 9 (default: --lr)")
     group = parser.add_argument_group("RL (paper defaults)")
-    group.add_argument("--policy-loss", choices=["paper", "reinforce"], default="paper",
-                       help="paper: Eq. 9 with p of Eq. 10; reinforce: Bernoulli log-likelihood with a baseline")
+    group.add_argument("--policy-loss", choices=["paper", "reinforce", "blockdrop"], default="paper",
+                       help="paper: Eq. 9 with p of Eq. 10; reinforce: Bernoulli log-likelihood with a baseline; "
+                            "blockdrop: per-image reward for saved cost only when the prediction stays correct, "
+                            "self-critical baseline (the gates at T), bounded sampling (not the paper's: issue 10)")
     group.add_argument("--sampling", choices=["explore", "bernoulli"], default="explore",
                        help="explore: Eq. 5 (flip each head decision with --flip-prob); bernoulli: a ~ Bernoulli(S_L)")
     group.add_argument("--flip-prob", type=float, default=0.1, help="Eq. 5")
@@ -201,11 +205,21 @@ def rl_parser() -> argparse.ArgumentParser:
                        help="weight of the backbone's cross-entropy under the sampled actions")
     group.add_argument("--baseline-momentum", type=float, default=0.9,
                        help="reinforce: running-mean baseline per gate")
+    bd = parser.add_argument_group("blockdrop policy (--policy-loss blockdrop; Wu et al. 2018)")
+    bd.add_argument("--alpha", type=float, default=0.8,
+                    help="sample from alpha * S_L + (1 - alpha) * (1 - S_L): probabilities bounded to "
+                         "[1 - alpha, alpha], so exploration never stops (1 = no bound)")
+    bd.add_argument("--wrong-penalty", type=float, default=1.0,
+                    help="reward of an image the sampled pattern gets wrong is -this (a correct one earns "
+                         "1 - used_cost^2)")
+    bd.add_argument("--entropy-weight", type=float, default=0.0, help="bonus on the policy's entropy (nats)")
+    _add_cost_table_arg(bd, "what used_cost counts")
     group.add_argument("--freeze-backbone", action="store_true",
                        help="train only the head (implies --freeze-bn); by default the backbone keeps training with "
                             "cross-entropy under the sampled actions, as in the reference implementation")
-    group.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=DEFAULT_FREEZE_BN,
-                       help="keep BatchNorm running statistics fixed during RL (random skip patterns shift them)")
+    group.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
+                       help="keep BatchNorm running statistics fixed during RL (random skip patterns shift them); "
+                            "default: on for --policy-loss blockdrop, else as the reference code")
     return parser
 
 
@@ -336,13 +350,32 @@ def train_backbone(argv: Optional[Sequence[str]] = None, model: Optional[nn.Modu
     return {**summary, "model": model}
 
 
-def _gate_costs(model: OFASModel, kind: str) -> Tensor:
-    costs = torch.ones(model.num_gates)
-    if kind == "flops" and model.plan is not None:
-        for block in model.plan:
-            if block.gated:
-                costs[block.gate_index] = float(max(block.flops - block.skip_flops, 0))
-    return costs / costs.sum().clamp_min(1e-12)
+def _add_cost_table_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--cost-table", default="flops", metavar="{uniform,flops,PATH}",
+                        help=f"{what}: uniform (every gate the same: the paper), flops (what a skip saves in FLOPs, "
+                             "from the plan) or a block table PATH.json measured on the target device with "
+                             "`ofas-wrap bench MODEL --block-table PATH.json` (milliseconds a skip saves)")
+
+
+def _cost_table_arg(args: argparse.Namespace) -> Any:
+    """The --cost-table value, its file read and checked before anything is written (--skip-cost: old name)."""
+    if getattr(args, "skip_cost", None) is not None:
+        warnings.warn("--skip-cost is deprecated: use --cost-table flops or --cost-table uniform (= gates)",
+                      FutureWarning, stacklevel=3)
+        args.cost_table = {"gates": "uniform"}.get(args.skip_cost, args.skip_cost)
+    if args.cost_table in COST_KINDS:
+        return args.cost_table
+    try:
+        return read_block_table(args.cost_table)
+    except ValueError as error:
+        raise RunError(str(error)) from None
+
+
+def _gate_costs(model: OFASModel, cost: Any) -> Tensor:
+    try:
+        return gate_costs(model, cost)
+    except ValueError as error:
+        raise RunError(str(error)) from None
 
 
 def e2e_finetune(argv: Optional[Sequence[str]] = None, model: Optional[nn.Module] = None) -> dict[str, Any]:
@@ -371,6 +404,7 @@ def e2e_finetune(argv: Optional[Sequence[str]] = None, model: Optional[nn.Module
         raise RunError(f"--rate-bounds must satisfy 0 <= R_MIN <= R_MAX <= 1, got {args.rate_bounds}")
     if min(args.rate_weight, args.info_weight, args.distill_weight) < 0 or args.distill_tau <= 0:
         raise RunError("--rate-weight, --info-weight and --distill-weight must be >= 0 and --distill-tau > 0")
+    cost_table = _cost_table_arg(args)
     base, init = (None, None)
     if user_model is not None and (args.init or args.model):
         raise RunError("model= already gives the model: leave out --init / --model")
@@ -407,7 +441,7 @@ def e2e_finetune(argv: Optional[Sequence[str]] = None, model: Optional[nn.Module
     model.train()
     head, rest = _head_params(model)
     optimizer = _sgd([(rest, args.lr), (head, args.head_lr or args.lr)], args)
-    costs = _gate_costs(model, args.skip_cost)
+    costs = _gate_costs(model, cost_table)
     teacher = None
     if args.distill_weight > 0:  # the starting backbone at full depth, frozen
         teacher = copy.deepcopy(model.unwrap()).eval().requires_grad_(False)
@@ -497,6 +531,16 @@ def rl_finetune(argv: Optional[Sequence[str]] = None, model: Optional[OFASModel]
     for name in ("flip_prob", "keep_weight", "flip_weight"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise RunError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    blockdrop = args.policy_loss == "blockdrop"
+    if not 0.5 <= args.alpha <= 1.0 or args.wrong_penalty < 0 or args.entropy_weight < 0:
+        raise RunError(f"--alpha must be in [0.5, 1], --wrong-penalty and --entropy-weight >= 0; got {args.alpha}, "
+                       f"{args.wrong_penalty}, {args.entropy_weight}")
+    if args.freeze_bn is None:
+        args.freeze_bn = True if blockdrop else DEFAULT_FREEZE_BN
+    if blockdrop and not (args.freeze_bn or args.freeze_backbone):
+        raise RunError("--policy-loss blockdrop runs a second, greedy forward per batch for its baseline: it needs "
+                       "frozen BatchNorm statistics; leave out --no-freeze-bn")
+    cost_table = _cost_table_arg(args) if blockdrop else None
     if model is not None:
         if args.init:
             raise RunError("model= already gives the model: leave out --init")
@@ -522,10 +566,33 @@ def rl_finetune(argv: Optional[Sequence[str]] = None, model: Optional[OFASModel]
             p.requires_grad_(False)
     model.train()
     optimizer = _sgd([(rest, args.lr), (head, args.head_lr or args.lr)], args)
-    rollout = rl.PolicyRollout(model, flip_prob=args.flip_prob, sampling=args.sampling)
+    if blockdrop:
+        costs = _gate_costs(model, cost_table)
+        rollout = rl.PolicyRollout(model, sampling="bernoulli", alpha=args.alpha, greedy=True)
+    else:
+        rollout = rl.PolicyRollout(model, flip_prob=args.flip_prob, sampling=args.sampling)
     baseline = RunningMean(model.num_gates, args.baseline_momentum)
 
+    def blockdrop_step(module: nn.Module, batch) -> dict[str, Any]:
+        images, labels = batch
+        logits, probs, gates, actions, greedy_logits = module(images)
+        ce = F.cross_entropy(logits, labels)
+        cost = costs.to(probs.device)
+        rewards = rl.blockdrop_reward(logits.argmax(1) == labels, (actions.float() * cost).sum(1), args.wrong_penalty)
+        greedy = rl.blockdrop_reward(greedy_logits.argmax(1) == labels, (gates.float() * cost).sum(1),
+                                     args.wrong_penalty)
+        policy = rl.self_critical_loss(probs, actions, rewards, greedy, args.entropy_weight)
+        loss = args.policy_weight * policy
+        if not args.freeze_backbone:
+            loss = loss + args.ce_weight * ce
+        metrics = {"ce": float(ce.detach()), "policy": float(policy.detach()), "reward": float(rewards.mean()),
+                   "greedy_reward": float(greedy.mean()), "head_skip": 1.0 - float(gates.float().mean())}
+        return {"loss": loss, "logits": logits, "targets": labels, "skip": 1.0 - float(actions.float().mean()),
+                "metrics": metrics}
+
     def step(module: nn.Module, batch) -> dict[str, Any]:
+        if blockdrop:
+            return blockdrop_step(module, batch)
         images, labels = batch
         logits, probs, gates, actions = module(images)
         ce = F.cross_entropy(logits, labels, reduction="none")

@@ -165,6 +165,11 @@ def _add_bench(subparsers) -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--torchscript", action="store_true", help="script an eager model before timing it")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--block-table", default=None, metavar="PATH.json",
+                        help="instead of the threshold sweep, time what skipping each gated block saves at batch 1 "
+                             "(its executed form minus its shortcut, on its recorded input) and write the table "
+                             "to PATH.json: the recipes' --cost-table PATH.json then optimise what this device "
+                             "pays (eager models only: a folder, Hub id or spec)")
     _add_source_arguments(parser)
     parser.set_defaults(func=_run_bench)
 
@@ -178,6 +183,8 @@ def _run_bench(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.block_table is not None:
+        return _run_block_table(args)
     if str(args.model).lower().endswith(".onnx"):
         from ._bench import OnnxRuntimeModel
 
@@ -215,6 +222,40 @@ def _run_bench(args: argparse.Namespace) -> int:
         print(f"model: {args.model} ({runtime}), "
               f"input {args.batch_size}x{'x'.join(str(s) for s in size)} random normal")
         print(format_sweep(results))
+    return 0
+
+
+def _run_block_table(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from ._costs import measure_block_table, save_block_table
+
+    target = Path(args.block_table)
+    if args.batch_size != 1 or args.torchscript or args.threshold:
+        raise ValueError("--block-table times each block at batch 1 in eager mode, at every threshold alike: leave "
+                         "out --batch-size, --torchscript and --threshold")
+    if target.is_dir() or not target.parent.is_dir():
+        raise ValueError(f"--block-table {target}: give a file name in an existing folder")
+    if str(args.model).lower().endswith((".onnx", ".pt", ".pth")):
+        raise ValueError(f"{args.model}: an exported file has no separable blocks; time its save_pretrained folder "
+                         "(or its backbone spec) with --block-table")
+    model, config, kind = _load_source(args, allow_torchscript=False)
+    example = torch.randn(1, *config["input_size"], generator=torch.Generator().manual_seed(0))
+    table = measure_block_table(model, example, runs=args.runs, warmup=args.warmup, threads=args.threads,
+                                device=args.device)
+    save_block_table(table, target)
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return 0
+    print(f"model: {args.model} (eager), input 1x{'x'.join(str(s) for s in config['input_size'])}, "
+          f"{table['threads']} thread(s), {table['device']}; full depth {table['full_depth_ms']:.3f} ms")
+    print(f"{'gate':>4}  {'block':<28} {'run ms':>8} {'skip ms':>8} {'saved ms':>9}")
+    for row in table["blocks"]:
+        print(f"{row['gate']:>4}  {row['name']:<28} {row['run_ms']:>8.3f} {row['skip_ms']:>8.3f} "
+              f"{row['saved_ms']:>9.3f}")
+    print(f"wrote {target}: pass it to the recipes as --cost-table {target}")
     return 0
 
 

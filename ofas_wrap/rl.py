@@ -8,6 +8,11 @@ One training step of ``recipes/rl_finetune.py``:
 3. ``R = gate_rewards(a, R_acc)`` (Eq. 6), computed backwards from the last gate;
 4. minimise ``paper_policy_loss(S_L, a, g, R)`` (Eq. 9 with p from Eq. 10), or ``reinforce_loss``.
 
+Not the paper's, an option for input-dependent decisions (issue 10 item 3, after BlockDrop, Wu et al. 2018):
+``--policy-loss blockdrop`` samples ``a ~ Bernoulli(bounded_probabilities(S_L, alpha))``, pays each image
+``blockdrop_reward`` (the saved cost only when its prediction stays correct, a penalty when it does not) and
+minimises ``self_critical_loss`` with the reward of the greedy decisions (the gates at T) as the baseline.
+
 Shapes are checked strictly: every per-gate tensor is ``(batch, n)`` and per-sample tensors are ``(batch,)``,
 so a ``(B, 1)`` return can never silently broadcast against a ``(B,)`` log-probability into ``(B, B)``.
 
@@ -41,6 +46,9 @@ __all__ = [
     "action_probabilities",
     "paper_policy_loss",
     "reinforce_loss",
+    "bounded_probabilities",
+    "blockdrop_reward",
+    "self_critical_loss",
     "PolicyRollout",
     "freeze_batchnorm_statistics",
 ]
@@ -255,6 +263,72 @@ def reinforce_loss(probs: Tensor, actions: Tensor, rewards_or_returns: Tensor,
     return (-(returns - base) * taken.log()).mean(dim=0).sum()
 
 
+def bounded_probabilities(probs: Tensor, alpha: float = 0.8) -> Tensor:
+    """``alpha * p + (1 - alpha) * (1 - p)``: sampling probabilities kept inside ``[1 - alpha, alpha]``.
+
+    BlockDrop's bound (Wu et al. 2018, Section 3.3): exploration never stops, however sure the head is;
+    ``alpha = 1`` is no bound.
+
+    Example:
+        >>> bounded_probabilities(torch.tensor([[1.0, 0.0, 0.5]]), 0.8).tolist()
+        [[0.800000011920929, 0.19999998807907104, 0.5]]
+    """
+    if not 0.5 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0.5, 1] (1 = no bound), got {alpha}")
+    return alpha * probs + (1.0 - alpha) * (1.0 - probs)
+
+
+def blockdrop_reward(correct: Tensor, used_cost: Tensor, wrong_penalty: float = 1.0) -> Tensor:
+    """Per-image reward ``1 - used_cost^2`` when the prediction is correct, ``-wrong_penalty`` when it is not.
+
+    BlockDrop's reward (Wu et al. 2018, Eq. 3) with ``used_cost`` the executed fraction of the cost (the blocks'
+    share of a ``gate_costs`` model, in [0, 1]; BlockDrop counts blocks): a skip pays only on images it does not
+    break, which is what makes the decisions depend on the input. Shapes ``(batch,)``.
+
+    Example:
+        >>> blockdrop_reward(torch.tensor([True, True, False]), torch.tensor([1.0, 0.5, 0.1]), 2.0).tolist()
+        [0.0, 0.75, -2.0]
+    """
+    correct = torch.as_tensor(correct)
+    if correct.dim() != 1 or used_cost.shape != correct.shape:
+        raise ValueError(f"correct and used_cost must both have shape (batch,), got {tuple(correct.shape)} and "
+                         f"{tuple(used_cost.shape)}")
+    if wrong_penalty < 0:
+        raise ValueError(f"wrong_penalty must be >= 0, got {wrong_penalty}")
+    used = used_cost.detach().float()
+    return torch.where(correct.bool(), 1.0 - used ** 2, torch.full_like(used, -float(wrong_penalty)))
+
+
+def self_critical_loss(probs: Tensor, actions: Tensor, rewards: Tensor, baseline_rewards: Tensor,
+                       entropy_weight: float = 0.0, eps: float = 1e-6) -> Tensor:
+    """``-mean_b (R_b - R^greedy_b) * sum_i log pi(a_bi) - entropy_weight * mean_b sum_i H(pi_bi)``.
+
+    A per-image policy gradient whose baseline is the reward of the greedy decisions on the same image
+    (self-critical training, Rennie et al. 2017, as BlockDrop uses it): a sampled pattern is reinforced only
+    when it does better than what the head would do at test time. ``probs`` are the sampling probabilities
+    ``(batch, n)``; ``rewards`` and ``baseline_rewards`` are ``(batch,)``; the entropy (nats) bonus keeps the
+    policy from collapsing early.
+
+    Example:
+        >>> probs = torch.tensor([[0.5, 0.5]], requires_grad=True)
+        >>> loss = self_critical_loss(probs, torch.tensor([[1, 0]]), torch.tensor([1.0]), torch.tensor([0.0]))
+        >>> loss.backward(); probs.grad.tolist()
+        [[-2.0, 2.0]]
+    """
+    _check_2d("probs", probs)
+    if rewards.shape != probs.shape[:1] or baseline_rewards.shape != probs.shape[:1]:
+        raise ValueError(f"rewards and baseline_rewards must have shape ({probs.shape[0]},), got "
+                         f"{tuple(rewards.shape)} and {tuple(baseline_rewards.shape)}")
+    advantage = (rewards - baseline_rewards).detach().to(probs.dtype)
+    log_taken = action_probabilities(probs, actions).clamp(eps, 1.0 - eps).log().sum(dim=1)
+    loss = -(advantage * log_taken).mean()
+    if entropy_weight:
+        p = probs.clamp(eps, 1.0 - eps)
+        entropy = -(p * p.log() + (1.0 - p) * torch.log1p(-p)).sum(dim=1).mean()
+        loss = loss - entropy_weight * entropy
+    return loss
+
+
 class PolicyRollout(nn.Module):
     """One RL forward in a single ``nn.Module`` call (so DDP syncs the gradients of head and backbone).
 
@@ -271,25 +345,41 @@ class PolicyRollout(nn.Module):
     """
 
     def __init__(self, model: nn.Module, flip_prob: float = 0.1, sampling: str = "explore",
-                 threshold: Optional[float] = None) -> None:
+                 threshold: Optional[float] = None, alpha: float = 1.0, greedy: bool = False) -> None:
         super().__init__()
         if sampling not in ("explore", "bernoulli"):
             raise ValueError(f"sampling must be 'explore' (Eq. 5) or 'bernoulli', got {sampling!r}")
+        bounded_probabilities(torch.zeros(1), alpha)  # checks alpha
         self.model = model
         self.flip_prob = flip_prob
         self.sampling = sampling
         self.threshold = threshold
+        self.alpha = alpha
+        self.greedy = greedy
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        """``(logits, probs, gates, actions)``; with ``greedy=True`` also the logits under the gates at T.
+
+        With ``sampling="bernoulli"`` and ``alpha < 1`` the returned ``probs`` are the bounded sampling
+        probabilities (the distribution the actions were drawn from, which the policy gradient needs).
+        The greedy forward runs without gradient; BatchNorm layers should be in eval mode (frozen statistics),
+        or it shifts their running statistics a second time.
+        """
         features, probs = self.model.gate_probabilities(x)
         threshold = self.model.threshold if self.threshold is None else self.threshold
         gates = probs.detach() >= threshold
         if self.sampling == "explore":
             actions = explore_actions(gates, self.flip_prob)
         else:
+            if self.alpha < 1.0:
+                probs = bounded_probabilities(probs, self.alpha)
             actions = bernoulli_actions(probs)
         logits = self.model.forward_from_stem(features, actions.to(features.dtype))
-        return logits, probs, gates, actions
+        if not self.greedy:
+            return logits, probs, gates, actions
+        with torch.no_grad():
+            greedy_logits = self.model.forward_from_stem(features.detach(), gates.to(features.dtype))
+        return logits, probs, gates, actions, greedy_logits
 
 
 def freeze_batchnorm_statistics(module: nn.Module) -> int:

@@ -7,6 +7,7 @@ Each recipe runs once with ``python recipes/X.py`` and once with ``accelerate la
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -96,9 +97,16 @@ def python(recipe, *args):
     return [PYTHON, RECIPES / recipe, *args]
 
 
+def free_port() -> int:
+    """A port no other test's launch holds (two xdist workers launching at once collide on the default 29500)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def accelerate(recipe, *args):
     return [ACCELERATE, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-            "--dynamo_backend", "no", RECIPES / recipe, *args]
+            "--dynamo_backend", "no", "--main_process_port", str(free_port()), RECIPES / recipe, *args]
 
 
 def metrics(run_dir):
