@@ -9,6 +9,7 @@ Example:
 
 from . import data, models, rl
 from ._bench import LatencyResult, SweepResult, format_sweep, measure_latency, sweep_thresholds
+from ._costs import gate_costs, measure_block_table
 from ._errors import SurgeryError
 from ._export import (
     export_onnx,
@@ -38,6 +39,8 @@ __all__ = [
     "SurgeryPlan",
     "BlockPlan",
     "count_flops",
+    "gate_costs",
+    "measure_block_table",
     "hard_gates",
     "straight_through_gates",
     "mix_gated",
