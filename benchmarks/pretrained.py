@@ -9,6 +9,8 @@ shortcuts) and the lossless ``cifar10-png.tar.gz``:
   about skipping (``CONTROL_ARGS``): extra training is not mistaken for OFAS's merit;
 * ``ofas_e2e``: ``recipes/e2e_finetune.py --model resnet.py:resnet56 --weights ...`` with ``METHOD_ARGS``, one run
   per seed, swept over T with ``recipes/evaluate.py``;
+* ``ofas_rl`` (with ``--rl-args``): ``recipes/rl_finetune.py --init`` each seed's e2e run, swept and judged instead
+  of the e2e run (the paper's two phases);
 * the controls of issue 10 at each seed's chosen T: ``fixed_subset`` (chosen greedily on validation images),
   ``shuffled`` and ``random_rates`` (``ofas_wrap._controls``).
 
@@ -64,6 +66,7 @@ METHOD_ARGS = ("--gate-sampling bernoulli --gate-bias-init 1.5 --head-lr 0.05 --
                "--info-weight 0.05")
 CONTROL_ARGS = "--gate-sampling threshold --threshold 0 --skip-weight 0"  # every gate open: fine-tuning alone
 THRESHOLDS = "0.1:0.9:0.1"
+OFAS_METHODS = ("ofas_e2e", "ofas_rl")
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -78,6 +81,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--eval-subset", type=int, default=None, help="validation / test images each (all: 5,000)")
     parser.add_argument("--method-args", default=METHOD_ARGS)
     parser.add_argument("--common-args", default=COMMON_ARGS)
+    parser.add_argument("--rl-args", default=None,
+                        help="flags of an RL phase after each seed's e2e run (e.g. '--policy-loss blockdrop "
+                             "--threshold 0.75 --max-steps 120'); its model is the one judged (method ofas_rl)")
     parser.add_argument("--thresholds", default=THRESHOLDS)
     parser.add_argument("--target-cut", type=float, default=0.35,
                         help="operating point: at least this share of the original's MFLOPs saved on validation")
@@ -94,6 +100,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         args.seeds, args.train_subset, args.eval_subset = args.seeds[:1], 64, 64
         args.thresholds, args.latency_samples, args.latency_runs, args.control_val_images = "0.5", 2, 2, 16
         args.common_args += " --max-steps 2 --batch-size 32"
+        if args.rl_args:
+            args.rl_args += " --max-steps 2 --batch-size 32"
     if not 0.0 < args.target_cut < 1.0:
         parser.error(f"--target-cut must be in (0, 1), got {args.target_cut}")
     return args
@@ -176,6 +184,14 @@ def finetune(args: argparse.Namespace, run: Path, flags: str, seed: int, log: Pa
     return run_or_reuse("e2e_finetune", run, command, log, "pretrained")
 
 
+def rl_phase(args: argparse.Namespace, init: Path, run: Path, seed: int, log: Path) -> float:
+    """``recipes/rl_finetune.py --init INIT`` with ``--rl-args`` into ``run`` (resumed / reused); its wall seconds."""
+    command = ["--init", str(init), "--trust-remote-code", "--seed", str(seed), *args.rl_args.split()]
+    if args.eval_subset:
+        command += ["--eval-subset", str(args.eval_subset)]
+    return run_or_reuse("rl_finetune", run, command, log, "pretrained")
+
+
 def sweep(args: argparse.Namespace, run: Path, log: Path) -> dict[str, Any]:
     """``recipes/evaluate.py`` over the thresholds (accuracy, cost, adaptivity; latency is timed here later)."""
     out = run / "eval"
@@ -199,7 +215,8 @@ def operating_point(rows: list[dict[str, Any]], original_val_mflops: float, cut:
 
 
 def ofas_rows(args: argparse.Namespace, seed: int, run: Path, result: dict[str, Any], seconds: float,
-              original_val_mflops: float, data, images: torch.Tensor) -> tuple[list[dict[str, Any]], list[dict]]:
+              original_val_mflops: float, data, images: torch.Tensor,
+              method: str = "ofas_e2e") -> tuple[list[dict[str, Any]], list[dict]]:
     from ofas_wrap import OFASModel
     from ofas_wrap._controls import control_rows
 
@@ -209,7 +226,7 @@ def ofas_rows(args: argparse.Namespace, seed: int, run: Path, result: dict[str, 
     for row in result["rows"]:
         model.threshold = row["threshold"]
         rows.append({
-            "method": "ofas_e2e", "threshold": row["threshold"], "seed": seed, "top1": row["test_accuracy"],
+            "method": method, "threshold": row["threshold"], "seed": seed, "top1": row["test_accuracy"],
             "val_top1": row["val_accuracy"], "executed_blocks": row["executed_blocks"], "mflops": row["mflops"],
             "val_mflops": row["val_mflops"], "latency_ms": latency_ms(model, images, args),
             "chosen": row is chosen, "train_seconds": seconds, "adaptive_gates": row.get("adaptive_gates"),
@@ -251,7 +268,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              "| Δ latency | adaptive gates / patterns | MI (bits) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
-        if row["method"] == "ofas_e2e" and not row["chosen"]:
+        if row["method"] in OFAS_METHODS and not row["chosen"]:
             continue
 
         def cell(value, spec="", scale=1.0):
@@ -287,16 +304,16 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     static = sorted((r["latency_ms"], 100 * r["top1"]) for r in rows
                     if r["method"].startswith("static") or r["method"] == "original")
     axis.plot(*zip(*static), "D--", color="gray", label="released ResNet-20/32/44/56")
-    for seed in sorted({r["seed"] for r in rows if r["method"] == "ofas_e2e"}):
+    for seed in sorted({r["seed"] for r in rows if r["method"] in OFAS_METHODS}):
         points = sorted((r["latency_ms"], 100 * r["top1"]) for r in rows
-                        if r["method"] == "ofas_e2e" and r["seed"] == seed)
+                        if r["method"] in OFAS_METHODS and r["seed"] == seed)
         axis.plot(*zip(*points), "o-", markersize=3, alpha=0.7, label=f"OFAS seed {seed}")
     for method, marker in (("fixed_subset", "s"), ("shuffled", "x"), ("random_rates", "+"),
                            ("original_finetuned", "*")):
         points = [(r["latency_ms"], 100 * r["top1"]) for r in rows if r["method"] == method]
         if points:
             axis.plot(*zip(*points), marker, linestyle="none", label=method)
-    chosen = [(r["latency_ms"], 100 * r["top1"]) for r in rows if r["method"] == "ofas_e2e" and r["chosen"]]
+    chosen = [(r["latency_ms"], 100 * r["top1"]) for r in rows if r["method"] in OFAS_METHODS and r["chosen"]]
     axis.plot(*zip(*chosen), "o", markersize=9, markerfacecolor="none", color="tab:red", label="chosen T")
     shown = [s[1] for s in static] + [point[1] for point in chosen]  # every operating point stays on the chart
     axis.set_ylim(min(shown) - 2, max(shown) + 1)
@@ -316,10 +333,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     seconds, results = {}, {}
     if "finetune_control" not in args.skip:
         seconds["control"] = finetune(args, work / "finetuned", CONTROL_ARGS, 0, log)
+    method = "ofas_rl" if args.rl_args else "ofas_e2e"
+    judged = {}
     for seed in args.seeds:
-        run = work / f"ofas_seed{seed}"
+        run = judged[seed] = work / f"ofas_seed{seed}"
         seconds[seed] = finetune(args, run, args.method_args, seed, log)
-        results[seed] = sweep(args, run, log)
+        if args.rl_args:
+            judged[seed] = work / f"ofas_seed{seed}_rl"
+            seconds[seed] += rl_phase(args, run, judged[seed], seed, log)
+        results[seed] = sweep(args, judged[seed], log)
 
     data = load_data(args)
     images = data.test.__getitems__(list(range(min(args.latency_samples, len(data.test)))))[0]
@@ -335,13 +357,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                      "train_seconds": seconds["control"]})
     controls, chosen = [], []
     for seed in args.seeds:
-        seed_rows, seed_controls = ofas_rows(args, seed, work / f"ofas_seed{seed}", results[seed], seconds[seed],
-                                             original_val_mflops, data, images)
+        seed_rows, seed_controls = ofas_rows(args, seed, judged[seed], results[seed], seconds[seed],
+                                             original_val_mflops, data, images, method)
         rows += seed_rows + seed_controls
         controls += seed_controls
         chosen += [r for r in seed_rows if r["chosen"]]
     static = [(r["latency_ms"], r["top1"]) for r in rows if r["method"].startswith("static") or r is original]
-    verdict = decide(static, chosen, controls, "ofas_e2e")
+    verdict = decide(static, chosen, controls, method)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=REPO).stdout.strip()
     journey = statistics.fmean(seconds[s] for s in args.seeds)
@@ -356,7 +378,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         "budget": (f"fine-tune from the released ResNet-56 on {args.train_subset or 'all 50,000'} training images: "
                    f"{args.common_args}"
                    + ("" if "--max-steps" in args.common_args else f" --epochs {args.epochs}")
-                   + f" (batch 128 unless set); OFAS: {args.method_args}; control original_finetuned: "
+                   + f" (batch 128 unless set); OFAS: {args.method_args}"
+                   + (f"; then RL: {args.rl_args}" if args.rl_args else "") + "; control original_finetuned: "
                    f"{CONTROL_ARGS}"),
         "journey": f"{journey / 60:.1f} min of fine-tuning per seed on this machine (evaluation excluded)",
         "machine": (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "

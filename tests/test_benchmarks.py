@@ -150,14 +150,14 @@ def test_pretrained_smoke_runs_the_released_resnet56_journey_and_writes_the_verd
         pytest.skip("../shared/data (released ResNets and the lossless CIFAR-10 copy) is not present")
     completed = subprocess.run(
         [sys.executable, os.path.join("benchmarks", "pretrained.py"), "--smoke", "--work", str(tmp_path / "work"),
-         "--out", str(tmp_path / "out")],
+         "--out", str(tmp_path / "out"), "--rl-args", "--policy-loss blockdrop --threshold 0.5"],
         cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "pretrained.json").read_text())
     methods = {row["method"] for row in result["rows"]}
-    assert {"original", "original_finetuned", "static_resnet20", "static_resnet32", "static_resnet44", "ofas_e2e",
-            "fixed_subset", "shuffled"} <= methods
+    assert {"original", "original_finetuned", "static_resnet20", "static_resnet32", "static_resnet44", "ofas_rl",
+            "fixed_subset", "shuffled"} <= methods  # with --rl-args, the RL phase's model is the one judged
     for row in result["rows"]:
         assert {"method", "threshold", "top1", "executed_blocks", "mflops", "latency_ms", "chosen", "seed",
                 "adaptive_gates"} <= row.keys()
@@ -165,7 +165,9 @@ def test_pretrained_smoke_runs_the_released_resnet56_journey_and_writes_the_verd
     # FLOPs at the 32 px the models are fed (issue 15 item 4): a ResNet-56 is about 0.25 GFLOPs there
     original = next(row for row in result["rows"] if row["method"] == "original")
     assert 200 < original["mflops"] < 300
-    assert sum(row["chosen"] for row in result["rows"] if row["method"] == "ofas_e2e") == 1
+    assert sum(row["chosen"] for row in result["rows"] if row["method"] == "ofas_rl") == 1
+    assert (tmp_path / "work" / "ofas_seed0_rl" / "model.safetensors").is_file()
+    assert "then RL: --policy-loss blockdrop" in result["meta"]["budget"]
     verdict = result["meta"]["verdict"]
     assert {"beats_static", "margin_pp", "stderr_pp", "method", "threshold"} <= verdict.keys()
     assert verdict["beats_static"] is False  # one seed can never pass the rule
