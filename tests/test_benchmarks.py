@@ -172,3 +172,18 @@ def test_pretrained_smoke_runs_the_released_resnet56_journey_and_writes_the_verd
     assert {"beats_static", "margin_pp", "stderr_pp", "method", "threshold"} <= verdict.keys()
     assert verdict["beats_static"] is False  # one seed can never pass the rule
     assert "**Verdict**" in (tmp_path / "out" / "pretrained.md").read_text()
+
+
+def test_head_probe_separates_what_is_separable_and_not_noise() -> None:
+    import torch
+
+    from benchmarks.head_probe import fit_probe, score
+
+    torch.manual_seed(0)
+    y = torch.arange(400) % 4
+    signal = torch.nn.functional.one_hot(y, 4).float() * 3 + torch.randn(400, 4)
+    noise = torch.randn(400, 8)
+    for x, low, high in ((signal, 0.9, 1.0), (noise, 0.0, 0.4)):
+        probe, norm = fit_probe(x[:300], y[:300], 4, 1e-3)
+        result = score(probe, norm, x[300:], y[300:], 4)
+        assert low <= result["accuracy"] <= high and low <= result["balanced_accuracy"] <= high
