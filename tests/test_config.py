@@ -194,3 +194,6 @@ def test_the_flags_take_their_choices_from_the_config():
     assert choices(backbone_parser(), "variant") == [OFASConfig.VARIANTS]
     inspect = build_parser()._subparsers._group_actions[0].choices["inspect"]
     assert choices(inspect, "variant") == [OFASConfig.VARIANTS]
+    from ofas_wrap import _head
+
+    assert _head.VARIANTS == OFASConfig.VARIANTS and tuple(_head._ACTIVATIONS) == OFASConfig.HIDDEN_ACTS
