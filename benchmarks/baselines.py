@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ofas_wrap import OFASModel, count_flops
+from ofas_wrap._config import check_threshold
 from ofas_wrap._gating import check_gate_mask
 from ofas_wrap.models import CifarResNet
 
@@ -124,8 +125,7 @@ class SkipNetStyle(nn.Module):
             raise TypeError(f"SkipNetStyle wraps an ofas_wrap.OFASModel, got {type(model).__name__}")
         if model.plan is None:
             raise ValueError("the OFAS model has no surgery plan (needed for the blocks' input channels)")
-        if not 0.0 <= float(threshold) < 1.0:
-            raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+        threshold = check_threshold(threshold)
         self.stem = model.stem
         self.blocks = model.blocks
         self.tail = model.tail

@@ -9,6 +9,7 @@ Example:
 
 from . import data, models, rl
 from ._bench import LatencyResult, SweepResult, format_sweep, measure_latency, sweep_thresholds
+from ._config import OFASConfig
 from ._costs import gate_costs, measure_block_table
 from ._errors import SurgeryError
 from ._export import (
@@ -31,6 +32,7 @@ from ._version import __version__
 __all__ = [
     "__version__",
     "adaptify",
+    "OFASConfig",
     "create_model",
     "OFASModel",
     "GatedBlock",

@@ -10,15 +10,17 @@ import json
 import os
 import statistics
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._config import check_threshold
 from ._export import ONNX_CONFIG_KEY, ONNX_THRESHOLD_NAME
+from ._plan import FLOPS_NOTE
 
 __all__ = ["LatencyResult", "SweepResult", "OnnxRuntimeModel", "measure_latency", "sweep_thresholds",
            "format_sweep"]
@@ -148,10 +150,9 @@ def sweep_thresholds(model: Any, example_input: Tensor, thresholds: Sequence[flo
         >>> [(row.threshold, row.mean_executed_blocks) for row in rows][0]
         (0.0, 3.0)
     """
-    thresholds = [float(t) for t in thresholds]
-    bad = [t for t in thresholds if not 0.0 <= t < 1.0]
-    if not thresholds or bad:
-        raise ValueError(f"thresholds must be a non-empty list of numbers in [0, 1), got {list(thresholds)}")
+    thresholds = [check_threshold(t, "each of thresholds") for t in thresholds]
+    if not thresholds:
+        raise ValueError("thresholds must be a non-empty list of numbers in [0, 1), got []")
     if config is None and isinstance(getattr(model, "config", None), dict):
         config = model.config
     if not hasattr(model, "gate_threshold") or not (hasattr(model, "blocks") or config):
@@ -259,6 +260,8 @@ def format_sweep(results: Sequence[SweepResult]) -> str:
         blocks = f"{row.mean_executed_blocks:.2f}/{row.num_blocks}"
         lines.append(f"{row.threshold:>6.3g} {lat.median_ms:>10.3f} {lat.p90_ms:>10.3f} {lat.iqr_ms:>9.3f} "
                      f"{lat.per_sample_ms:>10.3f} {blocks:>13} {mflops}")
+    if any(row.mean_mflops is not None for row in results):
+        lines.append(f"MFLOPs: executed per sample; {FLOPS_NOTE}")
     return "\n".join(lines)
 
 

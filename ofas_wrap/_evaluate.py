@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import math
 import os
@@ -28,6 +29,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ._config import check_threshold
+from ._plan import FLOPS_NOTE
 from ._training import RunError, _write_json, evaluate_classifier, read_run
 from .data import DataError, load_image_data, make_loader
 
@@ -52,9 +55,13 @@ def parse_thresholds(text: str) -> list[float]:
             values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--thresholds takes START:STOP:STEP or a comma list, got {text!r}") from None
-    bad = [v for v in values if not 0.0 <= v < 1.0]
-    if not values or bad:
-        raise argparse.ArgumentTypeError(f"thresholds must lie in [0, 1) (Eq. 1), got {values}")
+    if not values:
+        raise argparse.ArgumentTypeError(f"--thresholds gives no value, got {text!r}")
+    try:
+        for value in values:
+            check_threshold(value, "each of --thresholds")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return sorted(set(values))
 
 
@@ -179,6 +186,7 @@ def format_table(rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, An
                      f"{fmt(baseline['test_accuracy'], '8.4f')} {blocks:>11} {baseline['mflops']:>8.2f} "
                      f"{fmt(baseline.get('latency_ms'), '10.3f')} {'-':>8} {'-':>8}  original backbone "
                      f"({baseline['source']})")
+    lines.append(f"MFLOPs: executed per test image; {FLOPS_NOTE}")
     return "\n".join(lines)
 
 
@@ -292,16 +300,17 @@ def adaptivity(outputs: torch.Tensor, threshold: float, labels: Optional[torch.T
 
 def _plot(rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, Any]], path: Path, title: str,
           outputs: Optional[torch.Tensor] = None, chosen: Optional[float] = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # the object API with its own Agg canvas: a library function must not switch pyplot's backend (a notebook's)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     have_latency = all(r.get("latency_ms") is not None for r in rows)
     axes_keys = ([("latency_ms", "batch-1 latency (ms, TorchScript, this machine)")] if have_latency else [])
     axes_keys.append(("mflops", "executed MFLOPs per image"))
     panels = len(axes_keys) + (1 if outputs is not None and outputs.numel() else 0)
-    figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
+    figure = Figure(figsize=(5.5 * panels, 4.2))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, panels, squeeze=False)
     accuracy = [100 * r["test_accuracy"] for r in rows]
     for axis, (key, label) in zip(axes[0], axes_keys):
         xs = [r[key] for r in rows]
@@ -332,7 +341,6 @@ def _plot(rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, Any]], pa
     figure.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     figure.savefig(tmp, dpi=120)
-    plt.close(figure)
     os.replace(tmp, path)
 
 
@@ -352,8 +360,11 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     run_args, run_data = run.get("args") or {}, run.get("data") or {}
     baseline_dir = _find_baseline(run, args.baseline)
     out_dir = Path(args.output) if args.output else Path(args.run) / "eval"
-    if args.export_threshold is not None and not 0.0 <= args.export_threshold < 1.0:
-        raise RunError(f"--export-threshold must be in [0, 1), got {args.export_threshold}")
+    if args.export_threshold is not None:
+        try:
+            check_threshold(args.export_threshold, "--export-threshold")
+        except ValueError as exc:
+            raise RunError(str(exc)) from None
     if args.latency_samples < 0 or args.latency_runs < 1 or args.threads < 1:
         raise RunError("--latency-samples must be >= 0, --latency-runs and --threads >= 1")
     dataset = args.dataset or run_args.get("dataset") or run_data.get("source")
@@ -379,6 +390,12 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if len(data.val) == 0:
         accelerator.print("note: no validation split (--val-size 0 in the run); T is then chosen on nothing but "
                           "the reference, and reported on test only")
+    # the accuracy passes run where the prepared loaders put the batches; latency, the controls and the export run
+    # on a CPU copy (as they always did: latency is this machine's CPU time)
+    cpu_model = model
+    if accelerator.device.type != "cpu":
+        cpu_model = copy.deepcopy(model)
+        model.to(accelerator.device)
 
     latency_images = data.test.__getitems__(list(range(min(args.latency_samples, len(data.test)))))[0]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -389,7 +406,7 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         # script once; the threshold is a buffer of the scripted model, set per T below
         scripted_path = out_dir / ".sweep.pt"
         try:
-            export_torchscript(model, scripted_path, example_input=latency_images[:2])
+            export_torchscript(cpu_model, scripted_path, example_input=latency_images[:2])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
                 scripted = torch.jit.load(str(scripted_path))
@@ -401,7 +418,7 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         finally:
             scripted_path.unlink(missing_ok=True)
     for threshold in [0.0] + [t for t in args.thresholds if t != 0.0]:
-        model.threshold = threshold
+        model.threshold = cpu_model.threshold = threshold
         test = evaluate_classifier(accelerator, model, test_loader)
         val = evaluate_classifier(accelerator, model, val_loader) if val_loader is not None else {}
         row = {"threshold": threshold, "val_accuracy": val.get("accuracy"), "test_accuracy": test["accuracy"],
@@ -417,7 +434,7 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 scripted, latency_images, args.latency_runs, args.latency_warmup, args.threads)
         elif script_failure is not None:
             row["latency_ms"], row["latency_p90_ms"] = _latency_ms(
-                model.eval(), latency_images, args.latency_runs, args.latency_warmup, args.threads)
+                cpu_model.eval(), latency_images, args.latency_runs, args.latency_warmup, args.threads)
         accelerator.wait_for_everyone()
         rows.append(row)
         accelerator.print(f"T={threshold:.2f}: test acc {row['test_accuracy']:.4f}, blocks "
@@ -426,7 +443,8 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     reference = rows[0]
     rows_sweep = rows if 0.0 in args.thresholds else rows[1:]
 
-    baseline = _measure_baseline(accelerator, baseline_dir, model, test_loader, val_loader, latency_images, args)
+    baseline = _measure_baseline(accelerator, baseline_dir, model, cpu_model, test_loader, val_loader, latency_images,
+                                 args)
     # the reference is the original backbone when it was measured: a model trained to skip can be worse at T = 0
     if baseline is not None and baseline.get("val_accuracy") is not None:
         reference_val, reference_name = baseline["val_accuracy"], "the original backbone's"
@@ -461,18 +479,18 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             val_part = data.val if len(data.val) else data.test
             count = min(args.control_val_images, len(val_part))
             result["controls"] = control_rows(
-                model, chosen, data.test.__getitems__(list(range(len(data.test)))),
+                cpu_model, chosen, data.test.__getitems__(list(range(len(data.test)))),
                 val_part.__getitems__(list(range(count))), seeds=args.control_seeds, batch_size=args.batch_size)
             for control in result["controls"]:
                 accelerator.print(f"control {control['method']} (seed {control['seed']}) at T={chosen:.2f}: test acc "
                                   f"{control['top1']:.4f}, gates {control['executed_gates']:.2f}, "
                                   f"{control['mflops']:.2f} MFLOPs")
     if accelerator.is_main_process:
-        model.threshold = export_t
+        model.threshold = cpu_model.threshold = export_t
         export_path = out_dir / f"model_T{export_t:.2f}.pt"
         example = latency_images[:2] if len(latency_images) >= 2 else None
         try:
-            export_torchscript(model, export_path, example_input=example)
+            export_torchscript(cpu_model, export_path, example_input=example)
             result["exported_model"] = str(export_path)
         except Exception as exc:  # the results still get written; the export step says why it was skipped
             result["exported_model"] = None
@@ -502,16 +520,18 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     return result
 
 
-def _measure_baseline(accelerator, baseline_dir: Optional[Path], model, test_loader, val_loader, latency_images,
-                      args) -> dict[str, Any]:
+def _measure_baseline(accelerator, baseline_dir: Optional[Path], model, cpu_model, test_loader, val_loader,
+                      latency_images, args) -> dict[str, Any]:
+    """The original backbone's accuracy (on the loaders' device) and latency (a CPU copy, as the OFAS rows)."""
     from ._model import OFASModel
 
     if baseline_dir is not None:
         source = str(baseline_dir)
-        backbone = OFASModel.from_pretrained(baseline_dir, trust_remote_code=args.trust_remote_code).unwrap().eval()
+        timed = OFASModel.from_pretrained(baseline_dir, trust_remote_code=args.trust_remote_code).unwrap().eval()
+        backbone = timed if accelerator.device.type == "cpu" else copy.deepcopy(timed).to(accelerator.device)
     else:
         source = "the run's own backbone, every block"
-        backbone = model.unwrap().eval()
+        backbone, timed = model.unwrap().eval(), cpu_model.unwrap().eval()
     test = evaluate_classifier(accelerator, backbone, test_loader, ofas=False)
     val = evaluate_classifier(accelerator, backbone, val_loader, ofas=False) if val_loader is not None else {}
     plan = model.plan
@@ -519,7 +539,7 @@ def _measure_baseline(accelerator, baseline_dir: Optional[Path], model, test_loa
                 "mflops": plan.backbone_flops / 1e6, "num_blocks": len(model.blocks), "latency_ms": None,
                 "latency_p90_ms": None}
     if accelerator.is_main_process and len(latency_images):
-        scripted = _script_backbone(backbone, latency_images[:1])
+        scripted = _script_backbone(timed, latency_images[:1])
         baseline["latency_ms"], baseline["latency_p90_ms"] = _latency_ms(
             scripted, latency_images, args.latency_runs, args.latency_warmup, args.threads)
     accelerator.wait_for_everyone()

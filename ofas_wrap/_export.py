@@ -21,6 +21,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from ._config import check_threshold
 from ._hub import CheckpointError, build_config, read_config
 
 __all__ = ["EXTRA_CONFIG_NAME", "ONNX_CONFIG_KEY", "ONNX_THRESHOLD_NAME", "export_torchscript", "load_torchscript",
@@ -330,8 +331,7 @@ def set_onnx_threshold(proto: Any, threshold: float) -> Any:
     """Set T in an ONNX model written by :func:`export_onnx` (an ``onnx.ModelProto``, changed in place)."""
     from onnx import numpy_helper
 
-    if not 0.0 <= float(threshold) < 1.0:
-        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+    threshold = check_threshold(threshold)
     for init in proto.graph.initializer:
         if init.name == ONNX_THRESHOLD_NAME:
             current = numpy_helper.to_array(init)

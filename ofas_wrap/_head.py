@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ._config import OFASConfig
+
 __all__ = ["OFASHead", "VARIANTS", "resolve_variant"]
 
-VARIANTS = ("I", "II", "auto")
-_ACTIVATIONS = {"none": nn.Identity, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+VARIANTS = OFASConfig.VARIANTS
+_ACTIVATIONS = {"none": nn.Identity, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}  # OFASConfig.HIDDEN_ACTS
 
 
 def resolve_variant(variant: str, depth: int) -> str:
@@ -36,7 +38,7 @@ class OFASHead(nn.Module):
     def __init__(self, in_channels: int, num_gates: int, variant: str = "I", hidden_act: str = "none",
                  detach_input: bool = True, gate_bias_init: float | None = None) -> None:
         super().__init__()
-        if variant not in ("I", "II"):
+        if variant not in OFASConfig.RESOLVED_VARIANTS:
             raise ValueError(f"OFASHead variant must be 'I' or 'II', got {variant!r}")
         if hidden_act not in _ACTIVATIONS:
             raise ValueError(f"unknown hidden_act {hidden_act!r}; allowed: {', '.join(_ACTIVATIONS)}")

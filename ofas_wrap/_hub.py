@@ -25,6 +25,15 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from ._config import (
+    CONFIG_NAME,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    ConfigFieldError,
+    OFASConfig,
+    check_threshold,
+    float32_repr,
+)
 from ._version import __version__
 
 __all__ = [
@@ -38,16 +47,12 @@ __all__ = [
     "infer_backbone_spec",
 ]
 
-FORMAT_NAME = "ofas-wrap"
-FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 MODEL_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 
-# the adaptify() settings a config must carry to rebuild the model
-OFAS_KEYS = ("variant", "threshold", "gate_downsample", "hidden_act", "detach_input", "gate_bias_init",
-             "input_size", "gated_blocks", "blocks")
+# the adaptify() settings a config must carry to rebuild the model: the fields of OFASConfig
+OFAS_KEYS = OFASConfig.keys()
 REQUIRED_KEYS = ("format", "format_version", "ofas_wrap_version", "backbone", "ofas")
 # optional descriptions of the model, read from model.config and written to config.json and the card
 METADATA_KEYS = ("class_names", "normalization", "datasets", "metrics", "license")
@@ -149,8 +154,8 @@ class OFASHubMixin:
                     f"(it needs {CONFIG_NAME} and {WEIGHTS_NAME})"
                 )
         config = read_config(config_path)
-        if threshold is not None and not (isinstance(threshold, (int, float)) and 0.0 <= threshold < 1.0):
-            raise ValueError(f"threshold must be a number in [0, 1), got {threshold!r}")
+        if threshold is not None:
+            check_threshold(threshold)
         model = _rebuild(config, config_path, backbone, leaf_modules, trust_remote_code)
         if not isinstance(model, cls):
             raise TypeError(f"{cls.__name__}.from_pretrained built a {type(model).__name__}")
@@ -194,7 +199,7 @@ class OFASHubMixin:
 def build_config(model: Any, **overrides: Any) -> dict[str, Any]:
     """The ``config.json`` of ``model``: backbone spec, OFAS settings, metadata, FLOPs; validated."""
     ofas = {key: model.config.get(key) for key in OFAS_KEYS}
-    ofas["threshold"] = _float32_repr(model.threshold)
+    ofas["threshold"] = float32_repr(model.threshold)
     missing = [key for key in ("variant", "input_size", "gated_blocks", "blocks") if ofas[key] is None]
     if missing:
         raise ValueError(f"model.config lacks {missing}; build the model with ofas_wrap.adaptify or create_model")
@@ -270,35 +275,24 @@ MAX_NUM_CLASSES = 1_000_000
 def _check_config_values(path: Path, config: dict[str, Any]) -> None:
     """Types and ranges of the settings a rebuild uses, each error naming the file and the field."""
 
-    def fail(field: str, expected: str) -> None:
-        value = config["ofas"].get(field) if field in config["ofas"] else config.get(field)
-        raise CheckpointError(f"{path}: field 'ofas.{field}' must be {expected}, got {value!r}")
-
     ofas = config["ofas"]
-    number = (int, float)
-    threshold = ofas["threshold"]
-    if isinstance(threshold, bool) or not isinstance(threshold, number) or not 0.0 <= threshold < 1.0 \
-            or float(torch.tensor(float(threshold), dtype=torch.float32)) >= 1.0:
-        fail("threshold", "a number in [0, 1) (also in float32)")
-    if ofas["variant"] not in ("I", "II"):
-        fail("variant", "'I' or 'II'")
-    for field in ("gate_downsample", "detach_input"):
-        if not isinstance(ofas[field], bool):
-            fail(field, "true or false")
-    if ofas["hidden_act"] not in ("none", "relu", "gelu", "silu"):
-        fail("hidden_act", "one of 'none', 'relu', 'gelu', 'silu'")
-    bias = ofas["gate_bias_init"]
-    if bias is not None and (isinstance(bias, bool) or not isinstance(bias, number)):
-        fail("gate_bias_init", "null or a number")
+    unknown = sorted(str(key) for key in ofas if key not in OFAS_KEYS)
+    if unknown:
+        raise CheckpointError(f"{path}: unknown fields {[f'ofas.{key}' for key in unknown]}; this ofas-wrap "
+                              f"{__version__} knows {list(OFAS_KEYS)} (upgrade it if a newer version wrote the file)")
+    # JSON has lists, never tuples; anything else is a damaged or hand-edited file
+    for field in ("input_size", "blocks", "gated_blocks"):
+        if not isinstance(ofas[field], list):
+            raise CheckpointError(f"{path}: field 'ofas.{field}' must be a list, got {ofas[field]!r}")
+    try:
+        OFASConfig.from_dict(ofas)
+    except ConfigFieldError as exc:
+        raise CheckpointError(f"{path}: field 'ofas.{exc.field}': {exc}") from None
     size = ofas["input_size"]
-    if not (isinstance(size, list) and len(size) == 3 and all(isinstance(v, int) and not isinstance(v, bool)
-                                                              for v in size)
-            and 1 <= size[0] <= MAX_INPUT_CHANNELS and all(1 <= v <= MAX_INPUT_SIDE for v in size[1:])):
-        fail("input_size", f"[channels <= {MAX_INPUT_CHANNELS}, height, width <= {MAX_INPUT_SIDE}] of positive "
-                           "integers")
-    for field in ("blocks", "gated_blocks"):
-        if not (isinstance(ofas[field], list) and all(isinstance(v, str) for v in ofas[field])):
-            fail(field, "a list of block names")
+    if not (size[0] <= MAX_INPUT_CHANNELS and all(v <= MAX_INPUT_SIDE for v in size[1:])):
+        raise CheckpointError(f"{path}: field 'ofas.input_size' must be [channels <= {MAX_INPUT_CHANNELS}, height, "
+                              f"width <= {MAX_INPUT_SIDE}], got {size!r}; building such a model would allocate "
+                              "absurd memory")
     kwargs = (config["backbone"] or {}).get("kwargs") or {}
     if not isinstance(kwargs, dict):
         raise CheckpointError(f"{path}: field 'backbone.kwargs' must be an object, got {kwargs!r}")
@@ -589,9 +583,11 @@ def _rebuild(config: dict[str, Any], config_path: Path, backbone: Optional[nn.Mo
                 f"{given['source']}:{given['name']}; pass a {spec['source']}:{spec['name']} or leave backbone= out"
             )
     ofas = config["ofas"]
-    model = adaptify(backbone, variant=ofas["variant"], threshold=0.0, gate_downsample=ofas["gate_downsample"],
-                     hidden_act=ofas["hidden_act"], detach_input=ofas["detach_input"],
-                     gate_bias_init=ofas["gate_bias_init"], input_size=ofas["input_size"], leaf_modules=leaf_modules)
+    settings = OFASConfig.from_dict(ofas)
+    model = adaptify(backbone, variant=settings.variant, threshold=0.0, gate_downsample=settings.gate_downsample,
+                     hidden_act=settings.hidden_act, detach_input=settings.detach_input,
+                     gate_bias_init=settings.gate_bias_init, input_size=settings.input_size,
+                     leaf_modules=leaf_modules)
     for key in ("blocks", "gated_blocks"):
         if list(model.config[key]) != list(ofas[key]):
             only_saved = [b for b in ofas[key] if b not in model.config[key]]
@@ -730,7 +726,8 @@ def model_card(config: dict[str, Any], model_name: Optional[str] = None, repo_id
             "## Compute",
             "",
             f"{flops['total'] / 1e6:.2f} MFLOPs per {size} input with every block executed (counted with "
-            f"`torch.utils.flop_counter`; the OFAS head adds {flops['head'] / 1e6:.3f}). Per gated block:",
+            f"`torch.utils.flop_counter`, FLOPs = 2 x multiply-adds; the OFAS head adds {flops['head'] / 1e6:.3f}). "
+            "Per gated block:",
             "",
             "| block | MFLOPs when run | MFLOPs when skipped |",
             "|---|---|---|",
@@ -781,9 +778,9 @@ def _validate_metadata(config: dict[str, Any], num_classes: Optional[int]) -> No
     metrics = config["metrics"]
     if metrics is not None:
         for row in metrics:
-            threshold = row.get("threshold") if isinstance(row, dict) else None
-            if not isinstance(threshold, (int, float)) or not 0.0 <= threshold < 1.0:
+            if not isinstance(row, dict):
                 raise ValueError(f"each metrics row must be a dict with a 'threshold' in [0, 1), got {row!r}")
+            check_threshold(row.get("threshold"), f"the 'threshold' of metrics row {row!r}")
         config["metrics"] = [dict(row) for row in metrics]
     if config["license"] is not None and not isinstance(config["license"], str):
         raise ValueError(f"license must be a string such as 'apache-2.0', got {config['license']!r}")
@@ -830,16 +827,6 @@ def _jsonable(spec: Any) -> dict[str, Any]:
     if not isinstance(spec, dict):
         spec = {"source": spec.source, "name": spec.name, "kwargs": spec.kwargs}
     return {"source": spec["source"], "name": spec["name"], "kwargs": dict(spec.get("kwargs") or {})}
-
-
-def _float32_repr(value: float) -> float:
-    """The shortest decimal that is the same float32 (the threshold buffer): 0.3, not 0.30000001192092896."""
-    exact = torch.tensor(float(value), dtype=torch.float32)
-    for digits in range(1, 10):
-        short = float(f"{float(value):.{digits}g}")
-        if torch.tensor(short, dtype=torch.float32) == exact:
-            return short
-    return float(value)
 
 
 def _sha256(path: Path) -> str:

@@ -11,6 +11,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ._config import OFASConfig, check_threshold, float32_repr
 from ._gating import check_gate_mask, mix_gated, straight_through_gates
 from ._hub import OFASHubMixin
 
@@ -112,8 +113,8 @@ class OFASModel(OFASHubMixin, nn.Module):
     blocks are not computed at all. ``threshold`` is the accuracy/latency knob (Eq. 1), stored in a buffer.
     """
 
-    __jit_unused_properties__ = ["threshold", "num_gates", "gated_block_names", "num_classes", "num_features",
-                                 "pretrained_cfg", "default_cfg"]
+    __jit_unused_properties__ = ["threshold", "ofas_config", "num_gates", "gated_block_names", "num_classes",
+                                 "num_features", "pretrained_cfg", "default_cfg"]
     __jit_ignored_attributes__ = ["plan", "config", "_backbone"]
 
     last_gates: Tensor
@@ -145,14 +146,16 @@ class OFASModel(OFASHubMixin, nn.Module):
 
     @threshold.setter
     def threshold(self, value: float) -> None:
-        value = float(value)
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"threshold must be in [0, 1) (Eq. 1 of the paper), got {value}")
-        stored = torch.tensor(value, dtype=self.gate_threshold.dtype)
-        if float(stored) >= 1.0:  # validate what is stored, not what was passed (0.999999999 is 1.0 in float32)
-            raise ValueError(f"threshold {value!r} rounds to {float(stored)} in the model's "
-                             f"{self.gate_threshold.dtype} buffer, outside [0, 1); use a value such as 0.9999")
-        self.gate_threshold.fill_(value)
+        # what the buffer stores counts, not what was passed (0.999999999 is 1.0 in float32)
+        self.gate_threshold.fill_(check_threshold(value, dtype=self.gate_threshold.dtype))
+
+    @property
+    def ofas_config(self) -> OFASConfig:
+        """The head settings as an :class:`ofas_wrap.OFASConfig` (a copy: change the model, not this), with the
+        current threshold. ``model.config`` holds the same values as a dict, beside the backbone spec and metadata."""
+        values = {key: self.config.get(key) for key in OFASConfig.keys()}
+        values["threshold"] = float32_repr(self.threshold)  # as config.json records it: 0.3
+        return OFASConfig.from_dict(values)
 
     @property
     def num_gates(self) -> int:

@@ -8,11 +8,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["BlockPlan", "SurgeryPlan", "count_flops"]
+__all__ = ["BlockPlan", "SurgeryPlan", "count_flops", "FLOPS_NOTE"]
+
+# said once under every table that prints FLOPs: torchvision and many papers list multiply-adds (ResNet-50: 4.09
+# "GFLOPS"), torch.utils.flop_counter counts 2 per multiply-add (8,178 MFLOPs for the same network)
+FLOPS_NOTE = "FLOPs = 2 x multiply-adds (torch.utils.flop_counter); tables that list multiply-adds show half"
 
 
 def count_flops(module: nn.Module, *inputs: Tensor) -> tuple[int, Tensor]:
-    """FLOPs of one forward of ``module`` (``torch.utils.flop_counter``) and its output."""
+    """FLOPs of one forward of ``module`` (``torch.utils.flop_counter``: 2 per multiply-add) and its output."""
     with FlopCounterMode(display=False) as counter:
         output = module(*inputs)
     return int(counter.get_total_flops()), output
@@ -110,6 +114,7 @@ class SurgeryPlan:
             f"{self.num_gates} gates, {self.head_params:,} parameters, {self.head_flops / 1e6:.3f} MFLOPs",
             f"total: {self.total_flops / 1e6:.2f} MFLOPs per sample with every block executed "
             f"(backbone {self.backbone_flops / 1e6:.2f})",
+            FLOPS_NOTE,
         ]
         return "\n".join(lines)
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import rl
+from ._config import OFASConfig, check_threshold
 from ._costs import COST_KINDS, gate_costs, read_block_table
 from ._factory import create_model
 from ._gating import sampled_straight_through_gates, straight_through_gates
@@ -62,14 +63,14 @@ DEFAULT_RL_HEAD_LR = None
 # ---------------------------------------------------------------------------------------------- parsers
 def _add_head_args(parser: argparse.ArgumentParser, threshold: float) -> None:
     group = parser.add_argument_group("OFAS head")
-    group.add_argument("--variant", choices=["I", "II", "auto"], default="auto",
+    group.add_argument("--variant", choices=OFASConfig.VARIANTS, default=OFASConfig.variant,
                        help="OFAS-I (2 FC) or OFAS-II (3 FC); auto = II above 50 layers, as in the paper")
-    group.add_argument("--threshold", type=float, default=threshold, help="T of Eq. 1 used while training")
+    group.add_argument("--threshold", type=float, default=threshold, help="T of Eq. 1 used while training, in [0, 1)")
     group.add_argument("--no-gate-downsample", action="store_true",
                        help="leave the blocks with a projection shortcut always on")
-    group.add_argument("--hidden-act", choices=["none", "relu", "gelu", "silu"], default="none",
+    group.add_argument("--hidden-act", choices=OFASConfig.HIDDEN_ACTS, default=OFASConfig.hidden_act,
                        help="activation between the head's FC layers (none in the paper)")
-    group.add_argument("--gate-bias-init", type=float, default=None,
+    group.add_argument("--gate-bias-init", type=float, default=OFASConfig.gate_bias_init,
                        help="initial bias of the head's last FC (e.g. 2 opens every gate at first)")
 
 
@@ -126,7 +127,7 @@ def backbone_parser() -> argparse.ArgumentParser:
                              "path/to/file.py:FACTORY or package.module:FACTORY")
     _add_user_model_args(parser)
     parser.add_argument("--label-smoothing", type=float, default=0.0)
-    parser.add_argument("--variant", choices=["I", "II", "auto"], default="auto",
+    parser.add_argument("--variant", choices=OFASConfig.VARIANTS, default=OFASConfig.variant,
                         help="the (untrained) OFAS head saved with the backbone; e2e_finetune builds its own")
     parser.add_argument("--drop-path", type=float, default=0.0,
                         help="stochastic depth (Huang et al. 2016): block l of L is dropped with probability "
@@ -394,8 +395,10 @@ def e2e_finetune(argv: Optional[Sequence[str]] = None, model: Optional[nn.Module
     """
     args = e2e_parser().parse_args(argv)
     user_model = model
-    if not 0.0 <= args.threshold < 1.0:
-        raise RunError(f"--threshold must be in [0, 1), got {args.threshold}")
+    try:
+        check_threshold(args.threshold, "--threshold")
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
     if args.skip_weight < 0:
         raise RunError(f"--skip-weight must be >= 0, got {args.skip_weight}")
     if args.target_rate is not None and not 0.0 <= args.target_rate <= 1.0:

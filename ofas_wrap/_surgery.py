@@ -10,6 +10,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ._config import OFASConfig
 from ._discovery import ResidualBlock, find_residual_blocks, opaque_modules, trace_with_blocks_as_leaves
 from ._errors import SurgeryError
 from ._head import OFASHead, resolve_variant
@@ -53,6 +54,8 @@ def adaptify(
             ``pretrained_cfg``, 32x32 for the CIFAR ResNets and 224x224 otherwise.
         leaf_modules: module classes ``torch.fx`` must not trace into (for code it cannot trace).
 
+    The settings are checked, and recorded in ``model.config``, as an :class:`ofas_wrap.OFASConfig`.
+
     Raises:
         TypeError / ValueError: bad arguments, before anything is traced.
         SurgeryError: no residual block, an untraceable module (named, with a hint), blocks that do not
@@ -70,18 +73,21 @@ def adaptify(
         raise TypeError(f"adaptify expects a torch.nn.Module, got {type(model).__name__}")
     if isinstance(model, OFASModel):
         raise TypeError("this model is already an OFASModel; call unwrap() first to adapt the plain backbone")
-    resolve_variant(variant, 0)  # validates the name
-    if not isinstance(threshold, (int, float)) or not 0.0 <= float(threshold) < 1.0:
-        raise ValueError(f"threshold must be a number in [0, 1) (Eq. 1 of the paper), got {threshold!r}")
-    if hidden_act not in ("none", "relu", "gelu", "silu"):
-        raise ValueError(f"unknown hidden_act {hidden_act!r}; allowed: 'none', 'relu', 'gelu', 'silu'")
+    if input_size is not None and not isinstance(input_size, (str, bytes)):
+        try:
+            input_size = tuple(int(s) for s in input_size)  # torch.Size, numpy integers, lists
+        except (TypeError, ValueError):
+            pass  # OFASConfig names the field and the value
+    settings = OFASConfig(variant=variant, threshold=threshold, gate_downsample=gate_downsample,
+                          hidden_act=hidden_act, detach_input=detach_input, gate_bias_init=gate_bias_init,
+                          input_size=input_size)
     leaf_modules = tuple(leaf_modules)
     for leaf in leaf_modules:
         if not (isinstance(leaf, type) and issubclass(leaf, nn.Module)):
             raise TypeError(f"leaf_modules must hold nn.Module classes, got {leaf!r}")
-    size = tuple(int(s) for s in (input_size or default_input_size(model)))
-    if len(size) != 3 or min(size) < 1:
-        raise ValueError(f"input_size must be (channels, height, width) of positive ints, got {input_size!r}")
+    if settings.input_size is None:  # the backbone's own size, checked as a given one is
+        settings = settings.replace(input_size=tuple(int(s) for s in default_input_size(model)))
+    size = settings.input_size
 
     found = find_residual_blocks(model, leaf_modules)
     if not found:
@@ -191,18 +197,10 @@ def adaptify(
         stem_flops=stem_flops, blocks=block_plans, tail_flops=tail_flops, head_variant=resolved,
         head_params=sum(p.numel() for p in head.parameters()), head_flops=head_flops,
     )
-    config = {
-        "variant": resolved,
-        "threshold": float(threshold),
-        "gate_downsample": gate_downsample,
-        "hidden_act": hidden_act,
-        "detach_input": detach_input,
-        "gate_bias_init": gate_bias_init,
-        "input_size": list(size),
-        "gated_blocks": [b.name for b in gated_blocks if b.gate_index >= 0],
-        "blocks": [b.name for b in gated_blocks],
-    }
-    adapted = OFASModel(stem, head, gated_blocks, tail, float(threshold), model, plan, config)
+    settings = settings.replace(variant=resolved, input_size=size,
+                                gated_blocks=[b.name for b in gated_blocks if b.gate_index >= 0],
+                                blocks=[b.name for b in gated_blocks])
+    adapted = OFASModel(stem, head, gated_blocks, tail, settings.threshold, model, plan, settings.to_dict())
     adapted.train(model.training)
     return adapted
 

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
+
+from ._config import OFASConfig, check_threshold
 
 __all__ = ["main", "build_parser"]
 
 
 def _add_inspect(subparsers) -> None:
     parser = subparsers.add_parser(
-        "inspect", help="print the surgery plan of a backbone (blocks, shortcuts, FLOPs, the head to insert)",
+        "inspect", help="print the surgery plan of a backbone (blocks, shortcuts, FLOPs = 2 x multiply-adds, the "
+                        "head to insert)",
         description="Print what adaptify() would do to a backbone, without changing anything.",
     )
     parser.add_argument("spec", help="backbone spec: cifar:resnet38, timm:resnet50, torchvision:resnet18, ...")
     parser.add_argument("--input-size", type=int, nargs="+", metavar="N",
                         help="H W, or C H W, or one size for square inputs (default: the model's own)")
-    parser.add_argument("--variant", default="auto", choices=["I", "II", "auto"])
+    parser.add_argument("--variant", default=OFASConfig.variant, choices=OFASConfig.VARIANTS)
     parser.add_argument("--num-classes", type=int, default=None)
     parser.add_argument("--in-chans", type=int, default=None)
     parser.add_argument("--no-gate-downsample", action="store_true",
@@ -69,8 +72,20 @@ def _add_source_arguments(parser) -> None:
                         help="H W, or C H W, or one size for square inputs (a backbone spec only; default: its own)")
     parser.add_argument("--num-classes", type=int, default=None, help="(a backbone spec only)")
     parser.add_argument("--in-chans", type=int, default=None, help="(a backbone spec only)")
-    parser.add_argument("--threshold", type=float, nargs="+", metavar="T", default=None,
+    parser.add_argument("--threshold", type=_threshold, nargs="+", metavar="T", default=None,
                         help="threshold(s) T in [0, 1) (default: the model's own)")
+
+
+def _threshold(text: str) -> float:
+    """``--threshold`` values, checked as ``model.threshold = T`` checks them."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threshold takes numbers, got {text!r}") from None
+    try:
+        return check_threshold(value, "--threshold")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _load_source(args: argparse.Namespace, allow_torchscript: bool):
@@ -151,7 +166,8 @@ def _run_export(args: argparse.Namespace) -> int:
 
 def _add_bench(subparsers) -> None:
     parser = subparsers.add_parser(
-        "bench", help="latency per threshold on this machine (torch.utils.benchmark), executed blocks, MFLOPs",
+        "bench", help="latency per threshold on this machine (torch.utils.benchmark), executed blocks, MFLOPs "
+                      "(FLOPs = 2 x multiply-adds)",
         description="Measure median / p90 latency of an OFAS model at each --threshold on random inputs. MODEL "
                     "is a TorchScript file from `ofas-wrap export`, a save_pretrained folder, a Hub repo id or a "
                     "backbone spec (random weights). On real images: recipes/bench_latency.py --data DIR.",
@@ -263,7 +279,10 @@ SUBCOMMANDS.extend([_add_export, _add_bench])
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ._version import __version__
+
     parser = argparse.ArgumentParser(prog="ofas-wrap", description="Once For All Skip for any ResNet.")
+    parser.add_argument("--version", action="version", version=f"ofas-wrap {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(subparsers)

@@ -35,3 +35,12 @@ def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "ofas_wrap.cli", "inspect", "timm:resnet18", "--input-size", "64"],
                             capture_output=True, text=True, check=True)
     assert "layer4.1" in result.stdout
+
+
+def test_version_flag_prints_the_package_version(capsys):
+    import ofas_wrap
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"ofas-wrap {ofas_wrap.__version__}\n"

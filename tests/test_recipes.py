@@ -246,6 +246,26 @@ def test_evaluate_python(env, rl_run):
     assert config["normalization"] is not None
 
 
+def test_the_plot_keeps_the_users_matplotlib_backend(tmp_path):
+    import matplotlib
+
+    from ofas_wrap._evaluate import _plot, format_table
+    from ofas_wrap._plan import FLOPS_NOTE
+
+    rows = [{"threshold": t, "test_accuracy": 0.9 - t / 10, "latency_ms": 2 - t, "mflops": 40 - 10 * t,
+             "executed_blocks": 3 - t, "num_blocks": 3} for t in (0.3, 0.5)]
+    baseline = {"test_accuracy": 0.91, "latency_ms": 2.1, "mflops": 41.0, "num_blocks": 3, "source": "base"}
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # a user's choice (a notebook's inline backend, say)
+    try:
+        _plot(rows, baseline, tmp_path / "plot.png", "title", torch.rand(20, 3), 0.5)
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert format_table(rows, baseline).endswith(FLOPS_NOTE)  # MFLOPs are explained once, under the table
+
+
 def test_threshold_choice_is_against_the_reference_with_a_fallback():
     from ofas_wrap._evaluate import choose_threshold
 
