@@ -21,9 +21,11 @@ The operating point, fixed before the runs: for each seed, the T that is the mos
 those that execute at most ``1 - --target-cut`` of the original's MFLOPs on validation (the cheapest T if none
 does). The controls are evaluated at that T.
 
-Latency: batch 1, eager PyTorch (the option-A ``LambdaLayer`` does not script, so every model, static ones
-included, is timed eager, the same way), ``--threads`` intra-op threads, the mean over ``--latency-samples`` test
-images of each one's median over ``--latency-runs`` runs, every model in this one process. Keep the machine
+Latency: batch 1, ``--runtime torchscript`` (default: what a deployment runs; the option-A ``LambdaLayer`` is
+scripted through its ``torch.fx`` trace by ``script_with_fx_fallback``; a model that still does not script is timed
+eager and its row says so in ``timed_as``) or ``eager`` for every model alike, ``--threads`` intra-op threads,
+the mean over ``--latency-samples`` test images of each one's median over ``--latency-runs`` runs, every model in
+this one process. Keep the machine
 otherwise idle while it runs (pause a background training with ``kill -STOP``).
 
     python benchmarks/pretrained.py --work ../runs/pretrained --out docs/results       # the documented budget
@@ -92,6 +94,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--latency-samples", type=int, default=40)
     parser.add_argument("--latency-runs", type=int, default=15)
+    parser.add_argument("--runtime", choices=["torchscript", "eager"], default="torchscript",
+                        help="what is timed: the TorchScript export (a deployment's runtime) or the eager model")
     parser.add_argument("--skip", nargs="*", default=[], choices=["finetune_control"])
     parser.add_argument("--smoke", action="store_true",
                         help="a seconds-long plumbing check: 2 steps, 64 images, 1 seed, 2 thresholds")
@@ -133,6 +137,29 @@ def accuracy(model: torch.nn.Module, split) -> float:
     return correct / max(count, 1)
 
 
+def timed_model(model: torch.nn.Module, args: argparse.Namespace) -> tuple[Any, str]:
+    """The module to time for ``--runtime`` and what it is: TorchScript, or eager when scripting fails."""
+    from ofas_wrap import script_with_fx_fallback
+
+    if args.runtime == "eager":
+        return model.eval(), "eager"
+    try:
+        scripted, _ = script_with_fx_fallback(model.eval())
+    except Exception as exc:  # evaluation never depends on TorchScript compiling the user's code (issue 15 item 6)
+        print(f"[pretrained] TorchScript failed for {type(model).__name__} ({type(exc).__name__}: "
+              f"{str(exc).splitlines()[0][:160]}); timing it eager", flush=True)
+        return model.eval(), "eager"
+    return scripted, "torchscript"
+
+
+def set_threshold(model: Any, threshold: float) -> None:
+    """T on an OFASModel or on its TorchScript export (the ``gate_threshold`` buffer)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        model.gate_threshold.fill_(threshold)
+    else:
+        model.threshold = threshold
+
+
 def latency_ms(model: Any, images: torch.Tensor, args: argparse.Namespace,
                patterns: Optional[torch.Tensor] = None) -> float:
     """Mean over the images of each one's median batch-1 time; ``patterns`` forces image i's gates (controls)."""
@@ -141,11 +168,13 @@ def latency_ms(model: Any, images: torch.Tensor, args: argparse.Namespace,
     medians = []
     for index in range(images.shape[0]):
         example = images[index:index + 1]
-        if patterns is None:
+        if patterns is not None:  # the eager context manager, or the scripted module's attribute
+            model.forced_gate_mask = patterns[index:index + 1]
+        try:
             result = measure_latency(model, example, runs=args.latency_runs, warmup=3, threads=args.threads)
-        else:
-            with model.forced_gates(patterns[index:index + 1]):
-                result = measure_latency(model, example, runs=args.latency_runs, warmup=3, threads=args.threads)
+        finally:
+            if patterns is not None:
+                model.forced_gate_mask = None
         medians.append(result.median_ms)
     return statistics.fmean(medians)
 
@@ -157,11 +186,12 @@ def static_rows(args: argparse.Namespace, data, images: torch.Tensor) -> list[di
     for depth in (20, 32, 44, 56):
         model = released_model(args, depth)
         plan = adaptify(model, input_size=(3, 32, 32)).plan  # FLOPs at the 32 px the model is fed
+        timed, kind = timed_model(model, args)
         rows.append({
             "method": "original" if depth == 56 else f"static_resnet{depth}", "threshold": None, "seed": None,
             "top1": accuracy(model, data.test), "val_top1": accuracy(model, data.val),
             "executed_blocks": float(3 * (depth - 2) // 6), "mflops": plan.backbone_flops / 1e6,
-            "latency_ms": latency_ms(model, images, args), "chosen": True, "train_seconds": 0.0,
+            "latency_ms": latency_ms(timed, images, args), "timed_as": kind, "chosen": True, "train_seconds": 0.0,
             "adaptive_gates": None, "distinct_patterns": None, "mi_bits": None,
         })
         print(f"[pretrained] released resnet{depth}: test {100 * rows[-1]['top1']:.2f} %, "
@@ -222,13 +252,14 @@ def ofas_rows(args: argparse.Namespace, seed: int, run: Path, result: dict[str, 
 
     chosen = operating_point(result["rows"], original_val_mflops, args.target_cut)
     model = OFASModel.from_pretrained(run, trust_remote_code=True).eval()
+    timed, kind = timed_model(model, args)
     rows = []
     for row in result["rows"]:
-        model.threshold = row["threshold"]
+        set_threshold(timed, row["threshold"])
         rows.append({
             "method": method, "threshold": row["threshold"], "seed": seed, "top1": row["test_accuracy"],
             "val_top1": row["val_accuracy"], "executed_blocks": row["executed_blocks"], "mflops": row["mflops"],
-            "val_mflops": row["val_mflops"], "latency_ms": latency_ms(model, images, args),
+            "val_mflops": row["val_mflops"], "latency_ms": latency_ms(timed, images, args), "timed_as": kind,
             "chosen": row is chosen, "train_seconds": seconds, "adaptive_gates": row.get("adaptive_gates"),
             "distinct_patterns": row.get("distinct_patterns"), "mi_bits": row.get("mi_bits"),
             "difficulty_corr": row.get("difficulty_corr"),
@@ -239,6 +270,7 @@ def ofas_rows(args: argparse.Namespace, seed: int, run: Path, result: dict[str, 
     val_split = data.val.__getitems__(list(range(val_count)))
     controls = control_rows(model, threshold, test_split, val_split, seeds=(seed,))
     model.threshold = threshold
+    set_threshold(timed, threshold)
     with torch.no_grad():
         _, probs = model.gate_probabilities(images)
     own = (probs >= threshold).cpu()
@@ -251,7 +283,8 @@ def ofas_rows(args: argparse.Namespace, seed: int, run: Path, result: dict[str, 
             patterns = shuffled_patterns(own, seed)
         else:
             patterns = random_rate_patterns(own, seed)
-        control.update({"seed": seed, "val_top1": None, "latency_ms": latency_ms(model, images, args, patterns),
+        control.update({"seed": seed, "val_top1": None, "latency_ms": latency_ms(timed, images, args, patterns),
+                        "timed_as": kind,
                         "executed_blocks": control["executed_gates"] + (len(model.blocks) - model.num_gates),
                         "chosen": True, "train_seconds": seconds, "adaptive_gates": 0 if
                         control["method"] == "fixed_subset" else None, "distinct_patterns": None, "mi_bits": None})
@@ -317,7 +350,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     axis.plot(*zip(*chosen), "o", markersize=9, markerfacecolor="none", color="tab:red", label="chosen T")
     shown = [s[1] for s in static] + [point[1] for point in chosen]  # every operating point stays on the chart
     axis.set_ylim(min(shown) - 2, max(shown) + 1)
-    axis.set_xlabel("batch-1 CPU latency, eager (ms)")
+    runtimes = sorted({r.get("timed_as") or "eager" for r in rows if r.get("latency_ms") is not None})
+    axis.set_xlabel(f"batch-1 CPU latency, {' / '.join(runtimes)} (ms)")
     axis.set_ylabel("test top-1 (%), held-out half")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
@@ -383,7 +417,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                    f"{CONTROL_ARGS}"),
         "journey": f"{journey / 60:.1f} min of fine-tuning per seed on this machine (evaluation excluded)",
         "machine": (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                    f"latency with {args.threads} thread(s), batch 1, eager, mean over {len(images)} test images "
+                    f"latency with {args.threads} thread(s), batch 1, {args.runtime} (a row that did not script: "
+                    f"timed_as eager), mean over {len(images)} test images "
                     f"of each one's median over {args.latency_runs} runs"),
         "command": "python benchmarks/pretrained.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "commit": commit,

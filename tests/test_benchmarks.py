@@ -84,6 +84,8 @@ def test_cifar10_smoke_writes_every_method_and_the_documented_rows(tmp_path) -> 
     for row in result["rows"]:
         assert {"method", "threshold", "top1", "executed_blocks", "mflops", "latency_ms"} <= row.keys()
         assert 0.0 <= row["top1"] <= 1.0 and row["mflops"] > 0 and row["latency_ms"] > 0
+        # timed as deployed: the option-A lambdas script through their torch.fx traces (issue 15 item 6)
+        assert row["timed_as"] == "torchscript"
     # T is chosen once per method, on validation
     for method in ("ofas_e2e", "ofas_e2e_paper", "ofas_rl", "early_exit"):
         assert sum(row["chosen"] for row in result["rows"] if row["method"] == method) == 1
@@ -162,6 +164,8 @@ def test_pretrained_smoke_runs_the_released_resnet56_journey_and_writes_the_verd
         assert {"method", "threshold", "top1", "executed_blocks", "mflops", "latency_ms", "chosen", "seed",
                 "adaptive_gates"} <= row.keys()
         assert 0.0 <= row["top1"] <= 1.0 and row["mflops"] > 0 and row["latency_ms"] > 0
+        # timed as deployed: the option-A lambdas script through their torch.fx traces (issue 15 item 6)
+        assert row["timed_as"] == "torchscript"
     # FLOPs at the 32 px the models are fed (issue 15 item 4): a ResNet-56 is about 0.25 GFLOPs there
     original = next(row for row in result["rows"] if row["method"] == "original")
     assert 200 < original["mflops"] < 300
