@@ -49,8 +49,8 @@ DEMO_DATASET ?= fashion-mnist
 DEMO_MODEL ?= cifar:resnet20
 DEMO_CHANS ?= 1
 DEMO_OUT ?= runs/demo
-LAUNCH ?= $(VENV)/bin/accelerate launch --cpu --num_processes 2 --num_machines 1 --mixed_precision no \
-	--dynamo_backend no
+LAUNCH ?= $(VENV)/bin/accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \
+	--dynamo_backend no --main_process_port 0
 DEMO_DATA_FLAGS = --dataset $(DEMO_DATASET) --in-chans $(DEMO_CHANS)
 DEMO_BUDGET ?= --train-subset 20000 --eval-subset 2000 --batch-size 128
 DEMO_BACKBONE ?= --epochs 4

@@ -1,4 +1,9 @@
-"""Make ``accelerate launch --cpu --num_processes N recipes/X.py`` really start N processes (gloo DDP).
+"""A fallback for ``accelerate launch --multi_gpu --num_processes N recipes/X.py``: start the N processes it asked for.
+
+The supported ways to run N gloo processes on CPUs are ``accelerate launch --multi_gpu --num_processes N`` (on a
+machine without GPU the recipes use the CPU) and ``torchrun --nproc_per_node N``; the Makefile and the docs use the
+first. This module stays only for users who type ``--cpu``, with a loud warning, and refuses a multi-machine launch
+(it would give every machine the ranks 0..N-1).
 
 ``accelerate launch --cpu`` uses accelerate's *simple launcher*: it sets ``MASTER_ADDR`` / ``MASTER_PORT`` and
 expects ``mpirun`` to start the processes; without an MPI hostfile it starts **one** process (accelerate 1.x,
@@ -40,12 +45,13 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "y", "on")
 
 
-def _num_processes_from_argv(argv: Sequence[str]) -> Optional[int]:
-    """``--num_processes N`` of an ``accelerate launch`` command line (the flags before the script only)."""
+def _num_processes_from_argv(argv: Sequence[str], flag: str = "num_processes") -> Optional[int]:
+    """``--num_processes N`` (or another integer ``flag``) of an ``accelerate launch`` command line (the flags
+    before the script only)."""
     for index, item in enumerate(argv):
         if item.endswith(".py") and index > 1:
             break
-        for name in ("--num_processes", "--num-processes"):
+        for name in (f"--{flag}", f"--{flag.replace('_', '-')}"):
             if item == name and index + 1 < len(argv):
                 value = argv[index + 1]
             elif item.startswith(name + "="):
@@ -83,7 +89,7 @@ def _free_port(host: str) -> int:
 
 
 def relaunch_cpu_processes(argv: Optional[Sequence[str]] = None) -> Optional[int]:
-    """Start the N CPU workers ``accelerate launch --cpu --num_processes N`` asked for; ``None`` if not needed.
+    """Start the N CPU workers ``accelerate launch --multi_gpu --num_processes N`` asked for; ``None`` if not needed.
 
     Returns the exit code to leave with when this process supervised the workers, or ``None`` when the caller
     should simply run (one process, or already one of several).
@@ -92,9 +98,20 @@ def relaunch_cpu_processes(argv: Optional[Sequence[str]] = None) -> Optional[int
         return None
     if any(name in os.environ for name in _RANK_VARIABLES) or SPAWNED_ENV in os.environ:
         return None
-    count = _num_processes_from_argv(_parent_argv())
+    parent = _parent_argv()
+    count = _num_processes_from_argv(parent)
     if count is None or count <= 1:
+        if count is None:
+            print("ofas-wrap: WARNING: `accelerate launch --cpu` starts one process and the number asked for could "
+                  "not be read; running ONE process. For N gloo processes use `accelerate launch --multi_gpu "
+                  "--num_processes N` or `torchrun --nproc_per_node N`", file=sys.stderr)
         return None
+    machines = _num_processes_from_argv(parent, "num_machines")
+    if machines is not None and machines > 1:
+        print("ofas-wrap: error: `accelerate launch --cpu --num_machines > 1` is not supported by this fallback (each "
+              "machine would start ranks 0..N-1); use `accelerate launch --multi_gpu --num_machines M "
+              "--machine_rank R ...` or `torchrun --nnodes M ...`", file=sys.stderr)
+        return 2
     host = os.environ.get("MASTER_ADDR") or "127.0.0.1"
     port = int(os.environ.get("MASTER_PORT") or 29500)
     if not _port_free(host, port):
@@ -107,8 +124,9 @@ def relaunch_cpu_processes(argv: Optional[Sequence[str]] = None) -> Optional[int
                    LOCAL_WORLD_SIZE=str(count), MASTER_ADDR=host, MASTER_PORT=str(port), OMP_NUM_THREADS=threads)
         env[SPAWNED_ENV] = str(rank)
         workers.append(subprocess.Popen(command, env=env))
-    print(f"ofas-wrap: accelerate's CPU launcher starts one process; started {count} workers (gloo, port {port})",
-          file=sys.stderr)
+    print(f"ofas-wrap: WARNING: `accelerate launch --cpu` starts one process (accelerate#2741); started {count} "
+          f"workers here (gloo, port {port}). Prefer `accelerate launch --multi_gpu --num_processes {count}` or "
+          f"`torchrun --nproc_per_node {count}`", file=sys.stderr)
 
     def forward(signum, frame):
         for worker in workers:

@@ -1,7 +1,7 @@
 """Phase 1: train the backbone and an OFAS head end to end with straight-through gates (Section IV-A).
 
     python recipes/e2e_finetune.py --init runs/base --variant I --output runs/e2e
-    accelerate launch --cpu --num_processes 2 recipes/e2e_finetune.py --init runs/base --output runs/e2e
+    accelerate launch --multi_gpu --num_processes 2 recipes/e2e_finetune.py --init runs/base --output runs/e2e
 
 Flags: python recipes/e2e_finetune.py --help; the logic is ofas_wrap._recipes.e2e_finetune.
 """
@@ -11,7 +11,7 @@ import sys
 from _cpu_launch import relaunch_cpu_processes  # noqa: I001  (next to this script; imports no torch)
 
 if __name__ == "__main__":
-    code = relaunch_cpu_processes()  # accelerate launch --cpu --num_processes N: start the N workers
+    code = relaunch_cpu_processes()  # accelerate launch --multi_gpu --num_processes N: start the N workers
     if code is not None:
         sys.exit(code)
     from ofas_wrap._recipes import e2e_finetune

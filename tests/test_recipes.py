@@ -1,13 +1,13 @@
 """The recipes end to end on tiny IDX data the tests write: python and accelerate launch, resume, NaN, errors, demo.
 
-Each recipe runs once with ``python recipes/X.py`` and once with ``accelerate launch --cpu --num_processes 2``
-(two gloo processes); the chain backbone -> e2e -> rl -> evaluate is built once per module in this process.
+Each recipe runs once with ``python recipes/X.py`` and once with ``accelerate launch --multi_gpu --num_processes 2``
+(two gloo processes on a machine without GPU: accelerate's supported multi-process launcher); the chain
+backbone -> e2e -> rl -> evaluate is built once per module in this process.
 """
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -97,16 +97,10 @@ def python(recipe, *args):
     return [PYTHON, RECIPES / recipe, *args]
 
 
-def free_port() -> int:
-    """A port no other test's launch holds (two xdist workers launching at once collide on the default 29500)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def accelerate(recipe, *args):
-    return [ACCELERATE, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-            "--dynamo_backend", "no", "--main_process_port", str(free_port()), RECIPES / recipe, *args]
+    # port 0: accelerate picks a free one (two xdist workers launching at once collided on the default 29500)
+    return [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+            "no", "--dynamo_backend", "no", "--main_process_port", "0", RECIPES / recipe, *args]
 
 
 def metrics(run_dir):
@@ -448,3 +442,21 @@ def test_the_nan_guard_names_only_a_checkpoint_with_finite_weights(tmp_path):
         folder.mkdir(parents=True)
         torch.save({"w": torch.full((3,), value), "steps": torch.tensor(step)}, folder / "pytorch_model.bin")
     assert trainer._last_finite_checkpoint().name == "step-00000004"  # the newest one is poisoned
+
+
+@pytest.mark.parametrize("parent, expected, message", [
+    (["accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "2", "x.py"], 2,
+     "--num_machines > 1` is not supported"),
+    (["python", "x.py"], None, "could not be read; running ONE process"),
+])
+def test_cpu_launch_fallback_refuses_many_machines_and_warns(monkeypatch, capsys, parent, expected, message):
+    sys.path.insert(0, str(RECIPES))
+    import _cpu_launch
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    for name in (*_cpu_launch._RANK_VARIABLES, _cpu_launch.SPAWNED_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(_cpu_launch, "_parent_argv", lambda: parent)
+    assert _cpu_launch.relaunch_cpu_processes(["x.py"]) == expected  # nothing started in either case
+    assert message in capsys.readouterr().err
