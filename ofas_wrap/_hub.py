@@ -681,9 +681,12 @@ def model_card(config: dict[str, Any], model_name: Optional[str] = None, repo_id
             "safetensors", "pytorch"]
     if spec:
         tags.append(spec["source"])
-    data = ModelCardData(library_name="ofas-wrap", tags=tags, datasets=list(config.get("datasets") or []) or None,
-                         license=config.get("license"), pipeline_tag="image-classification")
     title = model_name or f"OFAS-{ofas['variant']} {backbone}"
+    results = eval_results(config)
+    data = ModelCardData(library_name="ofas-wrap", tags=tags, datasets=list(config.get("datasets") or []) or None,
+                         license=config.get("license"), pipeline_tag="image-classification",
+                         base_model=base_model_id(spec), model_name=title if results else None,
+                         eval_results=results or None)
     where = repo_id or "path/to/this/folder"
     lines = [
         f"# {title}",
@@ -747,6 +750,56 @@ def model_card(config: dict[str, Any], model_name: Optional[str] = None, repo_id
     lines.append("")
     content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)
     return str(ModelCard(content))
+
+
+def base_model_id(spec: Optional[dict[str, Any]]) -> Optional[str]:
+    """The Hub id of the backbone's weights for the card's ``base_model``, or None when it is not known.
+
+    Only a timm name with a pretrained tag names one set of weights (``timm:resnet18.a1_in1k`` ->
+    ``timm/resnet18.a1_in1k``; ``hf-hub:user/name`` -> ``user/name``); an untagged name, torchvision, the CIFAR
+    ResNets and a user's own backbone have none.
+
+    Example:
+        >>> base_model_id({"source": "timm", "name": "resnet18.a1_in1k", "kwargs": {}})
+        'timm/resnet18.a1_in1k'
+        >>> base_model_id({"source": "timm", "name": "resnet18", "kwargs": {}}) is None
+        True
+    """
+    if not spec or spec.get("source") != "timm" or not isinstance(spec.get("name"), str):
+        return None
+    name = spec["name"]
+    if name.startswith("hf-hub:") or name.startswith("hf_hub:"):
+        repo_id = name.split(":", 1)[1]
+    elif "." in name and "/" not in name:
+        repo_id = f"timm/{name}"
+    else:
+        return None
+    try:
+        check_repo_id(repo_id)
+    except ValueError:
+        return None
+    return repo_id
+
+
+def eval_results(config: dict[str, Any]) -> list[Any]:
+    """One ``huggingface_hub.EvalResult`` per metrics row with an accuracy: the accuracy at that row's threshold T
+    (``metric_name`` "accuracy at T = 0.6", ``metric_args`` ``{"threshold": 0.6}``), on the first recorded dataset."""
+    from huggingface_hub import EvalResult
+
+    datasets = config.get("datasets") or []
+    dataset = datasets[0] if datasets else "custom"
+    results = []
+    for row in config.get("metrics") or []:
+        accuracy = row.get("accuracy")
+        if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)) or not math.isfinite(accuracy):
+            continue
+        threshold = float(row["threshold"])
+        results.append(EvalResult(
+            task_type="image-classification", task_name="Image Classification", dataset_type=dataset,
+            dataset_name=dataset, metric_type="accuracy", metric_value=float(accuracy),
+            metric_name=f"accuracy at T = {threshold:g}", metric_args={"threshold": threshold},
+        ))
+    return results
 
 
 # -------------------------------------------------------------------------------------------- helpers

@@ -438,3 +438,33 @@ def test_a_save_keeps_a_readme_the_user_edited_and_renews_its_own(tmp_path):
     model.save_pretrained(folder)
     assert (folder / "README.md").read_text() == "# My model\n\nNotes I wrote.\n"
     assert ofas_wrap.OFASModel.from_pretrained(folder).threshold == pytest.approx(0.6)
+
+
+# ------------------------------------------------------------------------------------------ card metadata
+def test_card_lists_one_eval_result_per_metrics_row_with_an_accuracy(tmp_path):
+    model = tiny()
+    model.config["metrics"] = [{"threshold": 0.0, "accuracy": 0.91, "executed_blocks": 3.0},
+                               {"threshold": 0.6, "accuracy": 0.88, "latency_ms": 1.4},
+                               {"threshold": 0.7, "latency_ms": 1.1}]  # no accuracy: no result
+    folder = model.save_pretrained(tmp_path / "m", datasets=["cifar10"])
+    card = huggingface_hub.ModelCard.load(folder / "README.md")
+    results = card.data.eval_results
+    assert [(r.metric_type, r.metric_value, r.metric_args) for r in results] == [
+        ("accuracy", 0.91, {"threshold": 0.0}), ("accuracy", 0.88, {"threshold": 0.6})]
+    assert {(r.task_type, r.dataset_type) for r in results} == {("image-classification", "cifar10")}
+    assert card.data.model_name == "OFAS-I cifar:resnet8"
+    assert card.data.base_model is None  # a CIFAR ResNet has no Hub weights to name
+    plain = huggingface_hub.ModelCard.load(tiny().save_pretrained(tmp_path / "plain") / "README.md")
+    assert plain.data.eval_results is None and "model-index" not in plain.content
+
+
+def test_card_names_the_timm_weights_as_base_model():
+    config = json.loads(json.dumps(ofas_wrap._hub.build_config(tiny())))
+    config["backbone"] = {"source": "timm", "name": "resnet18.a1_in1k", "kwargs": {}}
+    card = huggingface_hub.ModelCard(ofas_wrap._hub.model_card(config))
+    assert card.data.base_model == "timm/resnet18.a1_in1k"
+    base = ofas_wrap._hub.base_model_id
+    assert base({"source": "timm", "name": "hf-hub:someone/resnet-x", "kwargs": {}}) == "someone/resnet-x"
+    for unknown in ({"source": "timm", "name": "resnet18"}, {"source": "torchvision", "name": "resnet18"},
+                    {"source": "cifar", "name": "resnet8"}, None):
+        assert base(unknown) is None
