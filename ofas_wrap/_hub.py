@@ -604,7 +604,14 @@ def _staging_folder(target: Path) -> Iterator[Path]:
 
 
 def _weights_to_save(model: Any) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Backbone and head tensors; a tensor shared under several names is stored once (``aliases``)."""
+    """Backbone and head tensors; a tensor shared under several names is stored once (``aliases``).
+
+    ``safetensors.torch.save_model`` does not replace this: for a model without shared tensors it writes the same
+    bytes, but for shared ones it keeps the alphabetically first name (not the first in ``state_dict`` order),
+    records each alias as its own metadata entry instead of the ``aliases`` JSON that ofas-wrap 0.1.0 reads, and
+    refuses tensors that are partial views of one storage (stored here as copies). :func:`_load_weights` reads
+    its files too, and ``safetensors.torch.load_model`` reads these.
+    """
     state = _named_state(model)
     kept: dict[str, Tensor] = {}
     aliases: dict[str, str] = {}
@@ -784,6 +791,9 @@ def _load_weights(model: Any, path: Path, config: dict[str, Any]) -> None:
     except json.JSONDecodeError:
         raise CheckpointError(f"{path}: the 'aliases' metadata is not JSON; the file is damaged") from None
     state = _named_state(model)
+    # safetensors.torch.save_model records each dropped shared name as its own metadata entry (name -> kept name)
+    aliases.update({name: kept for name, kept in metadata.items()
+                    if name in state and name not in shapes and name not in aliases and kept in shapes})
     missing, mismatched = [], []
     for name, tensor in state.items():
         stored = name if name in shapes else aliases.get(name)

@@ -571,3 +571,29 @@ def test_from_pretrained_downloads_a_repo_id_with_the_mixins_arguments(tmp_path,
     with pytest.raises(ValueError, match="threshold must be a number"):  # checked before any download
         OFASModel.from_pretrained("me/resnet8-ofas", threshold=1.5)
     assert len(calls) == 1
+
+
+# ---------------------------------------------------------------------------------------- shared tensors
+def test_shared_weights_round_trip_and_interoperate_with_safetensors_save_model(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_model, save_model
+
+    model = randomize(ofas_wrap.adaptify(TinyResNet(tied=True), input_size=SIZE))
+    folder = model.save_pretrained(tmp_path / "m")
+    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
+        assert json.loads(handle.metadata()["aliases"]) == {"backbone.classifier.bias": "backbone.fc.bias",
+                                                             "backbone.classifier.weight": "backbone.fc.weight"}
+    # our file loads with safetensors' own loader, the sharing intact
+    other = ofas_wrap.adaptify(TinyResNet(tied=True), input_size=SIZE)
+    box = nn.ModuleDict({"backbone": other.unwrap(), "head": other.head})
+    assert load_model(box, str(folder / "model.safetensors")) == (set(), [])
+    assert torch.equal(other.unwrap().classifier.weight, model.unwrap().fc.weight)
+    # and a file safetensors.torch.save_model wrote (it keeps backbone.classifier.*) loads with from_pretrained
+    save_model(nn.ModuleDict({"backbone": model.unwrap(), "head": model.head}), str(folder / "model.safetensors"))
+    assert "backbone.fc.weight" not in load_file(str(folder / "model.safetensors"))
+    edit_config(folder, lambda c: c.update(weights_sha256=_sha256(folder / "model.safetensors")))
+    loaded = OFASModel.from_pretrained(folder, backbone=TinyResNet(tied=True))
+    assert loaded.unwrap().classifier.weight is loaded.unwrap().fc.weight
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
