@@ -670,11 +670,12 @@ def _resolve_folder(dir_or_repo_id: PathLike, *, revision: Optional[str], token:
         ) from None
     from huggingface_hub import snapshot_download
 
+    # *.py: a factory backbone's code, kept beside the weights (run only with trust_remote_code=True)
     try:
         return Path(snapshot_download(
             name, revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only,
             force_download=force_download,
-            allow_patterns=list(MODEL_FILES), library_name="ofas-wrap", library_version=__version__,
+            allow_patterns=[*MODEL_FILES, "*.py"], library_name="ofas-wrap", library_version=__version__,
         ))
     except Exception as exc:  # offline, unknown repo, gated/private repo, network failure
         raise CheckpointError(
