@@ -20,9 +20,11 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Optional, Union
 
 import torch
+from huggingface_hub import ModelHubMixin
 from torch import Tensor, nn
 
 from ._config import (
@@ -67,27 +69,59 @@ class CheckpointError(ValueError):
 PathLike = Union[str, os.PathLike]
 
 
-class OFASHubMixin:
-    """``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` for :class:`ofas_wrap.OFASModel`.
+CARD_TAGS = ["ofas", "ofas-wrap", "adaptive-inference", "dynamic-depth", "resnet", "image-classification",
+             "safetensors", "pytorch"]
+# what save_pretrained / push_to_hub accept besides the descriptions: the mixin's own arguments
+PUSH_KWARGS = ("commit_message", "private", "token", "branch", "create_pr", "allow_patterns", "ignore_patterns",
+               "delete_patterns", "revision")
+CARD_KWARGS = ("model_name", "repo_id")
+
+
+class OFASHubMixin(ModelHubMixin, library_name="ofas-wrap", tags=CARD_TAGS):
+    """``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` for :class:`ofas_wrap.OFASModel`, on
+    ``huggingface_hub.ModelHubMixin``.
+
+    The mixin's hooks do the work: ``_save_pretrained`` writes ``model.safetensors``, ``config.json`` and the card
+    into a folder, ``_from_pretrained`` rebuilds the model from a folder or a Hub repo and loads its weights strictly.
+    The three public methods are the mixin's, with the mixin's arguments (``force_download``, ``branch``,
+    ``allow_patterns`` / ``ignore_patterns`` / ``delete_patterns``, ``push_to_hub=True``) and ofas-wrap's
+    (descriptions, ``backbone=``, ``threshold=``, ``trust_remote_code``); they check everything before a file is
+    written or a request sent, save atomically, and never overwrite a README.md the user edited.
 
     None of these methods is called from ``forward``, so ``torch.jit.script(model)`` never compiles them.
     """
+
+    # the settings live in model.config and config.json is built from the model; a (read-only, empty) config here
+    # stops the mixin's __new__ from keeping a second, stale copy of every model's constructor arguments
+    _hub_mixin_config: Any = MappingProxyType({})
 
     @torch.jit.unused
     def save_pretrained(self, save_directory: PathLike, *, class_names: Optional[Sequence[str]] = None,
                         normalization: Optional[dict[str, Sequence[float]]] = None,
                         datasets: Optional[Sequence[str]] = None, metrics: Optional[Sequence[dict]] = None,
-                        license: Optional[str] = None, model_name: Optional[str] = None) -> Path:
+                        license: Optional[str] = None, model_name: Optional[str] = None,
+                        config: Optional[dict[str, Any]] = None, repo_id: Optional[str] = None,
+                        push_to_hub: bool = False, model_card_kwargs: Optional[dict[str, Any]] = None,
+                        **push_to_hub_kwargs: Any) -> Any:
         """Write ``model.safetensors``, ``config.json`` and a ``README.md`` model card to ``save_directory``.
 
         The write is atomic: everything goes to a hidden temporary folder beside ``save_directory``, which
         then replaces it with a rename, so an interrupted save leaves the previous folder (or nothing)
-        rather than a half-written model. Files of an existing folder that are not ours are kept.
+        rather than a half-written model. Files of an existing folder that are not ours are kept, and so is a
+        ``README.md`` the user wrote or edited (only the card our last save wrote, whose SHA-256 ``config.json``
+        records as ``card_sha256``, is renewed).
 
         The optional descriptions default to the same keys of ``model.config`` (``class_names``,
         ``normalization`` = ``{"mean": [...], "std": [...]}``, ``datasets`` (Hub dataset ids), ``metrics``
-        (rows of ``{"threshold", "accuracy", "executed_blocks", "mflops", "latency_ms"}``), ``license``);
-        a timm backbone's ``pretrained_cfg`` mean/std is used when no normalisation is given.
+        (rows of ``{"threshold", "accuracy", "executed_blocks", "mflops", "latency_ms"}``; the card's
+        ``eval_results`` list each row's accuracy), ``license``); a timm backbone's ``pretrained_cfg`` mean/std is
+        used when no normalisation is given. ``config`` may carry the same descriptions as a dict (what
+        ``push_to_hub`` passes on); the OFAS settings themselves always come from the model.
+
+        ``push_to_hub=True`` then uploads the model to ``repo_id`` (default: the folder's name) with
+        :meth:`push_to_hub`, which takes ``push_to_hub_kwargs`` (``private``, ``token``, ``branch``, ...), and returns
+        its commit info; otherwise the folder is returned. ``model_card_kwargs`` may hold ``model_name`` (the
+        card's title) and ``repo_id`` (the id the card's usage example loads).
 
         Example:
             >>> import tempfile, ofas_wrap
@@ -99,13 +133,54 @@ class OFASHubMixin:
         target = Path(save_directory)
         if target.exists() and not target.is_dir():
             raise FileExistsError(f"{target} exists and is not a folder; save_pretrained writes a folder there")
-        overrides = {"class_names": class_names, "normalization": normalization, "datasets": datasets,
-                     "metrics": metrics, "license": license}
-        config = build_config(self, **overrides)
+        overrides = _metadata_overrides(config, class_names=class_names, normalization=normalization,
+                                        datasets=datasets, metrics=metrics, license=license)
+        card_kwargs = _card_kwargs(model_card_kwargs, model_name)
+        if push_to_hub:
+            unknown = sorted(set(push_to_hub_kwargs) - set(PUSH_KWARGS))
+            if unknown:
+                raise TypeError(f"save_pretrained(push_to_hub=True) got unexpected arguments {unknown}; push_to_hub "
+                                f"takes {list(PUSH_KWARGS)}")
+            repo_id = target.name if repo_id is None else repo_id
+            check_repo_id(repo_id)
+            card_kwargs.setdefault("repo_id", repo_id)
+        elif push_to_hub_kwargs or repo_id is not None:
+            given = sorted(push_to_hub_kwargs) + (["repo_id"] if repo_id is not None else [])
+            raise TypeError(f"save_pretrained got {given}, which only an upload uses; pass push_to_hub=True to "
+                            "upload the model as well, or leave them out")
+        built = build_config(self, **overrides)
         users_card = _users_card(target)
         with _staging_folder(target) as staging:
-            _write_folder(self, config, staging, model_name=model_name, repo_id=None, card_text=users_card)
+            self._save_pretrained(staging, config=built, card_text=users_card, **card_kwargs)
+        if push_to_hub:
+            return self.push_to_hub(repo_id, config=overrides or None, model_card_kwargs=card_kwargs,
+                                    **push_to_hub_kwargs)
         return target
+
+    @torch.jit.unused
+    def _save_pretrained(self, save_directory: Path, *, config: Optional[dict[str, Any]] = None,
+                         card_text: Optional[str] = None, model_name: Optional[str] = None,
+                         repo_id: Optional[str] = None) -> None:
+        """The mixin's hook: write the model's three files (and a factory's ``.py`` file) into ``save_directory``.
+
+        ``config`` is :func:`build_config`'s output (built from the model when None); ``card_text`` a README.md to
+        keep instead of generating the card. :meth:`save_pretrained` calls this on its staging folder."""
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_folder(self, build_config(self) if config is None else config, folder, model_name=model_name,
+                      repo_id=repo_id, card_text=card_text)
+
+    @torch.jit.unused
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> Any:
+        """The ``huggingface_hub.ModelCard`` a save writes for this model (``model_name``, ``repo_id`` as in
+        ``model_card_kwargs``): Hub metadata (library, tags, datasets, license, base_model, eval_results) and a
+        description with usage, metrics per threshold, FLOPs and the input."""
+        from huggingface_hub import ModelCard
+
+        if args:
+            raise TypeError("generate_model_card takes keyword arguments only (model_name=, repo_id=)")
+        card_kwargs = _card_kwargs(kwargs, None)
+        return ModelCard(model_card(build_config(self), **card_kwargs))
 
     @classmethod
     @torch.jit.unused
@@ -113,7 +188,8 @@ class OFASHubMixin:
                         threshold: Optional[float] = None, device: Union[str, torch.device] = "cpu",
                         revision: Optional[str] = None, token: Union[str, bool, None] = None,
                         cache_dir: Optional[PathLike] = None, local_files_only: bool = False,
-                        leaf_modules: Sequence[type] = (), trust_remote_code: bool = False) -> Any:
+                        force_download: bool = False, leaf_modules: Sequence[type] = (),
+                        trust_remote_code: bool = False) -> Any:
         """Rebuild a saved OFAS model (in eval mode) from a local folder or a Hugging Face Hub repo id.
 
         The backbone is rebuilt from ``config.json`` (``cifar`` / ``timm`` / ``torchvision``, random weights,
@@ -127,7 +203,8 @@ class OFASHubMixin:
             backbone: the plain backbone to adapt instead of rebuilding it from the config.
             threshold: override the saved threshold T.
             device: where to put the model.
-            revision, token, cache_dir, local_files_only: passed to ``huggingface_hub.snapshot_download``.
+            revision, token, cache_dir, local_files_only, force_download: passed to
+                ``huggingface_hub.snapshot_download`` (a repo id only).
             leaf_modules: as for :func:`ofas_wrap.adaptify`, for backbones torch.fx cannot trace through.
             trust_remote_code: a folder whose backbone comes from a user's factory (``file.py:FACTORY``, kept in
                 the folder, or ``package.module:FACTORY``) runs that code to rebuild it only when this is True.
@@ -144,8 +221,24 @@ class OFASHubMixin:
             >>> round(ofas_wrap.OFASModel.from_pretrained(folder).threshold, 6)
             0.3
         """
-        folder = _resolve_folder(dir_or_repo_id, revision=revision, token=token, cache_dir=cache_dir,
-                                 local_files_only=local_files_only)
+        if threshold is not None:
+            check_threshold(threshold)
+        return cls._from_pretrained(
+            model_id=os.fspath(dir_or_repo_id), revision=revision, cache_dir=cache_dir, force_download=force_download,
+            local_files_only=local_files_only, token=token, backbone=backbone, threshold=threshold, device=device,
+            leaf_modules=leaf_modules, trust_remote_code=trust_remote_code,
+        )
+
+    @classmethod
+    @torch.jit.unused
+    def _from_pretrained(cls, *, model_id: str, revision: Optional[str], cache_dir: Optional[PathLike],
+                         force_download: bool, local_files_only: bool, token: Union[str, bool, None],
+                         backbone: Optional[nn.Module] = None, threshold: Optional[float] = None,
+                         device: Union[str, torch.device] = "cpu", leaf_modules: Sequence[type] = (),
+                         trust_remote_code: bool = False) -> Any:
+        """The mixin's hook: find the folder (downloading a repo id), check ``config.json``, rebuild, load strictly."""
+        folder = _resolve_folder(model_id, revision=revision, token=token, cache_dir=cache_dir,
+                                 local_files_only=local_files_only, force_download=force_download)
         config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
         for path in (config_path, weights_path):
             if not path.is_file():
@@ -168,31 +261,79 @@ class OFASHubMixin:
         return model.eval().to(device)
 
     @torch.jit.unused
-    def push_to_hub(self, repo_id: str, *, private: Optional[bool] = None, token: Optional[str] = None,
-                    commit_message: str = "Upload OFAS model", revision: Optional[str] = None,
-                    create_pr: bool = False, **save_kwargs: Any) -> Any:
-        """Upload the ``save_pretrained`` folder to the Hub repo ``repo_id`` (created if missing).
+    def push_to_hub(self, repo_id: str, *, config: Optional[dict[str, Any]] = None,
+                    commit_message: str = "Upload OFAS model", private: Optional[bool] = None,
+                    token: Optional[str] = None, branch: Optional[str] = None, create_pr: bool = False,
+                    allow_patterns: Union[list[str], str, None] = None,
+                    ignore_patterns: Union[list[str], str, None] = None,
+                    delete_patterns: Union[list[str], str, None] = None,
+                    model_card_kwargs: Optional[dict[str, Any]] = None, revision: Optional[str] = None,
+                    **save_kwargs: Any) -> Any:
+        """Upload the ``save_pretrained`` folder to the Hub repo ``repo_id`` (created if missing), in one commit.
 
-        Uses ``huggingface_hub.HfApi.create_repo`` (``exist_ok=True``) and ``HfApi.upload_folder``;
-        ``save_kwargs`` are those of :meth:`save_pretrained`. Returns the ``CommitInfo`` of the upload.
-        The repo id is checked before anything is written or sent.
+        ``huggingface_hub.ModelHubMixin.push_to_hub`` does the upload (``HfApi.create_repo(exist_ok=True)``, then
+        :meth:`save_pretrained` into a temporary folder and ``HfApi.upload_folder``): ``branch`` (``revision`` is
+        the older name of it), ``create_pr``, ``allow_patterns`` / ``ignore_patterns`` (which files go up) and
+        ``delete_patterns`` (remote files to delete in the same commit) are its. ``save_kwargs`` are the
+        descriptions of :meth:`save_pretrained` and ``model_name``. The repo id, the arguments and the descriptions
+        are checked before anything is written or sent. Returns the ``CommitInfo`` of the upload.
 
         Example (needs network access and a write token, so it is not run here):
             >>> model.push_to_hub("your-name/resnet38-ofas-cifar10", private=True)  # doctest: +SKIP
         """
         check_repo_id(repo_id)
-        config = build_config(self, **{k: save_kwargs.pop(k, None) for k in METADATA_KEYS})
+        if revision is not None:
+            if branch is not None and branch != revision:
+                raise ValueError(f"push_to_hub got branch={branch!r} and revision={revision!r}; revision is the older "
+                                 "name of branch, pass one of them")
+            branch = revision
         model_name = save_kwargs.pop("model_name", None)
+        overrides = _metadata_overrides(config, **{k: save_kwargs.pop(k, None) for k in METADATA_KEYS})
         if save_kwargs:
             raise TypeError(f"push_to_hub got unexpected arguments {sorted(save_kwargs)}")
-        from huggingface_hub import HfApi
+        card_kwargs = _card_kwargs(model_card_kwargs, model_name)
+        card_kwargs.setdefault("repo_id", repo_id)
+        build_config(self, **overrides)  # the descriptions are checked before the repo is created
+        return super().push_to_hub(
+            repo_id, config=overrides or None, commit_message=commit_message, private=private, token=token,
+            branch=branch, create_pr=create_pr, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns,
+            delete_patterns=delete_patterns, model_card_kwargs=card_kwargs,
+        )
 
-        with tempfile.TemporaryDirectory(prefix="ofas-push-") as staging:
-            _write_folder(self, config, Path(staging), model_name=model_name, repo_id=repo_id)
-            api = HfApi(token=token)
-            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-            return api.upload_folder(repo_id=repo_id, folder_path=staging, commit_message=commit_message,
-                                     revision=revision, create_pr=create_pr, repo_type="model")
+
+def _metadata_overrides(config: Optional[dict[str, Any]], **given: Any) -> dict[str, Any]:
+    """The descriptions for ``config.json`` and the card, from the keyword arguments and the ``config`` dict."""
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise TypeError(f"config= takes a dict of the descriptions {list(METADATA_KEYS)}, got "
+                        f"{type(config).__name__}; the OFAS settings come from the model itself")
+    unknown = sorted(str(key) for key in config if key not in METADATA_KEYS)
+    if unknown:
+        raise ValueError(f"config= has keys {unknown} that a save cannot set; it takes the descriptions "
+                         f"{list(METADATA_KEYS)}, while the OFAS settings and the backbone come from the model "
+                         "(change the model, e.g. model.threshold = 0.5)")
+    overrides = {key: value for key, value in config.items() if value is not None}
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key in overrides and overrides[key] != value:
+            raise TypeError(f"{key} given twice, as {key}= and in config=, with different values; pass it once")
+        overrides[key] = value
+    return overrides
+
+
+def _card_kwargs(model_card_kwargs: Optional[dict[str, Any]], model_name: Optional[str]) -> dict[str, Any]:
+    card = dict(model_card_kwargs or {})
+    unknown = sorted(str(key) for key in card if key not in CARD_KWARGS)
+    if unknown:
+        raise TypeError(f"model_card_kwargs has keys {unknown}; the card takes {list(CARD_KWARGS)} (its title and "
+                        "the repo id its usage example loads)")
+    if model_name is not None:
+        if card.get("model_name") not in (None, model_name):
+            raise TypeError("model_name given twice, as model_name= and in model_card_kwargs, with different values")
+        card["model_name"] = model_name
+    return {key: value for key, value in card.items() if value is not None}
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -463,7 +604,14 @@ def _staging_folder(target: Path) -> Iterator[Path]:
 
 
 def _weights_to_save(model: Any) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Backbone and head tensors; a tensor shared under several names is stored once (``aliases``)."""
+    """Backbone and head tensors; a tensor shared under several names is stored once (``aliases``).
+
+    ``safetensors.torch.save_model`` does not replace this: for a model without shared tensors it writes the same
+    bytes, but for shared ones it keeps the alphabetically first name (not the first in ``state_dict`` order),
+    records each alias as its own metadata entry instead of the ``aliases`` JSON that ofas-wrap 0.1.0 reads, and
+    refuses tensors that are partial views of one storage (stored here as copies). :func:`_load_weights` reads
+    its files too, and ``safetensors.torch.load_model`` reads these.
+    """
     state = _named_state(model)
     kept: dict[str, Tensor] = {}
     aliases: dict[str, str] = {}
@@ -507,7 +655,7 @@ def _check_everything_saved(model: Any, state: dict[str, Tensor]) -> None:
 
 # --------------------------------------------------------------------------------------------- loading
 def _resolve_folder(dir_or_repo_id: PathLike, *, revision: Optional[str], token: Union[str, bool, None],
-                    cache_dir: Optional[PathLike], local_files_only: bool) -> Path:
+                    cache_dir: Optional[PathLike], local_files_only: bool, force_download: bool = False) -> Path:
     path = Path(dir_or_repo_id)
     if path.is_dir():
         return path
@@ -522,10 +670,12 @@ def _resolve_folder(dir_or_repo_id: PathLike, *, revision: Optional[str], token:
         ) from None
     from huggingface_hub import snapshot_download
 
+    # *.py: a factory backbone's code, kept beside the weights (run only with trust_remote_code=True)
     try:
         return Path(snapshot_download(
             name, revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only,
-            allow_patterns=list(MODEL_FILES), library_name="ofas-wrap", library_version=__version__,
+            force_download=force_download,
+            allow_patterns=[*MODEL_FILES, "*.py"], library_name="ofas-wrap", library_version=__version__,
         ))
     except Exception as exc:  # offline, unknown repo, gated/private repo, network failure
         raise CheckpointError(
@@ -642,6 +792,9 @@ def _load_weights(model: Any, path: Path, config: dict[str, Any]) -> None:
     except json.JSONDecodeError:
         raise CheckpointError(f"{path}: the 'aliases' metadata is not JSON; the file is damaged") from None
     state = _named_state(model)
+    # safetensors.torch.save_model records each dropped shared name as its own metadata entry (name -> kept name)
+    aliases.update({name: kept for name, kept in metadata.items()
+                    if name in state and name not in shapes and name not in aliases and kept in shapes})
     missing, mismatched = [], []
     for name, tensor in state.items():
         stored = name if name in shapes else aliases.get(name)
@@ -677,13 +830,15 @@ def model_card(config: dict[str, Any], model_name: Optional[str] = None, repo_id
     spec = config.get("backbone")
     backbone = f"{spec['source']}:{spec['name']}" if spec else config.get("backbone_class", "custom")
     ofas = config["ofas"]
-    tags = ["ofas", "ofas-wrap", "adaptive-inference", "dynamic-depth", "resnet", "image-classification",
-            "safetensors", "pytorch"]
+    tags = list(CARD_TAGS)
     if spec:
         tags.append(spec["source"])
-    data = ModelCardData(library_name="ofas-wrap", tags=tags, datasets=list(config.get("datasets") or []) or None,
-                         license=config.get("license"), pipeline_tag="image-classification")
     title = model_name or f"OFAS-{ofas['variant']} {backbone}"
+    results = eval_results(config)
+    data = ModelCardData(library_name="ofas-wrap", tags=tags, datasets=list(config.get("datasets") or []) or None,
+                         license=config.get("license"), pipeline_tag="image-classification",
+                         base_model=base_model_id(spec), model_name=title if results else None,
+                         eval_results=results or None)
     where = repo_id or "path/to/this/folder"
     lines = [
         f"# {title}",
@@ -747,6 +902,56 @@ def model_card(config: dict[str, Any], model_name: Optional[str] = None, repo_id
     lines.append("")
     content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)
     return str(ModelCard(content))
+
+
+def base_model_id(spec: Optional[dict[str, Any]]) -> Optional[str]:
+    """The Hub id of the backbone's weights for the card's ``base_model``, or None when it is not known.
+
+    Only a timm name with a pretrained tag names one set of weights (``timm:resnet18.a1_in1k`` ->
+    ``timm/resnet18.a1_in1k``; ``hf-hub:user/name`` -> ``user/name``); an untagged name, torchvision, the CIFAR
+    ResNets and a user's own backbone have none.
+
+    Example:
+        >>> base_model_id({"source": "timm", "name": "resnet18.a1_in1k", "kwargs": {}})
+        'timm/resnet18.a1_in1k'
+        >>> base_model_id({"source": "timm", "name": "resnet18", "kwargs": {}}) is None
+        True
+    """
+    if not spec or spec.get("source") != "timm" or not isinstance(spec.get("name"), str):
+        return None
+    name = spec["name"]
+    if name.startswith("hf-hub:") or name.startswith("hf_hub:"):
+        repo_id = name.split(":", 1)[1]
+    elif "." in name and "/" not in name:
+        repo_id = f"timm/{name}"
+    else:
+        return None
+    try:
+        check_repo_id(repo_id)
+    except ValueError:
+        return None
+    return repo_id
+
+
+def eval_results(config: dict[str, Any]) -> list[Any]:
+    """One ``huggingface_hub.EvalResult`` per metrics row with an accuracy: the accuracy at that row's threshold T
+    (``metric_name`` "accuracy at T = 0.6", ``metric_args`` ``{"threshold": 0.6}``), on the first recorded dataset."""
+    from huggingface_hub import EvalResult
+
+    datasets = config.get("datasets") or []
+    dataset = datasets[0] if datasets else "custom"
+    results = []
+    for row in config.get("metrics") or []:
+        accuracy = row.get("accuracy")
+        if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)) or not math.isfinite(accuracy):
+            continue
+        threshold = float(row["threshold"])
+        results.append(EvalResult(
+            task_type="image-classification", task_name="Image Classification", dataset_type=dataset,
+            dataset_name=dataset, metric_type="accuracy", metric_value=float(accuracy),
+            metric_name=f"accuracy at T = {threshold:g}", metric_args={"threshold": threshold},
+        ))
+    return results
 
 
 # -------------------------------------------------------------------------------------------- helpers

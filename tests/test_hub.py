@@ -343,6 +343,8 @@ class FakeHfApi:
 
     def create_repo(self, repo_id, **kwargs):
         FakeHfApi.calls.append(("create_repo", repo_id, kwargs))
+        full = repo_id if "/" in repo_id else f"me/{repo_id}"  # the Hub puts a bare name in the user's namespace
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{full}")
 
     def upload_folder(self, *, repo_id, folder_path, **kwargs):
         copy = Path(FakeHfApi.target) / "uploaded"
@@ -351,9 +353,15 @@ class FakeHfApi:
         return "commit-info"
 
 
-def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch):
+def fake_hub(monkeypatch, tmp_path) -> None:
+    """Put FakeHfApi where huggingface_hub and its ModelHubMixin look HfApi up."""
     FakeHfApi.calls, FakeHfApi.target = [], str(tmp_path)
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    monkeypatch.setattr(huggingface_hub.hub_mixin, "HfApi", FakeHfApi)
+
+
+def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch):
+    fake_hub(monkeypatch, tmp_path)
     model = tiny(threshold=0.4)
     assert model.push_to_hub("me/resnet8-ofas", private=True, token="t", datasets=["cifar10"]) == "commit-info"
     (create, repo, create_kwargs), (upload, repo2, upload_kwargs) = FakeHfApi.calls
@@ -370,6 +378,7 @@ def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch):
 
 def test_push_to_hub_checks_the_repo_id_first(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "HfApi", None)  # any use of it would fail
+    monkeypatch.setattr(huggingface_hub.hub_mixin, "HfApi", None)
     with pytest.raises(ValueError, match="invalid Hub repo id 'not a repo'"):
         tiny().push_to_hub("not a repo")
 
@@ -438,3 +447,153 @@ def test_a_save_keeps_a_readme_the_user_edited_and_renews_its_own(tmp_path):
     model.save_pretrained(folder)
     assert (folder / "README.md").read_text() == "# My model\n\nNotes I wrote.\n"
     assert ofas_wrap.OFASModel.from_pretrained(folder).threshold == pytest.approx(0.6)
+
+
+# ------------------------------------------------------------------------------------------ card metadata
+def test_card_lists_one_eval_result_per_metrics_row_with_an_accuracy(tmp_path):
+    model = tiny()
+    model.config["metrics"] = [{"threshold": 0.0, "accuracy": 0.91, "executed_blocks": 3.0},
+                               {"threshold": 0.6, "accuracy": 0.88, "latency_ms": 1.4},
+                               {"threshold": 0.7, "latency_ms": 1.1}]  # no accuracy: no result
+    folder = model.save_pretrained(tmp_path / "m", datasets=["cifar10"])
+    card = huggingface_hub.ModelCard.load(folder / "README.md")
+    results = card.data.eval_results
+    assert [(r.metric_type, r.metric_value, r.metric_args) for r in results] == [
+        ("accuracy", 0.91, {"threshold": 0.0}), ("accuracy", 0.88, {"threshold": 0.6})]
+    assert {(r.task_type, r.dataset_type) for r in results} == {("image-classification", "cifar10")}
+    assert card.data.model_name == "OFAS-I cifar:resnet8"
+    assert card.data.base_model is None  # a CIFAR ResNet has no Hub weights to name
+    plain = huggingface_hub.ModelCard.load(tiny().save_pretrained(tmp_path / "plain") / "README.md")
+    assert plain.data.eval_results is None and "model-index" not in plain.content
+
+
+def test_card_names_the_timm_weights_as_base_model():
+    config = json.loads(json.dumps(ofas_wrap._hub.build_config(tiny())))
+    config["backbone"] = {"source": "timm", "name": "resnet18.a1_in1k", "kwargs": {}}
+    card = huggingface_hub.ModelCard(ofas_wrap._hub.model_card(config))
+    assert card.data.base_model == "timm/resnet18.a1_in1k"
+    base = ofas_wrap._hub.base_model_id
+    assert base({"source": "timm", "name": "hf-hub:someone/resnet-x", "kwargs": {}}) == "someone/resnet-x"
+    for unknown in ({"source": "timm", "name": "resnet18"}, {"source": "torchvision", "name": "resnet18"},
+                    {"source": "cifar", "name": "resnet8"}, None):
+        assert base(unknown) is None
+
+
+# ------------------------------------------------------------------------------------ on ModelHubMixin
+def test_the_model_is_a_model_hub_mixin_with_our_card():
+    model = tiny()
+    assert isinstance(model, huggingface_hub.ModelHubMixin)
+    assert "_hub_mixin_config" not in vars(model)  # no second copy of the constructor's arguments
+    card = model.generate_model_card(model_name="Mine", repo_id="me/mine")
+    assert card.data.library_name == "ofas-wrap" and card.text.lstrip().startswith("# Mine")
+    assert 'from_pretrained("me/mine")' in card.text
+    with pytest.raises(TypeError, match=r"model_card_kwargs has keys \['language'\]"):
+        model.generate_model_card(language="en")
+
+
+def test_push_to_hub_passes_branch_and_patterns_to_the_upload(tmp_path, monkeypatch):
+    fake_hub(monkeypatch, tmp_path)
+    tiny().push_to_hub("me/m", branch="dev", create_pr=True, allow_patterns=["*.json", "*.safetensors"],
+                       ignore_patterns="*.md", delete_patterns=["old/*"], commit_message="new weights",
+                       config={"license": "mit"}, model_card_kwargs={"model_name": "My OFAS"})
+    (_, _, create_kwargs), (_, _, upload) = FakeHfApi.calls
+    assert (upload["revision"], upload["create_pr"], upload["commit_message"]) == ("dev", True, "new weights")
+    assert upload["allow_patterns"] == ["*.json", "*.safetensors"] and upload["ignore_patterns"] == "*.md"
+    assert upload["delete_patterns"] == ["old/*"]
+    uploaded = tmp_path / "uploaded"
+    assert json.loads((uploaded / "config.json").read_text())["license"] == "mit"
+    assert (uploaded / "README.md").read_text().count("# My OFAS") == 1
+    FakeHfApi.calls = []
+    shutil.rmtree(uploaded)
+    tiny().push_to_hub("me/m", revision="v2")  # the older name of branch
+    assert FakeHfApi.calls[1][2]["revision"] == "v2"
+    with pytest.raises(ValueError, match="revision is the older name of branch"):
+        tiny().push_to_hub("me/m", branch="a", revision="b")
+
+
+def test_push_to_hub_checks_the_descriptions_before_creating_the_repo(tmp_path, monkeypatch):
+    fake_hub(monkeypatch, tmp_path)
+    with pytest.raises(ValueError, match="class_names"):
+        tiny().push_to_hub("me/m", class_names=["a", "b"])
+    with pytest.raises(ValueError, match=r"config= has keys \['ofas'\]"):
+        tiny().push_to_hub("me/m", config={"ofas": {}})
+    with pytest.raises(TypeError, match=r"unexpected arguments \['colour'\]"):
+        tiny().push_to_hub("me/m", colour="red")
+    assert FakeHfApi.calls == []
+
+
+def test_save_pretrained_can_push_the_model_too(tmp_path, monkeypatch):
+    fake_hub(monkeypatch, tmp_path)
+    model = tiny()
+    assert model.save_pretrained(tmp_path / "resnet8-ofas", push_to_hub=True, private=True,
+                                 datasets=["cifar10"]) == "commit-info"
+    (_, repo, create_kwargs), (_, repo2, _) = FakeHfApi.calls
+    assert (repo, repo2) == ("resnet8-ofas", "me/resnet8-ofas")  # the folder's name by default
+    assert create_kwargs["private"] is True
+    local, uploaded = tmp_path / "resnet8-ofas", tmp_path / "uploaded"
+    for folder in (local, uploaded):
+        assert json.loads((folder / "config.json").read_text())["datasets"] == ["cifar10"]
+        assert 'from_pretrained("resnet8-ofas")' in (folder / "README.md").read_text()
+
+
+def test_save_pretrained_refuses_upload_arguments_before_writing(tmp_path, monkeypatch):
+    fake_hub(monkeypatch, tmp_path)
+    with pytest.raises(TypeError, match=r"\['private'\], which only an upload uses; pass push_to_hub=True"):
+        tiny().save_pretrained(tmp_path / "m", private=True)
+    with pytest.raises(TypeError, match=r"unexpected arguments \['colour'\]"):
+        tiny().save_pretrained(tmp_path / "m", push_to_hub=True, colour="red")
+    with pytest.raises(ValueError, match="invalid Hub repo id"):
+        tiny().save_pretrained(tmp_path / "m", push_to_hub=True, repo_id="not a repo")
+    with pytest.raises(TypeError, match="license given twice"):
+        tiny().save_pretrained(tmp_path / "m", license="mit", config={"license": "apache-2.0"})
+    assert not (tmp_path / "m").exists() and FakeHfApi.calls == []
+
+
+def test_from_pretrained_downloads_a_repo_id_with_the_mixins_arguments(tmp_path, monkeypatch):
+    model = tiny(threshold=0.25)
+    folder = model.save_pretrained(tmp_path / "snapshot")
+    calls = []
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    loaded = OFASModel.from_pretrained("me/resnet8-ofas", force_download=True, revision="v1", token="t")
+    (repo_id, kwargs), = calls
+    assert repo_id == "me/resnet8-ofas" and kwargs["force_download"] is True
+    assert (kwargs["revision"], kwargs["token"]) == ("v1", "t")
+    assert {"config.json", "model.safetensors", "README.md"} <= set(kwargs["allow_patterns"])
+    assert loaded.threshold == model.threshold
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    with pytest.raises(ValueError, match="threshold must be a number"):  # checked before any download
+        OFASModel.from_pretrained("me/resnet8-ofas", threshold=1.5)
+    assert len(calls) == 1
+
+
+# ---------------------------------------------------------------------------------------- shared tensors
+def test_shared_weights_round_trip_and_interoperate_with_safetensors_save_model(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_model, save_model
+
+    model = randomize(ofas_wrap.adaptify(TinyResNet(tied=True), input_size=SIZE))
+    folder = model.save_pretrained(tmp_path / "m")
+    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
+        assert json.loads(handle.metadata()["aliases"]) == {"backbone.classifier.bias": "backbone.fc.bias",
+                                                             "backbone.classifier.weight": "backbone.fc.weight"}
+    # our file loads with safetensors' own loader, the sharing intact
+    other = ofas_wrap.adaptify(TinyResNet(tied=True), input_size=SIZE)
+    box = nn.ModuleDict({"backbone": other.unwrap(), "head": other.head})
+    assert load_model(box, str(folder / "model.safetensors")) == (set(), [])
+    assert torch.equal(other.unwrap().classifier.weight, model.unwrap().fc.weight)
+    # and a file safetensors.torch.save_model wrote (it keeps backbone.classifier.*) loads with from_pretrained
+    save_model(nn.ModuleDict({"backbone": model.unwrap(), "head": model.head}), str(folder / "model.safetensors"))
+    assert "backbone.fc.weight" not in load_file(str(folder / "model.safetensors"))
+    edit_config(folder, lambda c: c.update(weights_sha256=_sha256(folder / "model.safetensors")))
+    loaded = OFASModel.from_pretrained(folder, backbone=TinyResNet(tied=True))
+    assert loaded.unwrap().classifier.weight is loaded.unwrap().fc.weight
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

@@ -337,3 +337,28 @@ def test_profiling_without_input_size_warns_and_finds_a_size_that_works():
 def test_profiling_at_a_given_size_that_fails_names_it():
     with pytest.raises(ofas_wrap.SurgeryError, match=r"input_size=\(3, 16, 16\) failed"):
         ofas_wrap.adaptify(FixedPoolNet(), input_size=(3, 16, 16))
+
+
+def test_a_factory_folder_on_the_hub_downloads_its_code_too(tmp_path, user_file, checkpoint, monkeypatch):
+    import fnmatch
+    import shutil
+
+    import huggingface_hub
+
+    model = ofas_wrap.create_model(f"{user_file}:tiny_resnet", checkpoint_path=str(checkpoint[0]),
+                                   input_size=(3, 16, 16), threshold=0.2)
+    repo = model.save_pretrained(tmp_path / "repo")
+    user_file.unlink()
+
+    def fake_snapshot_download(repo_id, *, allow_patterns, **kwargs):  # only what the patterns allow
+        cache = tmp_path / "cache"
+        cache.mkdir()
+        for path in repo.iterdir():
+            if any(fnmatch.fnmatch(path.name, pattern) for pattern in allow_patterns):
+                shutil.copy(path, cache / path.name)
+        return str(cache)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    loaded = ofas_wrap.OFASModel.from_pretrained("me/tiny-resnet-ofas", trust_remote_code=True)
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.allclose(loaded(x), model.eval()(x), atol=1e-6)
