@@ -102,6 +102,9 @@ class OFASConfig:
     VARIANTS: ClassVar[tuple[str, ...]] = ("I", "II", "auto")
     RESOLVED_VARIANTS: ClassVar[tuple[str, ...]] = ("I", "II")
     HIDDEN_ACTS: ClassVar[tuple[str, ...]] = ("none", "relu", "gelu", "silu")
+    # added after format version 1: a config may lack them, and to_dict() leaves them out at their default, so a
+    # paper-head config reads and writes exactly as before
+    OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ("pool_grid",)
 
     variant: str = "auto"
     threshold: float = 0.5
@@ -112,6 +115,7 @@ class OFASConfig:
     input_size: Optional[tuple[int, int, int]] = None
     gated_blocks: Optional[tuple[str, ...]] = None
     blocks: Optional[tuple[str, ...]] = None
+    pool_grid: int = 1
 
     def __post_init__(self) -> None:
         def fail(field: str, expected: str, fix: str) -> None:
@@ -150,6 +154,11 @@ class OFASConfig:
                         isinstance(v, str) for v in names):
                     fail(field, "a list of block names or None", "adaptify fills it in from the backbone")
                 setattr(self, field, tuple(names))
+        grid = self.pool_grid
+        if isinstance(grid, bool) or not isinstance(grid, numbers.Integral) or not 1 <= grid <= 8:
+            fail("pool_grid", "an integer from 1 to 8",
+                 "1 is the paper's head (global average pool of the stem); 2 pools a 2x2 grid (4x the inputs)")
+        self.pool_grid = int(grid)
         if (self.blocks is None) != (self.gated_blocks is None):
             fail("gated_blocks", f"given together with blocks (blocks is {self.blocks!r})",
                  "both come from the surgery: take them from a saved config, or leave both out")
@@ -174,8 +183,11 @@ class OFASConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types (lists, not tuples), in field order: the ``"ofas"`` section of ``config.json``."""
         out: dict[str, Any] = {}
+        defaults = OFASConfig()
         for key in self.keys():
             value = getattr(self, key)
+            if key in self.OPTIONAL_KEYS and value == getattr(defaults, key):
+                continue
             out[key] = list(value) if isinstance(value, tuple) else value
         return out
 

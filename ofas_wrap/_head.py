@@ -36,20 +36,24 @@ class OFASHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, num_gates: int, variant: str = "I", hidden_act: str = "none",
-                 detach_input: bool = True, gate_bias_init: float | None = None) -> None:
+                 detach_input: bool = True, gate_bias_init: float | None = None, pool_grid: int = 1) -> None:
         super().__init__()
         if variant not in OFASConfig.RESOLVED_VARIANTS:
             raise ValueError(f"OFASHead variant must be 'I' or 'II', got {variant!r}")
         if hidden_act not in _ACTIVATIONS:
             raise ValueError(f"unknown hidden_act {hidden_act!r}; allowed: {', '.join(_ACTIVATIONS)}")
-        widths = [in_channels, 2 * in_channels] if variant == "I" else [in_channels, in_channels, 3 * in_channels]
+        if not isinstance(pool_grid, int) or isinstance(pool_grid, bool) or pool_grid < 1:
+            raise ValueError(f"pool_grid must be a positive integer (1 = the paper's global pool), got {pool_grid!r}")
+        c = in_channels
+        inputs = c * pool_grid * pool_grid  # a G x G grid of average-pooled cells, flattened
+        widths = [inputs, 2 * c] if variant == "I" else [inputs, c, 3 * c]
         widths.append(num_gates)
         layers: list[nn.Module] = []
         for index, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
             if index > 0:
                 layers.append(_ACTIVATIONS[hidden_act]())
             layers.append(nn.Linear(fan_in, fan_out))
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = nn.AdaptiveAvgPool2d(pool_grid)
         self.fcs = nn.Sequential(*layers)
         self.sigmoid = nn.Sigmoid()
         self.variant = variant

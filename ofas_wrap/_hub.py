@@ -339,7 +339,8 @@ def _card_kwargs(model_card_kwargs: Optional[dict[str, Any]], model_name: Option
 # ---------------------------------------------------------------------------------------------- config
 def build_config(model: Any, **overrides: Any) -> dict[str, Any]:
     """The ``config.json`` of ``model``: backbone spec, OFAS settings, metadata, FLOPs; validated."""
-    ofas = {key: model.config.get(key) for key in OFAS_KEYS}
+    ofas = {key: model.config.get(key) for key in OFAS_KEYS if key in model.config
+            or key not in OFASConfig.OPTIONAL_KEYS}
     ofas["threshold"] = float32_repr(model.threshold)
     missing = [key for key in ("variant", "input_size", "gated_blocks", "blocks") if ofas[key] is None]
     if missing:
@@ -383,7 +384,7 @@ def read_config(path: PathLike, text: Optional[str] = None) -> dict[str, Any]:
     missing = [key for key in REQUIRED_KEYS if key not in config]
     ofas = config.get("ofas")
     if isinstance(ofas, dict):
-        missing += [f"ofas.{key}" for key in OFAS_KEYS if key not in ofas]
+        missing += [f"ofas.{key}" for key in OFAS_KEYS if key not in ofas and key not in OFASConfig.OPTIONAL_KEYS]
     elif "ofas" in config:
         raise CheckpointError(f"{path}: 'ofas' must be an object with the adaptify settings, got {ofas!r}")
     if missing:
@@ -737,7 +738,7 @@ def _rebuild(config: dict[str, Any], config_path: Path, backbone: Optional[nn.Mo
     model = adaptify(backbone, variant=settings.variant, threshold=0.0, gate_downsample=settings.gate_downsample,
                      hidden_act=settings.hidden_act, detach_input=settings.detach_input,
                      gate_bias_init=settings.gate_bias_init, input_size=settings.input_size,
-                     leaf_modules=leaf_modules)
+                     leaf_modules=leaf_modules, pool_grid=settings.pool_grid)
     for key in ("blocks", "gated_blocks"):
         if list(model.config[key]) != list(ofas[key]):
             only_saved = [b for b in ofas[key] if b not in model.config[key]]

@@ -153,7 +153,8 @@ class OFASModel(OFASHubMixin, nn.Module):
     def ofas_config(self) -> OFASConfig:
         """The head settings as an :class:`ofas_wrap.OFASConfig` (a copy: change the model, not this), with the
         current threshold. ``model.config`` holds the same values as a dict, beside the backbone spec and metadata."""
-        values = {key: self.config.get(key) for key in OFASConfig.keys()}
+        values = {key: self.config.get(key) for key in OFASConfig.keys()
+                  if key in self.config or key not in OFASConfig.OPTIONAL_KEYS}
         values["threshold"] = float32_repr(self.threshold)  # as config.json records it: 0.3
         return OFASConfig.from_dict(values)
 

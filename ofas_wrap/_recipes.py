@@ -72,6 +72,9 @@ def _add_head_args(parser: argparse.ArgumentParser, threshold: float) -> None:
                        help="activation between the head's FC layers (none in the paper)")
     group.add_argument("--gate-bias-init", type=float, default=OFASConfig.gate_bias_init,
                        help="initial bias of the head's last FC (e.g. 2 opens every gate at first)")
+    group.add_argument("--head-pool-grid", type=int, default=OFASConfig.pool_grid, metavar="G",
+                       help="the head pools the stem's output on a G x G grid (1: the paper's global pool; 2 gives "
+                            "the head 4x the inputs: benchmarks/head_probe.py measures what each holds)")
 
 
 def _add_user_model_args(parser: argparse.ArgumentParser) -> None:
@@ -428,7 +431,8 @@ def e2e_finetune(argv: Optional[Sequence[str]] = None, model: Optional[nn.Module
     info = trainer.load_data(channels, base.config.get("normalization") if base is not None else None).info
     size = (info.channels, *info.image_size)
     head_kwargs = dict(variant=args.variant, threshold=args.threshold, gate_downsample=not args.no_gate_downsample,
-                       hidden_act=args.hidden_act, gate_bias_init=args.gate_bias_init, input_size=size)
+                       hidden_act=args.hidden_act, gate_bias_init=args.gate_bias_init, input_size=size,
+                       pool_grid=args.head_pool_grid)
     if user_model is not None and base is None:
         model = _adapt_given(user_model, info, **head_kwargs)
     elif base is None:

@@ -32,6 +32,7 @@ def adaptify(
     gate_bias_init: Optional[float] = None,
     input_size: Optional[Sequence[int]] = None,
     leaf_modules: Sequence[type] = (),
+    pool_grid: int = 1,
 ) -> OFASModel:
     """Turn a ResNet into an OFAS model: one head after the stem gates every residual block.
 
@@ -53,6 +54,8 @@ def adaptify(
         input_size: (channels, height, width) for shapes and FLOPs in ``model.plan``; defaults from timm's
             ``pretrained_cfg``, 32x32 for the CIFAR ResNets and 224x224 otherwise.
         leaf_modules: module classes ``torch.fx`` must not trace into (for code it cannot trace).
+        pool_grid: the head average-pools the stem's output on a ``pool_grid`` x ``pool_grid`` grid (1, the
+            paper's global pool; 2 gives the first FC 4x the inputs and the head some spatial layout).
 
     The settings are checked, and recorded in ``model.config``, as an :class:`ofas_wrap.OFASConfig`.
 
@@ -80,7 +83,7 @@ def adaptify(
             pass  # OFASConfig names the field and the value
     settings = OFASConfig(variant=variant, threshold=threshold, gate_downsample=gate_downsample,
                           hidden_act=hidden_act, detach_input=detach_input, gate_bias_init=gate_bias_init,
-                          input_size=input_size)
+                          input_size=input_size, pool_grid=pool_grid)
     leaf_modules = tuple(leaf_modules)
     for leaf in leaf_modules:
         if not (isinstance(leaf, type) and issubclass(leaf, nn.Module)):
@@ -140,7 +143,8 @@ def adaptify(
                 f"the stem's output has shape {tuple(features.shape)}; the OFAS head expects a (batch, "
                 "channels, height, width) feature map after the stem"
             )
-        head = OFASHead(features.shape[1], gate_index, resolved, hidden_act, detach_input, gate_bias_init)
+        head = OFASHead(features.shape[1], gate_index, resolved, hidden_act, detach_input, gate_bias_init,
+                        settings.pool_grid)
         head.to(device=features.device, dtype=features.dtype)
         head_flops, _ = count_flops(head.eval(), features)
         block_plans = []

@@ -70,7 +70,9 @@ def test_defaults_are_adaptifys():
 def test_dict_round_trip_gives_json_types_in_field_order():
     config = OFASConfig.from_dict(built(gate_bias_init=2.0, hidden_act="gelu"))
     data = config.to_dict()
-    assert list(data) == list(OFASConfig.keys())
+    # every field in order; the optional ones (added after format version 1) only away from their default
+    assert list(data) == [k for k in OFASConfig.keys() if k not in OFASConfig.OPTIONAL_KEYS]
+    assert list(config.replace(pool_grid=2).to_dict()) == list(OFASConfig.keys())
     assert data["input_size"] == [3, 32, 32] and data["blocks"] == BLOCKS["blocks"]  # lists, as config.json has
     assert json.loads(json.dumps(data)) == data
     assert OFASConfig.from_dict(data) == config
@@ -133,7 +135,8 @@ def test_adaptify_records_its_settings_as_an_ofas_config():
     assert isinstance(config, OFASConfig)
     assert config.variant == "I" and config.threshold == 0.3 and config.hidden_act == "silu"
     assert config.input_size == SIZE and list(config.gated_blocks) == model.gated_block_names
-    assert config.to_dict() == {key: model.config[key] for key in OFASConfig.keys()}  # model.config as before
+    assert config.to_dict() == {key: model.config[key] for key in OFASConfig.keys()  # model.config as before
+                                if key not in OFASConfig.OPTIONAL_KEYS}
     assert isinstance(model.config["input_size"], list)
     model.threshold = 0.6
     assert model.ofas_config.threshold == 0.6  # the current knob, written as config.json writes it
@@ -197,3 +200,30 @@ def test_the_flags_take_their_choices_from_the_config():
     from ofas_wrap import _head
 
     assert _head.VARIANTS == OFASConfig.VARIANTS and tuple(_head._ACTIVATIONS) == OFASConfig.HIDDEN_ACTS
+
+
+# ----------------------------------------------------------------------------- pool_grid (issue 10 item 4)
+@pytest.mark.parametrize("grid", [1, 2, 4])
+def test_pool_grid_head_runs_saves_and_reloads(tmp_path, grid):
+    model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16), pool_grid=grid).eval()
+    assert model.head.fcs[0].in_features == 16 * grid * grid
+    x = torch.randn(2, 3, 16, 16)
+    model.save_pretrained(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())["ofas"]
+    assert ("pool_grid" in saved) == (grid != 1)  # the paper's head writes exactly the old config
+    again = ofas_wrap.OFASModel.from_pretrained(tmp_path / "m").eval()
+    assert again.ofas_config.pool_grid == grid
+    with torch.no_grad():
+        assert torch.allclose(again(x), model(x)) and torch.equal(again.gate_probabilities(x)[1],
+                                                                 model.gate_probabilities(x)[1])
+
+
+@pytest.mark.parametrize("grid", [0, 9, 1.5, True, "2"])
+def test_pool_grid_bad_values_refused(grid):
+    with pytest.raises(ConfigFieldError, match="pool_grid must be an integer from 1 to 8"):
+        OFASConfig(pool_grid=grid)
+
+
+def test_config_without_pool_grid_reads_as_the_papers_head():
+    assert OFASConfig.from_dict({"variant": "I"}).pool_grid == 1
+    assert "pool_grid" not in OFASConfig().to_dict() and OFASConfig(pool_grid=2).to_dict()["pool_grid"] == 2
