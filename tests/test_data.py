@@ -126,7 +126,8 @@ def test_archive_is_extracted_to_the_cache_and_decoded_once(tmp_path, monkeypatc
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(data, "load_dataset_dict", no_decoding)
+    # patched where the decoding calls it (ofas_wrap.data._decode), not on the package, which only re-exports it
+    monkeypatch.setattr(data._decode, "load_dataset_dict", no_decoding)
     second = data.load_image_data(str(archive), val_size=2)
     assert torch.equal(first.train.images, second.train.images)
 
@@ -175,7 +176,8 @@ def test_clear_errors(tmp_path, monkeypatch):
         data.load_image_data(idx, val_size=40)
     with pytest.raises(DataError, match="in_chans"):
         data.load_image_data(idx, in_chans=2)
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", str(tmp_path / "no-package"))
+    # patched where resolve_source reads it (ofas_wrap.data._sources), not on the package, which only re-exports it
+    monkeypatch.setattr(data._sources, "DEBIAN_FASHION_MNIST", str(tmp_path / "no-package"))
     with pytest.raises(DataError, match="apt-get install -y dataset-fashion-mnist"):
         data.resolve_source("fashion-mnist")
 
