@@ -139,6 +139,17 @@ def _in_chans(text: str) -> str:
     return text
 
 
+def _tracker_name(value: str) -> str:
+    """``--report-to``: none, all, or one of accelerate's trackers (``accelerate.utils.LoggerType``)."""
+    from accelerate.utils import LoggerType
+
+    names = ["none", *(str(t.value) for t in LoggerType)]
+    if value not in names:
+        raise argparse.ArgumentTypeError(f"unknown tracker {value!r}; choose from {', '.join(names)} (accelerate's "
+                                         "trackers; 'all' = every one installed)")
+    return value
+
+
 def build_parser(phase: str, description: str = "", *, lr: float = 0.1, epochs: int = 30, batch_size: int = 128,
                  weight_decay: float = 5e-4) -> argparse.ArgumentParser:
     """The flags every recipe shares (data, budget, run folder, optimiser); recipes add their own.
@@ -195,8 +206,9 @@ def build_parser(phase: str, description: str = "", *, lr: float = 0.1, epochs: 
     run.add_argument("--keep-checkpoints", type=_positive, default=2)
     run.add_argument("--stop-at-step", type=_positive, default=None,
                      help="checkpoint and stop after this global step, as if interrupted (the schedule is unchanged)")
-    run.add_argument("--report-to", choices=["none", "tensorboard"], default="none",
-                     help="experiment tracker (logs go to OUTPUT/logs)")
+    run.add_argument("--report-to", type=_tracker_name, default="none", metavar="TRACKER",
+                     help="none, all (every tracker installed), or one of accelerate's: tensorboard, wandb, trackio, "
+                          "comet_ml, mlflow, aim, clearml, dvclive, swanlab (local logs go to OUTPUT/logs)")
     run.add_argument("--log-every", type=_positive, default=10, help="record train metrics every N steps")
     run.add_argument("--eval-every-epoch", action=argparse.BooleanOptionalAction, default=True,
                      help="evaluate on the validation split at each epoch end")
@@ -434,6 +446,12 @@ class Trainer:
         if args.stop_at_step is not None and args.max_steps is not None and args.stop_at_step > args.max_steps:
             raise RunError(f"--stop-at-step {args.stop_at_step} is beyond --max-steps {args.max_steps}")
         log_with = None if args.report_to == "none" else args.report_to
+        if log_with not in (None, "all"):
+            from accelerate.tracking import get_available_trackers
+
+            if log_with not in {str(t) for t in get_available_trackers()}:
+                raise RunError(f"--report-to {log_with}: that tracker's package is not installed (accelerate would "
+                               f"silently log nothing); pip install {log_with}, or use --report-to none")
         cpu = args.cpu or not torch.cuda.is_available()  # so torchrun / --multi_gpu on a CPU box gives gloo DDP
         mixed_precision, precision_note = resolve_mixed_precision(getattr(args, "mixed_precision", None),
                                                                   "cpu" if cpu else "cuda")
@@ -565,11 +583,19 @@ class Trainer:
         return previous
 
     def _should_stop(self, loss_finite: bool) -> tuple[bool, bool]:
-        flags = torch.tensor([0.0 if loss_finite else 1.0, 1.0 if self._stop_signal else 0.0],
-                             device=self.accelerator.device)
-        if self.accelerator.num_processes > 1:
-            flags = self.accelerator.reduce(flags, reduction="sum")
-        return bool(flags[0] > 0), bool(flags[1] > 0)
+        """(a loss is not finite on some process, a stop was asked on some process): every process agrees.
+
+        The stop request goes through accelerate's ``set_trigger`` / ``check_trigger`` (one process's signal stops
+        them all at the same step); a non-finite loss anywhere is summed across processes the same way."""
+        acc = self.accelerator
+        if self._stop_signal is not None:
+            acc.set_trigger()
+        stop = acc.check_trigger()
+        nonfinite = not loss_finite
+        if acc.num_processes > 1:
+            flag = torch.tensor([0.0 if loss_finite else 1.0], device=acc.device)
+            nonfinite = bool(acc.reduce(flag, reduction="sum")[0] > 0)
+        return nonfinite, stop
 
     # -------------------------------------------------------------------------------------------- loop
     def fit(self, module: nn.Module, optimizer: torch.optim.Optimizer, step_fn: StepFn, *,

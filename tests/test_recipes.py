@@ -5,6 +5,7 @@ Each recipe runs once with ``python recipes/X.py`` and once with ``accelerate la
 backbone -> e2e -> rl -> evaluate is built once per module in this process.
 """
 
+import importlib.util
 import json
 import os
 import signal
@@ -385,7 +386,13 @@ def test_errors_before_anything_is_written(env, base_run, tmp_path, capsys):
     assert sorted(p.name for p in base_run.iterdir()) == before
     fails(e2e_finetune, ["--init", str(base_run), "--output", str(out), "--dataset", str(base_run)],
           "not a dataset directory")
+    if importlib.util.find_spec("wandb") is None:  # accelerate would drop it with a debug line only
+        fails(e2e_finetune, ["--init", str(base_run), "--output", str(out), "--report-to", "wandb"],
+              "package is not installed")
     assert not out.exists()
+    with pytest.raises(SystemExit):
+        train_backbone(["--dataset", env["dataset"], "--output", str(out), "--report-to", "tensorbored"])
+    assert "unknown tracker 'tensorbored'" in capsys.readouterr().err and not out.exists()
 
 
 @pytest.mark.slow
