@@ -97,6 +97,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--runtime", choices=["torchscript", "eager"], default="torchscript",
                         help="what is timed: the TorchScript export (a deployment's runtime) or the eager model")
     parser.add_argument("--skip", nargs="*", default=[], choices=["finetune_control"])
+    parser.add_argument("--static-finetune", action="store_true",
+                        help="also give the released ResNet-20/32/44 the control's fine-tune (every gate open): rows "
+                             "static_resnetN_finetuned beside the released ones (the rule's curve stays the released "
+                             "models', as written before the runs)")
     parser.add_argument("--smoke", action="store_true",
                         help="a seconds-long plumbing check: 2 steps, 64 images, 1 seed, 2 thresholds")
     args = parser.parse_args(argv)
@@ -200,10 +204,10 @@ def static_rows(args: argparse.Namespace, data, images: torch.Tensor) -> list[di
 
 
 # ------------------------------------------------------------------------------------------- the runs
-def finetune(args: argparse.Namespace, run: Path, flags: str, seed: int, log: Path) -> float:
-    """``recipes/e2e_finetune.py`` from the released ResNet-56 into ``run`` (resumed / reused); its wall seconds."""
-    command = ["--model", f"{args.released}/resnet.py:resnet56",
-               "--weights", str(Path(args.released) / CHECKPOINTS[56]),
+def finetune(args: argparse.Namespace, run: Path, flags: str, seed: int, log: Path, depth: int = 56) -> float:
+    """``recipes/e2e_finetune.py`` from a released ResNet into ``run`` (resumed / reused); its wall seconds."""
+    command = ["--model", f"{args.released}/resnet.py:resnet{depth}",
+               "--weights", str(Path(args.released) / CHECKPOINTS[depth]),
                "--mean", *map(str, MEAN), "--std", *map(str, STD), "--dataset", args.data, "--val-from", "test",
                "--seed", str(seed), *args.common_args.split(), *flags.split()]
     if "--max-steps" not in args.common_args:
@@ -335,12 +339,17 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     static = sorted((r["latency_ms"], 100 * r["top1"]) for r in rows
-                    if r["method"].startswith("static") or r["method"] == "original")
+                    if (r["method"].startswith("static") and not r["method"].endswith("_finetuned"))
+                    or r["method"] == "original")
     axis.plot(*zip(*static), "D--", color="gray", label="released ResNet-20/32/44/56")
     for seed in sorted({r["seed"] for r in rows if r["method"] in OFAS_METHODS}):
         points = sorted((r["latency_ms"], 100 * r["top1"]) for r in rows
                         if r["method"] in OFAS_METHODS and r["seed"] == seed)
         axis.plot(*zip(*points), "o-", markersize=3, alpha=0.7, label=f"OFAS seed {seed}")
+    tuned = sorted((r["latency_ms"], 100 * r["top1"]) for r in rows if r["method"].endswith("_finetuned")
+                   and r["method"].startswith("static"))
+    if tuned:
+        axis.plot(*zip(*tuned), "d", color="dimgray", markerfacecolor="none", label="ResNet-20/32/44, same fine-tune")
     for method, marker in (("fixed_subset", "s"), ("shuffled", "x"), ("random_rates", "+"),
                            ("original_finetuned", "*")):
         points = [(r["latency_ms"], 100 * r["top1"]) for r in rows if r["method"] == method]
@@ -396,7 +405,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows += seed_rows + seed_controls
         controls += seed_controls
         chosen += [r for r in seed_rows if r["chosen"]]
-    static = [(r["latency_ms"], r["top1"]) for r in rows if r["method"].startswith("static") or r is original]
+    if args.static_finetune:
+        for depth in (20, 32, 44):
+            released = next(r for r in rows if r["method"] == f"static_resnet{depth}")
+            run = work / f"finetuned_resnet{depth}"
+            spent = finetune(args, run, CONTROL_ARGS, 0, log, depth)
+            tuned = OFASModel.from_pretrained(run, trust_remote_code=True).unwrap().eval()
+            rows.append({**released, "method": f"static_resnet{depth}_finetuned", "top1": accuracy(tuned, data.test),
+                         "val_top1": accuracy(tuned, data.val), "train_seconds": spent})
+    static = [(r["latency_ms"], r["top1"]) for r in rows
+              if (r["method"].startswith("static") and not r["method"].endswith("_finetuned")) or r is original]
     verdict = decide(static, chosen, controls, method)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=REPO).stdout.strip()

@@ -150,14 +150,15 @@ def test_pretrained_smoke_runs_the_released_resnet56_journey_and_writes_the_verd
         pytest.skip("../shared/data (released ResNets and the lossless CIFAR-10 copy) is not present")
     completed = subprocess.run(
         [sys.executable, os.path.join("benchmarks", "pretrained.py"), "--smoke", "--work", str(tmp_path / "work"),
-         "--out", str(tmp_path / "out"), "--rl-args", "--policy-loss blockdrop --threshold 0.5"],
+         "--out", str(tmp_path / "out"), "--rl-args", "--policy-loss blockdrop --threshold 0.5", "--static-finetune"],
         cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "pretrained.json").read_text())
     methods = {row["method"] for row in result["rows"]}
     assert {"original", "original_finetuned", "static_resnet20", "static_resnet32", "static_resnet44", "ofas_rl",
-            "fixed_subset", "shuffled"} <= methods  # with --rl-args, the RL phase's model is the one judged
+            "fixed_subset", "shuffled", "static_resnet20_finetuned", "static_resnet44_finetuned"} <= methods
+    # with --rl-args, the RL phase's model is the one judged
     for row in result["rows"]:
         assert {"method", "threshold", "top1", "executed_blocks", "mflops", "latency_ms", "chosen", "seed",
                 "adaptive_gates"} <= row.keys()
