@@ -74,6 +74,9 @@ def _add_source_arguments(parser) -> None:
     parser.add_argument("--in-chans", type=int, default=None, help="(a backbone spec only)")
     parser.add_argument("--threshold", type=_threshold, nargs="+", metavar="T", default=None,
                         help="threshold(s) T in [0, 1) (default: the model's own)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let a saved folder whose backbone comes from your own factory (a .py file) run that "
+                             "code to rebuild it")
 
 
 def _threshold(text: str) -> float:
@@ -113,7 +116,7 @@ def _load_source(args: argparse.Namespace, allow_torchscript: bool):
     from ._model import OFASModel
 
     try:
-        model = OFASModel.from_pretrained(source)
+        model = OFASModel.from_pretrained(source, trust_remote_code=getattr(args, "trust_remote_code", False))
     except FileNotFoundError as exc:
         raise ValueError(str(exc)) from None
     return model, model.config, "pretrained"

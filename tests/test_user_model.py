@@ -132,6 +132,17 @@ def test_a_saved_folder_rebuilds_only_with_trust_remote_code(tmp_path, user_file
     assert torch.allclose(loaded(x), model.eval()(x), atol=1e-6) and loaded.threshold == pytest.approx(0.2)
 
 
+def test_cli_bench_takes_trust_remote_code(tmp_path, user_file, checkpoint, capsys):
+    from ofas_wrap.cli import main
+
+    model = ofas_wrap.create_model(f"{user_file}:tiny_resnet", checkpoint_path=str(checkpoint[0]),
+                                   input_size=(3, 16, 16))
+    folder = model.save_pretrained(tmp_path / "saved")
+    assert main(["bench", str(folder), "--runs", "2", "--warmup", "1"]) != 0
+    assert "--trust-remote-code" in capsys.readouterr().err
+    assert main(["bench", str(folder), "--trust-remote-code", "--runs", "2", "--warmup", "1"]) == 0
+
+
 def test_a_factory_by_module_path(tmp_path, monkeypatch):
     pkg = tmp_path / "userpkg"
     pkg.mkdir()
