@@ -228,6 +228,10 @@ def build_parser(phase: str, description: str = "", *, lr: float = 0.1, epochs: 
                        help="for --schedule step: fractions of the run where the lr is divided by 10")
     optim.add_argument("--warmup-steps", type=_non_negative, default=0)
     optim.add_argument("--grad-clip", type=_finite, default=0.0, help="clip the gradient norm (0: off)")
+    optim.add_argument("--gradient-accumulation-steps", type=_positive, default=1, metavar="K",
+                       help="one optimizer step per K batches (accelerate's accumulate): the effective batch is K x "
+                            "--batch-size x processes; steps, schedules, --max-steps and checkpoints count optimizer "
+                            "steps")
 
     speed = parser.add_argument_group("speed (docs/training.md#speed; benchmarks/train_speed.py measures them)")
     speed.add_argument("--mixed-precision", choices=list(MIXED_PRECISION_CHOICES), default=None,
@@ -458,7 +462,8 @@ class Trainer:
         # routing in Python (stochastic depth) leaves some parameters without a gradient in a step
         handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else None
         self.accelerator = Accelerator(cpu=cpu, log_with=log_with, project_dir=str(self.run_dir / "logs"),
-                                       mixed_precision=mixed_precision, kwargs_handlers=handlers)
+                                       mixed_precision=mixed_precision, kwargs_handlers=handlers,
+                                       gradient_accumulation_steps=getattr(args, "gradient_accumulation_steps", 1))
         self.is_main = self.accelerator.is_main_process
         args.mixed_precision = mixed_precision  # recorded in args.json as what ran
         if precision_note:
@@ -629,9 +634,11 @@ class Trainer:
         if getattr(args, "compile", False):
             compiled = compile_units(acc.unwrap_model(module))
             compile_in_place(compiled)
-        steps_per_epoch = len(train_loader)
-        if steps_per_epoch == 0:
+        batches_per_epoch = len(train_loader)
+        if batches_per_epoch == 0:
             raise DataError("the training split yields no batch")
+        # accelerate's accumulate syncs every K batches and at the end of the loader: ceil(batches / K) steps
+        steps_per_epoch = math.ceil(batches_per_epoch / acc.gradient_accumulation_steps)
         total_steps = args.max_steps or args.epochs * steps_per_epoch
         num_epochs = math.ceil(total_steps / steps_per_epoch)
         scheduler = make_scheduler(optimizer.optimizer, args.schedule, total_steps, args.warmup_steps,
@@ -643,7 +650,7 @@ class Trainer:
             acc.load_state(str(self.resume_from))
             state.resumed_from.append(state.global_step)
             self.print(f"resumed {self.run_dir} from {self.resume_from.name}: step {state.global_step}/{total_steps}, "
-                       f"epoch {state.epoch}, batch {state.step_in_epoch} of {steps_per_epoch}")
+                       f"epoch {state.epoch}, batch {state.step_in_epoch} of {batches_per_epoch}")
         elif self.is_main:
             if args.overwrite and self.run_dir.exists():
                 shutil.rmtree(self.run_dir)
@@ -680,22 +687,25 @@ class Trainer:
                     tick = time.perf_counter()
                     if channels_last:
                         batch = as_channels_last(batch)
-                    out = self._first_step_guard(step_fn, module, batch, compiled)
-                    loss = out["loss"]
-                    nonfinite, stop_requested = self._should_stop(bool(torch.isfinite(loss.detach()).all()))
-                    if nonfinite:
-                        raise NonFiniteLossError(self._nan_message(float(loss.detach()), total_steps))
-                    optimizer.zero_grad(set_to_none=True)
-                    acc.backward(loss)
-                    if args.grad_clip > 0:
-                        acc.clip_grad_norm_(module.parameters(), args.grad_clip)
-                    optimizer.step()
-                    scheduler.step()
+                    with acc.accumulate(module):  # K = 1: every batch syncs, as without it
+                        out = self._first_step_guard(step_fn, module, batch, compiled)
+                        loss = out["loss"]
+                        nonfinite, stop_requested = self._should_stop(bool(torch.isfinite(loss.detach()).all()))
+                        if nonfinite:
+                            raise NonFiniteLossError(self._nan_message(float(loss.detach()), total_steps))
+                        acc.backward(loss)  # divided by K inside
+                        if acc.sync_gradients and args.grad_clip > 0:
+                            acc.clip_grad_norm_(module.parameters(), args.grad_clip)
+                        optimizer.step()  # the prepared optimizer steps and zeroes only when gradients sync
+                        optimizer.zero_grad(set_to_none=True)
                     state.train_seconds += time.perf_counter() - tick
-                    state.global_step += 1
                     state.step_in_epoch += 1
                     state.samples += int(batch[1].shape[0]) * acc.num_processes
                     self._accumulate(running, out, loss)
+                    if not acc.sync_gradients:
+                        continue
+                    scheduler.step()
+                    state.global_step += 1
                     if self.is_main:
                         bar.update(1)
                         bar.set_postfix(self._postfix(running, scheduler), refresh=False)
@@ -710,7 +720,8 @@ class Trainer:
                         stop_reason = self._stop_signal or "a signal on another process"
                     if stop_reason or at_end:
                         break
-                if stop_reason is None and (state.step_in_epoch >= steps_per_epoch or state.global_step >= total_steps):
+                if stop_reason is None and (state.step_in_epoch >= batches_per_epoch
+                                            or state.global_step >= total_steps):
                     # epoch end: evaluate, then checkpoint (so a resumed run does not repeat the evaluation)
                     state.epoch += 1
                     state.step_in_epoch = 0

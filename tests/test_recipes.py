@@ -467,3 +467,40 @@ def test_cpu_launch_fallback_refuses_many_machines_and_warns(monkeypatch, capsys
     monkeypatch.setattr(_cpu_launch, "_parent_argv", lambda: parent)
     assert _cpu_launch.relaunch_cpu_processes(["x.py"]) == expected  # nothing started in either case
     assert message in capsys.readouterr().err
+
+
+def _final_weights(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(run_dir) / "model.safetensors"))
+
+
+def test_gradient_accumulation_equals_a_larger_batch(env, base_run):
+    # BatchNorm statistics frozen and no augmentation: K batches of B accumulated = one batch of K x B
+    common = ["--init", str(base_run), "--max-steps", "3", "--train-subset", "48", "--freeze-bn", "--no-augment",
+              "--no-eval-every-epoch", "--eval-batch-size", "16", "--no-progress", "--log-every", "1",
+              "--lr", "0.05"]
+    big, small = env["root"] / "acc-big", env["root"] / "acc-small"
+    assert main_guard(e2e_finetune, [*common, "--batch-size", "8", "--output", str(big)]) == 0
+    assert main_guard(e2e_finetune, [*common, "--batch-size", "4", "--gradient-accumulation-steps", "2",
+                                     "--output", str(small)]) == 0
+    assert metrics(small)["global_step"] == 3 and metrics(small)["samples_seen"] == 24
+    a, b = _final_weights(big), _final_weights(small)
+    changed = [k for k in a if not torch.equal(a[k], _final_weights(base_run).get(k, a[k]))]
+    assert changed  # the runs trained something
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def test_gradient_accumulation_resumes_exactly(env, base_run):
+    args = ["--init", str(base_run), "--max-steps", "4", "--train-subset", "40", "--batch-size", "4",
+            "--gradient-accumulation-steps", "3", "--checkpoint-every", "1", "--no-eval-every-epoch",
+            "--eval-batch-size", "16", "--no-progress"]  # 10 batches per epoch: 4 steps, the last of one batch
+    whole, cut = env["root"] / "acc-whole", env["root"] / "acc-cut"
+    assert main_guard(e2e_finetune, [*args, "--output", str(whole)]) == 0
+    assert main_guard(e2e_finetune, [*args, "--output", str(cut), "--stop-at-step", "2"]) == 130
+    assert main_guard(e2e_finetune, [*args, "--output", str(cut), "--resume"]) == 0
+    assert metrics(whole)["global_step"] == metrics(cut)["global_step"] == 4
+    a, b = _final_weights(whole), _final_weights(cut)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
