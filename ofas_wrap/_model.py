@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import List, Optional, Tuple
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from ._config import OFASConfig, check_threshold, float32_repr
@@ -134,6 +135,7 @@ class OFASModel(OFASHubMixin, nn.Module):
         self.last_gates = torch.zeros(0, num_gates, dtype=torch.bool)
         self.last_probs = torch.zeros(0, num_gates)
         self.forced_gate_mask = None
+        self.grad_checkpointing = False
         self.__dict__["_backbone"] = backbone
         self.__dict__["plan"] = plan
         self.__dict__["config"] = dict(config or {})
@@ -188,8 +190,13 @@ class OFASModel(OFASHubMixin, nn.Module):
         return self.tail(self._blocks_training(features, gates))
 
     def _blocks_training(self, features: Tensor, gates: Tensor) -> Tensor:
+        checkpointing = self.grad_checkpointing and torch.is_grad_enabled()
         for block in self.blocks:
-            features = block(features, gates[:, max(block.gate_index, 0)])
+            gate = gates[:, max(block.gate_index, 0)]
+            if checkpointing:  # activations recomputed in the backward pass instead of kept (timm's option)
+                features = torch.utils.checkpoint.checkpoint(block, features, gate, use_reentrant=False)
+            else:
+                features = block(features, gate)
         return features
 
     def _run_inference(self, features: Tensor, decisions: Tensor) -> Tensor:
@@ -259,6 +266,15 @@ class OFASModel(OFASHubMixin, nn.Module):
         raise AttributeError(f"{type(self._backbone).__name__} has no get_classifier() and no fc")
 
     @torch.jit.unused
+    @torch.jit.unused
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch: in training, each gated block's activations are recomputed in the backward pass instead
+        of kept (less memory, about one more forward of time). As with any recomputation, a block's BatchNorm
+        running statistics are updated again when it is recomputed; eval mode and exports are unaffected."""
+        if not isinstance(enable, bool):
+            raise TypeError(f"enable must be True or False, got {enable!r}")
+        self.grad_checkpointing = enable
+
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """A new, freshly initialised classifier for ``num_classes`` (timm's ``reset_classifier``): set on the backbone
         and in the tail graph, and recorded so that ``save_pretrained`` / ``from_pretrained`` rebuild it. The gates

@@ -598,3 +598,32 @@ def test_timm_resolves_the_backbones_data_config_through_the_adapted_model():
     timm_data = pytest.importorskip("timm.data")
     model = ofas_wrap.create_model("timm:resnet18", num_classes=7)
     assert timm_data.resolve_model_data_config(model) == timm_data.resolve_model_data_config(model.unwrap())
+
+
+def test_grad_checkpointing_gives_the_same_gradients_and_still_scripts():
+    torch.manual_seed(0)
+    model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16), threshold=0.3)
+    model.train()
+    for module in model.modules():  # frozen statistics: recomputation then changes nothing
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+    x = torch.randn(4, 3, 16, 16)
+
+    calls = []
+    hook = model.blocks[0].block.register_forward_hook(lambda *_: calls.append(1))
+
+    def grads():
+        model.zero_grad()
+        model(x).square().sum().backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain = grads()
+    assert len(calls) == 1
+    model.set_grad_checkpointing(True)
+    checkpointed = grads()
+    assert len(calls) == 3  # the block ran again in the backward pass: its activations were not kept
+    assert len(plain) == len(checkpointed) and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, checkpointed))
+    with pytest.raises(TypeError, match="True or False"):
+        model.set_grad_checkpointing("yes")
+    hook.remove()
+    torch.jit.script(model.eval())  # the switch does not reach the scripted inference path
