@@ -11,7 +11,7 @@ import sys
 from _cpu_launch import relaunch_cpu_processes  # noqa: I001  (next to this script; imports no torch)
 
 if __name__ == "__main__":
-    code = relaunch_cpu_processes()  # accelerate launch --multi_gpu --num_processes N: start the N workers
+    code = relaunch_cpu_processes()  # the --cpu fallback (recipes/_cpu_launch.py)
     if code is not None:
         sys.exit(code)
     from ofas_wrap._recipes import train_backbone

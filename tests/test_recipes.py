@@ -504,3 +504,21 @@ def test_gradient_accumulation_resumes_exactly(env, base_run):
     a, b = _final_weights(whole), _final_weights(cut)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_recipes_run_from_the_installed_package(env, tmp_path):
+    """``python -m ofas_wrap.recipes.NAME`` (a wheel has no recipes/ folder): the same flags and function."""
+    from ofas_wrap.recipes import RECIPES
+
+    RECIPES_DIR = REPO / "recipes"
+
+    assert set(RECIPES) <= {p.stem for p in RECIPES_DIR.glob("[!_]*.py")}  # the four phases (not the bench tools)
+    for name in RECIPES:
+        assert importlib.util.find_spec(f"ofas_wrap.recipes.{name}") is not None
+    out = tmp_path / "m-base"
+    result = run([PYTHON, "-m", "ofas_wrap.recipes.train_backbone", "--dataset", env["dataset"], "--model",
+                  "cifar:resnet8", "--max-steps", "2", "--val-size", "16", "--output", out, *TINY], env)
+    assert "run folder" in result.stdout
+    assert_run_folder(out, 2, 1)
+    bad = run([PYTHON, "-m", "ofas_wrap.recipes.e2e_finetune", "--output", tmp_path / "x"], env, expect=None)
+    assert bad.returncode == 2 and "give --init RUN" in bad.stderr  # main_guard: one line, exit code 2

@@ -1,0 +1,9 @@
+"""``python -m ofas_wrap.recipes.rl_finetune``: the installed form of ``recipes/rl_finetune.py``."""
+
+import sys
+
+if __name__ == "__main__":
+    from .._recipes import rl_finetune
+    from .._training import main_guard
+
+    sys.exit(main_guard(rl_finetune))
