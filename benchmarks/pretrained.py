@@ -328,6 +328,11 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def released_static(row: dict[str, Any]) -> bool:
+    """A released ResNet-20/32/44 as it is: the decision rule's static curve (not the fine-tuned controls)."""
+    return row["method"].startswith("static") and not row["method"].endswith("_finetuned")
+
+
 def _change(value: Optional[float], reference: float) -> str:
     return "-" if value is None else f"{100 * (value / reference - 1):+.1f} %"
 
@@ -340,8 +345,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     static = sorted((r["latency_ms"], 100 * r["top1"]) for r in rows
-                    if (r["method"].startswith("static") and not r["method"].endswith("_finetuned"))
-                    or r["method"] == "original")
+                    if released_static(r) or r["method"] == "original")
     axis.plot(*zip(*static), "D--", color="gray", label="released ResNet-20/32/44/56")
     for seed in sorted({r["seed"] for r in rows if r["method"] in OFAS_METHODS}):
         points = sorted((r["latency_ms"], 100 * r["top1"]) for r in rows
@@ -415,7 +419,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             rows.append({**released, "method": f"static_resnet{depth}_finetuned", "top1": accuracy(tuned, data.test),
                          "val_top1": accuracy(tuned, data.val), "train_seconds": spent})
     static = [(r["latency_ms"], r["top1"]) for r in rows
-              if (r["method"].startswith("static") and not r["method"].endswith("_finetuned")) or r is original]
+              if released_static(r) or r is original]
     verdict = decide(static, chosen, controls, method)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=REPO).stdout.strip()
