@@ -56,7 +56,7 @@ DEMO_BUDGET ?= --train-subset 20000 --eval-subset 2000 --batch-size 128
 DEMO_BACKBONE ?= --epochs 4
 DEMO_E2E ?= --epochs 2
 DEMO_RL ?= --epochs 1
-DEMO_EVAL ?= --thresholds 0.40:0.60:0.02 --eval-subset 1000 --latency-samples 32
+DEMO_EVAL ?= --calibrate-head --thresholds 0.04:0.96:0.02 --eval-subset 1000 --latency-samples 32
 SMOKE_BUDGET ?= --train-subset 256 --eval-subset 128 --batch-size 32 --max-steps 8 --no-progress
 SMOKE_EVAL ?= --thresholds 0.4,0.5,0.6 --eval-subset 128 --latency-samples 2 --latency-runs 2 --latency-warmup 1
 

@@ -9,6 +9,7 @@ Example:
 
 from . import data, models, rl
 from ._bench import LatencyResult, SweepResult, format_sweep, measure_latency, sweep_thresholds
+from ._calibration import calibrate_head, fold_head_temperature, head_temperature
 from ._config import OFASConfig
 from ._costs import gate_costs, measure_block_table
 from ._errors import SurgeryError
@@ -33,6 +34,9 @@ __all__ = [
     "__version__",
     "adaptify",
     "OFASConfig",
+    "calibrate_head",
+    "head_temperature",
+    "fold_head_temperature",
     "create_model",
     "OFASModel",
     "GatedBlock",

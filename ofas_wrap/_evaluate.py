@@ -29,6 +29,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ._calibration import fold_head_temperature, head_temperature
 from ._config import check_threshold
 from ._plan import FLOPS_NOTE
 from ._training import RunError, _write_json, evaluate_classifier, read_run
@@ -98,6 +99,10 @@ def evaluate_parser() -> argparse.ArgumentParser:
                         help="validation images the greedy fixed_subset search uses")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="let a folder whose backbone comes from your own factory run that code to rebuild it")
+    parser.add_argument("--calibrate-head", action="store_true",
+                        help="before the sweep, fold into the head the one temperature (chosen on the validation "
+                             "images) that spreads its outputs over (0.05, 0.95): decisions at T = 0.5 unchanged, "
+                             "a threshold cliff becomes a knob; the exported model carries it (docs/training.md)")
     return parser
 
 
@@ -396,6 +401,17 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if accelerator.device.type != "cpu":
         cpu_model = copy.deepcopy(model)
         model.to(accelerator.device)
+    temperature = None
+    if args.calibrate_head:
+        if val_loader is None:
+            raise RunError("--calibrate-head chooses the temperature on the validation images, and this run has "
+                           "none (--val-size 0): retrain with a validation split or leave the flag out")
+        temperature = head_temperature(head_outputs(accelerator, model.eval(), val_loader))
+        for target in {id(model): model, id(cpu_model): cpu_model}.values():
+            fold_head_temperature(target.head, temperature)
+        accelerator.print(f"head calibrated on {len(data.val)} validation images: temperature {temperature:.4g} "
+                          f"(T = 0.5 decisions unchanged; T here is T' = sigmoid({temperature:.4g} * logit(T)) of "
+                          "the saved model)")
 
     latency_images = data.test.__getitems__(list(range(min(args.latency_samples, len(data.test)))))[0]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -465,7 +481,7 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "val_images": len(data.val), "val_from": info.val_from,
         "threads": args.threads, "latency_samples": len(latency_images),
         "latency_runs": args.latency_runs, "all_blocks": reference, "rows": rows_sweep, "baseline": baseline,
-        "chosen_threshold": chosen,
+        "chosen_threshold": chosen, "head_temperature": temperature,
         "choice_rule": f"largest T with validation accuracy >= {reference_name} - {args.max_drop} points, else the "
                        "most accurate T", "export_threshold": export_t,
         "head_output_percentiles": output_percentiles(outputs), "timed_as": timed_as,
@@ -507,7 +523,8 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         print(f"chosen on validation: T = {chosen:.2f} ({result['choice_rule']})")
         if result["head_output_percentiles"]:
             spread = ", ".join(f"p{q} {v:.3f}" for q, v in result["head_output_percentiles"].items())
-            print(f"head outputs S_L: {spread}")
+            print(f"head outputs S_L: {spread}"
+                  + (f" (after the head temperature {temperature:.4g})" if temperature is not None else ""))
         if result["exported_model"]:
             print(f"exported TorchScript model (T = {export_t:.2f}): {export_path}")
         else:

@@ -44,10 +44,14 @@ def rate_hinge_loss(gates: Tensor, r_min: float, r_max: float) -> Tensor:
     return (F.relu(r_min - rate) ** 2 + F.relu(rate - r_max) ** 2).sum()
 
 
-def bernoulli_entropy(p: Tensor, eps: float = 1e-6) -> Tensor:
-    """Entropy in bits of Bernoulli(p), elementwise."""
+def bernoulli_entropy(p: Tensor, eps: float = 1e-6, unit: str = "bits") -> Tensor:
+    """Entropy of Bernoulli(p), elementwise, in ``"bits"`` (the information terms) or ``"nats"`` (the RL entropy
+    bonus, as policy-gradient papers state it)."""
+    if unit not in ("bits", "nats"):
+        raise ValueError(f"unit must be 'bits' or 'nats', got {unit!r}")
     p = p.clamp(eps, 1.0 - eps)
-    return -(p * torch.log(p) + (1.0 - p) * torch.log1p(-p)) / _LOG2
+    nats = -(p * torch.log(p) + (1.0 - p) * torch.log1p(-p))
+    return nats / _LOG2 if unit == "bits" else nats
 
 
 def gate_information(probs: Tensor) -> Tensor:

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._objectives import bernoulli_entropy
+
 __all__ = [
     "explore_actions",
     "bernoulli_actions",
@@ -323,8 +325,7 @@ def self_critical_loss(probs: Tensor, actions: Tensor, rewards: Tensor, baseline
     log_taken = action_probabilities(probs, actions).clamp(eps, 1.0 - eps).log().sum(dim=1)
     loss = -(advantage * log_taken).mean()
     if entropy_weight:
-        p = probs.clamp(eps, 1.0 - eps)
-        entropy = -(p * p.log() + (1.0 - p) * torch.log1p(-p)).sum(dim=1).mean()
+        entropy = bernoulli_entropy(probs, eps, unit="nats").sum(dim=1).mean()
         loss = loss - entropy_weight * entropy
     return loss
 

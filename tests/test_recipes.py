@@ -298,12 +298,16 @@ def test_pattern_information_and_difficulty_correlation():
 def test_evaluate_accelerate(env, rl_run):
     out = env["root"] / "acc-eval"
     run(accelerate("evaluate.py", rl_run, "--thresholds", "0.5", "--output", out, "--latency-samples", "1",
-                   "--latency-runs", "2", "--no-plot"), env)
+                   "--latency-runs", "2", "--no-plot", "--calibrate-head"), env)
     single = json.loads((env["root"] / "py-eval" / "results.json").read_text()) \
         if (env["root"] / "py-eval" / "results.json").exists() else None
     payload = json.loads((out / "results.json").read_text())
     assert payload["rows"][0]["test_count"] == 24  # gather_for_metrics: every test image once
+    # the head temperature was chosen on the gathered validation images; at T = 0.5 it changes no decision,
+    # so the accuracy below still equals the uncalibrated single-process run's
+    assert payload["head_temperature"] > 0
     if single is not None:
+        assert single["head_temperature"] is None
         row = next(r for r in single["rows"] if r["threshold"] == 0.5)
         assert payload["rows"][0]["test_accuracy"] == pytest.approx(row["test_accuracy"])
 
