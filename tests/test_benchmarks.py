@@ -190,3 +190,51 @@ def test_head_probe_separates_what_is_separable_and_not_noise() -> None:
         probe, norm = fit_probe(x[:300], y[:300], 4, 1e-3)
         result = score(probe, norm, x[300:], y[300:], 4)
         assert low <= result["accuracy"] <= high and low <= result["balanced_accuracy"] <= high
+
+
+def test_oracle_patterns_smoke_writes_every_method_at_each_cost(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, os.path.join("benchmarks", "oracle_patterns.py"), "--smoke", "--out", str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr
+    payload = json.loads((tmp_path / "oracle_patterns.json").read_text())
+    methods = [(r["method"], r["closed_target"]) for r in payload["rows"]]
+    assert methods[0] == ("full_depth", 0)
+    for k in (1, 2):
+        assert [m for m, c in methods if c == k] == ["fixed_subset", "class_oracle", "class_patterns_shuffled",
+                                                       "difficulty_oracle"]
+    num_gates = payload["rows"][0]["executed_gates"]
+    for row in payload["rows"][1:]:
+        assert 0.0 <= row["top1"] <= 1.0 and row["mflops"] > 0
+        if row["method"] != "difficulty_oracle":  # one pattern per image, each with k gates closed
+            assert row["executed_gates"] == pytest.approx(num_gates - row["closed_target"])
+    assert "not measured" in payload["meta"]["verdict"]["outcome"]  # the rule is at 6 closed gates
+    assert "| class_oracle |" in (tmp_path / "oracle_patterns.md").read_text()
+
+
+def test_oracle_greedy_path_closes_one_gate_a_step_and_never_reopens() -> None:
+    import torch
+
+    import ofas_wrap
+    from benchmarks.oracle_patterns import greedy_path
+
+    torch.manual_seed(0)
+    model = ofas_wrap.adaptify(ofas_wrap.models.cifar_resnet(14), input_size=(3, 32, 32)).eval()
+    path = greedy_path(model, torch.randn(16, 3, 32, 32), torch.arange(16) % 10, 3, batch_size=8)
+    assert [int(p.sum()) for p in path] == [model.num_gates - 1, model.num_gates - 2, model.num_gates - 3]
+    assert all(bool((later <= earlier).all()) for earlier, later in zip(path, path[1:]))
+
+
+@pytest.mark.parametrize("fixed, class_oracle, difficulty_oracle, expected", [
+    (0.80, 0.805, 0.81, "no room above the static pruning"),
+    (0.80, 0.805, 0.83, "room for a decision that sees difficulty"),
+    (0.80, 0.83, 0.81, "room for class-conditional skipping only"),
+])
+def test_oracle_rule(fixed, class_oracle, difficulty_oracle, expected) -> None:
+    from benchmarks.oracle_patterns import verdict
+
+    rows = [{"method": m, "closed_target": 6, "top1": v} for m, v in
+            (("fixed_subset", fixed), ("class_oracle", class_oracle), ("difficulty_oracle", difficulty_oracle))]
+    result = verdict(rows)
+    assert expected in result["outcome"]
+    assert ("rule 1" in result["outcome"]) == (class_oracle - fixed < 0.01)

@@ -1,0 +1,247 @@
+"""Issue 10: how much room does a backbone leave for ANY once-for-all skip decision above the best fixed subset?
+
+OFAS decides every gate once, from the stem. Whatever head is trained, its patterns can only pay if images differ in
+which blocks they need, and if the head can tell them apart. This benchmark bounds the first part, with no head at
+all, by oracles that are given what a head would have to guess:
+
+- ``fixed_subset``: the best fixed set of blocks, closed greedily on validation images (one pattern for all);
+- ``class_oracle``: one pattern per class, each closed greedily on the validation images of that class, and every
+  test image run with the pattern of its TRUE class. An upper bound on class-conditional skipping (the paper's head
+  knows the class to 33.8 % on the released ResNet-56, docs/results/head_probe.md), and a loose one: a pattern
+  chosen on one class may also favour predicting that class;
+- ``class_patterns_shuffled``: the same ten patterns, each test image given a random class's: the control that says
+  how much of the oracle's gain is matching the pattern to the image, not merely having ten patterns;
+- ``difficulty_oracle``: the images the full-depth model is most sure of (top-1 minus top-2 probability at least
+  the validation median: label-free, but known only after running every block) skip twice as many gates, chosen
+  greedily on the sure validation images, and the others run every block: the same mean number of closed gates.
+  The BlockDrop intuition (easy images need fewer blocks), as a bound.
+
+Every pattern is chosen on validation images (the carve the backbone never trained on); the table is on the test
+split. Costs are gates closed per image (blocks of a CIFAR ResNet cost about the same; MFLOPs are printed too).
+
+Decision rule, written before the first run. At 6 of 18 gates closed (a third of the blocks, near the issue's 35 %
+latency target), on the test split:
+  (1) if ``class_oracle`` beats ``fixed_subset`` by less than 1 pp, knowing the class does not make a once-for-all
+      decision worth having on this backbone (and a head knows it far less well);
+  (2) if ``difficulty_oracle`` beats ``fixed_subset`` by 2 pp or more, a decision that sees difficulty would pay, and
+      the question becomes where in the network difficulty is visible (the probe: only in the last stage);
+  (3) if neither oracle beats ``fixed_subset`` by 2 pp, the backbone leaves no room for input-adaptive skipping
+      above a static pruning, whatever the head.
+
+    python benchmarks/oracle_patterns.py --out docs/results          # the kept ResNet-38-SD; about 15 min on 2 cores
+    python benchmarks/oracle_patterns.py --smoke --out /tmp/oracle   # a random tiny model on random images, seconds
+
+Writes ``OUT/oracle_patterns.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ofas_wrap._controls import accuracy_under_patterns  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_WEIGHTS = REPO / "benchmarks" / "weights" / "cifar10" / "resnet38_sd"
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-png.tar.gz"
+RULE_CLOSED = 6
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="a kept OFAS folder (save_pretrained)")
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--out", default=str(REPO / "docs" / "results"))
+    parser.add_argument("--val-images", type=int, default=2000, help="validation images the greedy searches use")
+    parser.add_argument("--test-images", type=int, default=0, help="0: the whole test split")
+    parser.add_argument("--closed", default="2,4,6", help="gates closed per image, a comma list")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--smoke", action="store_true", help="a random cifar ResNet-14 on random images: plumbing only")
+    args = parser.parse_args(argv)
+    try:
+        args.closed = sorted({int(v) for v in args.closed.split(",")})
+    except ValueError:
+        parser.error(f"--closed must be a comma list of integers, got {args.closed!r}")
+    if not args.closed or args.closed[0] < 1:
+        parser.error("--closed needs integers >= 1")
+    return args
+
+
+def greedy_path(model, images: Tensor, labels: Tensor, steps: int, batch_size: int) -> list[Tensor]:
+    """Open-gate patterns after closing 1, 2, ..., ``steps`` gates greedily on these images (each step closes the
+    gate whose closing costs the least accuracy here; ties go to the first gate)."""
+    keep = torch.ones(model.num_gates, dtype=torch.bool)
+    path = []
+    for _ in range(min(steps, model.num_gates)):
+        best, best_accuracy = None, -1.0
+        for gate in keep.nonzero().flatten().tolist():
+            trial = keep.clone()
+            trial[gate] = False
+            accuracy = accuracy_under_patterns(model, images, labels, trial.expand(len(images), -1), batch_size)
+            if accuracy > best_accuracy:
+                best, best_accuracy = gate, accuracy
+        keep[best] = False
+        path.append(keep.clone())
+    return path
+
+
+@torch.no_grad()
+def margins(model, images: Tensor, batch_size: int) -> Tensor:
+    """Top-1 minus top-2 softmax probability of the full-depth model, per image (label-free sureness)."""
+    model.eval()
+    out = []
+    with model.forced_gates(torch.ones(model.num_gates, dtype=torch.bool)):
+        for start in range(0, len(images), batch_size):
+            top = model(images[start:start + batch_size]).softmax(1).topk(2, dim=1).values
+            out.append(top[:, 0] - top[:, 1])
+    return torch.cat(out)
+
+
+def oracle_rows(model, val: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], closed: Sequence[int],
+                batch_size: int = 500, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every method's test accuracy at each count of closed gates (see the module docstring)."""
+    (val_x, val_y), (test_x, test_y) = val, test
+    classes = sorted(set(val_y.tolist()))
+    most = max(closed)
+    if 2 * most > model.num_gates:
+        raise ValueError(f"closing {most} gates on average needs {2 * most} on the sure half, and the model has "
+                         f"{model.num_gates}: lower --closed")
+    full = torch.ones(model.num_gates, dtype=torch.bool)
+
+    def row(method: str, k: int, patterns: Tensor) -> dict[str, Any]:
+        return {"method": method, "closed_target": k,
+                "executed_gates": float(patterns.float().sum(1).mean()),
+                "mflops": float(model.executed_flops(patterns).double().mean()) / 1e6,
+                "top1": accuracy_under_patterns(model, test_x, test_y, patterns, batch_size)}
+
+    started = time.perf_counter()
+    fixed = greedy_path(model, val_x, val_y, most, batch_size)
+    per_class = {c: greedy_path(model, val_x[val_y == c], val_y[val_y == c], most, batch_size) for c in classes}
+    sure_val = margins(model, val_x, batch_size)
+    cut = float(sure_val.median())
+    sure = sure_val >= cut
+    sure_path = greedy_path(model, val_x[sure], val_y[sure], 2 * most, batch_size)
+    search_s = time.perf_counter() - started
+    test_sure = margins(model, test_x, batch_size) >= cut
+    shuffled_class = test_y[torch.randperm(len(test_y), generator=torch.Generator().manual_seed(seed))]
+
+    rows = [row("full_depth", 0, full.expand(len(test_x), -1))]
+    for k in closed:
+        rows.append(row("fixed_subset", k, fixed[k - 1].expand(len(test_x), -1)))
+        table = {c: per_class[c][k - 1] for c in classes}
+        rows.append(row("class_oracle", k, torch.stack([table[int(c)] for c in test_y])))
+        rows.append(row("class_patterns_shuffled", k, torch.stack([table[int(c)] for c in shuffled_class])))
+        by_sureness = torch.where(test_sure[:, None], sure_path[2 * k - 1][None, :], full[None, :])
+        rows.append(row("difficulty_oracle", k, by_sureness))
+    meta = {"search_s": round(search_s, 1), "sure_margin_cut": cut, "test_sure_fraction": float(test_sure.float()
+                                                                                                  .mean()),
+            "fixed_patterns": {k: fixed[k - 1].int().tolist() for k in closed},
+            "class_patterns": {k: {c: per_class[c][k - 1].int().tolist() for c in classes} for k in closed},
+            "sure_patterns": {k: sure_path[2 * k - 1].int().tolist() for k in closed}}
+    return rows, meta
+
+
+def verdict(rows: Sequence[dict[str, Any]], k: int = RULE_CLOSED) -> dict[str, Any]:
+    """The decision rule of the module docstring, at ``k`` closed gates."""
+    at = {r["method"]: r["top1"] for r in rows if r["closed_target"] == k}
+    if "fixed_subset" not in at:
+        return {"closed": k, "outcome": f"not measured at {k} closed gates"}
+    class_gain = 100 * (at["class_oracle"] - at["fixed_subset"])
+    difficulty_gain = 100 * (at["difficulty_oracle"] - at["fixed_subset"])
+    if difficulty_gain >= 2:
+        outcome = "room for a decision that sees difficulty (rule 2)"
+    elif class_gain >= 2:
+        outcome = "room for class-conditional skipping only, bounded loosely (rules 1-3 do not settle it)"
+    else:
+        outcome = "no room above the static pruning for any once-for-all decision (rule 3)"
+    if class_gain < 1:
+        outcome += "; knowing the class is not worth a decision (rule 1)"
+    return {"closed": k, "class_gain_pp": round(class_gain, 2), "difficulty_gain_pp": round(difficulty_gain, 2),
+            "outcome": outcome}
+
+
+def format_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [f"# Oracle skip patterns: room for input-adaptive skipping ({meta['model']})", "",
+             f"Command: `{meta['command']}`", "",
+             f"{meta['test_images']} test images, patterns chosen on {meta['val_images']} validation images (greedy "
+             f"search {meta['search_s']} s); {meta['machine']}. See the script's docstring for the methods and the "
+             "decision rule, written before the first run.", "",
+             "| method | gates closed (target) | executed gates | MFLOPs | test top-1 |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['closed_target']} | {r['executed_gates']:.2f} | {r['mflops']:.1f} | "
+                     f"{100 * r['top1']:.2f} % |")
+    v = meta["verdict"]
+    lines += ["", f"**Rule at {v['closed']} closed gates:** " + (
+        f"class oracle {v['class_gain_pp']:+.2f} pp, difficulty oracle {v['difficulty_gain_pp']:+.2f} pp over "
+        f"fixed_subset: {v['outcome']}." if "class_gain_pp" in v else v["outcome"] + "."), ""]
+    return "\n".join(lines)
+
+
+def load(args: argparse.Namespace):
+    import ofas_wrap
+    from ofas_wrap.data import load_image_data
+
+    if args.smoke:
+        torch.manual_seed(0)
+        model = ofas_wrap.adaptify(ofas_wrap.models.cifar_resnet(14), input_size=(3, 32, 32)).eval()
+        g = torch.Generator().manual_seed(0)
+        make = lambda n: (torch.randn(n, 3, 32, 32, generator=g), torch.arange(n) % 2)  # noqa: E731
+        return model, make(24), make(16), "random cifar_resnet14 (smoke)"
+    model = ofas_wrap.OFASModel.from_pretrained(args.weights).eval()
+    run_args = json.loads((Path(args.weights) / "args.json").read_text()) \
+        if (Path(args.weights) / "args.json").is_file() else {}
+    data = load_image_data(args.data, in_chans=3, augment=False, val_size=run_args.get("val_size", 0.1),
+                           split_seed=run_args.get("split_seed", 0), normalization=model.config.get("normalization"))
+    val = data.val.__getitems__(list(range(min(args.val_images, len(data.val)))))
+    test_count = len(data.test) if not args.test_images else min(args.test_images, len(data.test))
+    test = data.test.__getitems__(list(range(test_count)))
+    return model, tuple(val[:2]), tuple(test[:2]), Path(args.weights).name
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.smoke:
+        args.closed = [1, 2]
+    started = time.perf_counter()
+    model, val, test, name = load(args)
+    rows, meta = oracle_rows(model, val, test, args.closed, args.batch_size)
+    meta.update({"model": name, "weights": None if args.smoke else str(args.weights),
+                 "data": None if args.smoke else str(args.data), "val_images": len(val[0]),
+                 "test_images": len(test[0]), "threads": torch.get_num_threads(),
+                 "machine": f"{platform.machine()} {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+                            f"torch {torch.__version__}",
+                 "command": "python benchmarks/oracle_patterns.py " + shlex.join(argv if argv is not None
+                                                                                   else sys.argv[1:]),
+                 "wall_s": None})
+    meta["verdict"] = verdict(rows)
+    meta["wall_s"] = round(time.perf_counter() - started, 1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = format_markdown(rows, meta)
+    for path, content in ((out / "oracle_patterns.md", text + "\n"),
+                          (out / "oracle_patterns.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(content)
+        os.replace(tmp, path)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
