@@ -18,16 +18,16 @@ __all__ = ["RECIPES", "complete_run", "run_recipe", "run_or_reuse", "work_folder
 
 # recipe name -> (module, function) called by recipes/NAME.py
 RECIPES = {
-    "train_backbone": ("ofas_wrap._recipes", "train_backbone"),
-    "e2e_finetune": ("ofas_wrap._recipes", "e2e_finetune"),
-    "rl_finetune": ("ofas_wrap._recipes", "rl_finetune"),
-    "evaluate": ("ofas_wrap._evaluate", "evaluate_run"),
+    "train_backbone": ("ofas_wrap.training", "train_backbone"),
+    "e2e_finetune": ("ofas_wrap.training", "e2e_finetune"),
+    "rl_finetune": ("ofas_wrap.training", "rl_finetune"),
+    "evaluate": ("ofas_wrap.training", "evaluate_run"),
 }
 
 
 def run_recipe(name: str, argv: Sequence[str], log: Path) -> float:
     """``recipes/NAME.py ARGV`` in this process, stdout and stderr into ``log``; returns the wall seconds."""
-    from ofas_wrap._training import main_guard
+    from ofas_wrap.training import main_guard
 
     module, function = RECIPES[name]
     run = getattr(importlib.import_module(module), function)

@@ -53,7 +53,7 @@ from torch import Tensor
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ofas_wrap._controls import accuracy_under_patterns  # noqa: E402
+from ofas_wrap.training import accuracy_under_patterns  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS = REPO / "benchmarks" / "weights" / "cifar10" / "resnet38_sd"

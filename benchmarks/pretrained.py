@@ -12,7 +12,7 @@ shortcuts) and the lossless ``cifar10-png.tar.gz``:
 * ``ofas_rl`` (with ``--rl-args``): ``recipes/rl_finetune.py --init`` each seed's e2e run, swept and judged instead
   of the e2e run (the paper's two phases);
 * the controls of issue 10 at each seed's chosen T: ``fixed_subset`` (chosen greedily on validation images),
-  ``shuffled`` and ``random_rates`` (``ofas_wrap._controls``).
+  ``shuffled`` and ``random_rates`` (``ofas_wrap.training``).
 
 Held-out data (issue 15 item 7): the released models saw all 50,000 training images, so T is chosen on a fixed,
 seeded half of the test split (``--val-from test``) and everything is reported on the other half.
@@ -253,7 +253,7 @@ def ofas_rows(args: argparse.Namespace, seed: int, run: Path, result: dict[str, 
               original_val_mflops: float, data, images: torch.Tensor,
               method: str = "ofas_e2e") -> tuple[list[dict[str, Any]], list[dict]]:
     from ofas_wrap import OFASModel
-    from ofas_wrap._controls import control_rows
+    from ofas_wrap.training import control_rows
 
     chosen = operating_point(result["rows"], original_val_mflops, args.target_cut)
     model = OFASModel.from_pretrained(run, trust_remote_code=True).eval()
@@ -279,7 +279,7 @@ def ofas_rows(args: argparse.Namespace, seed: int, run: Path, result: dict[str, 
     with torch.no_grad():
         _, probs = model.gate_probabilities(images)
     own = (probs >= threshold).cpu()
-    from ofas_wrap._controls import random_rate_patterns, shuffled_patterns
+    from ofas_wrap.training import random_rate_patterns, shuffled_patterns
 
     for control in controls:
         if control["method"] == "fixed_subset":

@@ -4,7 +4,7 @@
     python benchmarks/train_speed.py --quick --json out.json
 
 For each configuration (the baseline is the recipes' old path: eager fp32, contiguous tensors) the same model is
-built from the same seed and trained on the same batches with the objects the recipes use (``ofas_wrap._speed``:
+built from the same seed and trained on the same batches with the objects the recipes use (``ofas_wrap.training``:
 ``channels_last``, bf16 autocast as Accelerate applies it, ``nn.Module.compile`` of the same units, stochastic
 depth with skipped blocks not computed). Timing: ``--rounds`` rounds, each running ``--steps`` training steps of
 every configuration in turn (so a slow spell of the machine hits them all), img/s = batch / median step time over
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ofas_wrap import create_model  # noqa: E402
-from ofas_wrap._speed import StochasticDepth, bf16_supported, compile_in_place, compile_units  # noqa: E402
+from ofas_wrap.training import StochasticDepth, bf16_supported, compile_in_place, compile_units  # noqa: E402
 
 OPTIONS = ("channels_last", "bf16", "compile", "drop_path")
 

@@ -7,7 +7,7 @@ Example:
     torch.Size([1, 10])
 """
 
-from . import data, models, rl
+from . import data, models
 from ._bench import LatencyResult, SweepResult, format_sweep, measure_latency, sweep_thresholds
 from ._calibration import calibrate_head, fold_head_temperature, head_temperature
 from ._config import OFASConfig
@@ -66,3 +66,26 @@ __all__ = [
     "LatencyResult",
     "SweepResult",
 ]
+
+# the training code (the [train] extra) is never imported by the core: ``ofas_wrap.rl`` and ``ofas_wrap.training``
+# are loaded on first use, so ``import ofas_wrap`` stays light and ``from ofas_wrap import rl`` works as before
+_LAZY = ("rl", "training")
+
+
+def __getattr__(name: str):
+    if name == "training":
+        import ofas_wrap.training  # not `from . import`: that would ask this __getattr__ again
+
+        value = ofas_wrap.training
+    elif name == "rl":
+        import ofas_wrap.training.rl
+
+        value = ofas_wrap.training.rl
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

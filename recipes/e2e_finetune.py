@@ -3,7 +3,7 @@
     python recipes/e2e_finetune.py --init runs/base --variant I --output runs/e2e
     accelerate launch --multi_gpu --num_processes 2 recipes/e2e_finetune.py --init runs/base --output runs/e2e
 
-Flags: python recipes/e2e_finetune.py --help; the logic is ofas_wrap._recipes.e2e_finetune.
+Flags: python recipes/e2e_finetune.py --help; the logic is ofas_wrap.training.e2e_finetune.
 """
 
 import sys
@@ -14,7 +14,6 @@ if __name__ == "__main__":
     code = relaunch_cpu_processes()  # the --cpu fallback (recipes/_cpu_launch.py)
     if code is not None:
         sys.exit(code)
-    from ofas_wrap._recipes import e2e_finetune
-    from ofas_wrap._training import main_guard
+    from ofas_wrap.training import e2e_finetune, main_guard
 
     sys.exit(main_guard(e2e_finetune))

@@ -5,7 +5,7 @@
 
 Writes RUN/eval/results.csv, results.json, accuracy_vs_cost.png (the original backbone marked) and the TorchScript
 model at the T chosen on the validation split. Flags: python recipes/evaluate.py --help; the logic is
-ofas_wrap._evaluate.evaluate_run.
+ofas_wrap.training.evaluate_run.
 """
 
 import sys
@@ -16,6 +16,6 @@ if __name__ == "__main__":
     code = relaunch_cpu_processes()  # the --cpu fallback (recipes/_cpu_launch.py)
     if code is not None:
         sys.exit(code)
-    from ofas_wrap._evaluate import main
+    from ofas_wrap.training._evaluate import main
 
     sys.exit(main())

@@ -3,7 +3,7 @@
     python recipes/rl_finetune.py --init runs/e2e --output runs/rl
     accelerate launch --multi_gpu --num_processes 2 recipes/rl_finetune.py --init runs/e2e --output runs/rl
 
-Flags: python recipes/rl_finetune.py --help; the logic is ofas_wrap._recipes.rl_finetune.
+Flags: python recipes/rl_finetune.py --help; the logic is ofas_wrap.training.rl_finetune.
 """
 
 import sys
@@ -14,7 +14,6 @@ if __name__ == "__main__":
     code = relaunch_cpu_processes()  # the --cpu fallback (recipes/_cpu_launch.py)
     if code is not None:
         sys.exit(code)
-    from ofas_wrap._recipes import rl_finetune
-    from ofas_wrap._training import main_guard
+    from ofas_wrap.training import main_guard, rl_finetune
 
     sys.exit(main_guard(rl_finetune))

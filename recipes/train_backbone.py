@@ -3,7 +3,7 @@
     python recipes/train_backbone.py --model cifar:resnet20 --dataset fashion-mnist --in-chans 1 --output runs/base
     accelerate launch --multi_gpu --num_processes 2 recipes/train_backbone.py --dataset DATA --output runs/base
 
-Flags: python recipes/train_backbone.py --help; the logic is ofas_wrap._recipes.train_backbone.
+Flags: python recipes/train_backbone.py --help; the logic is ofas_wrap.training.train_backbone.
 """
 
 import sys
@@ -14,7 +14,6 @@ if __name__ == "__main__":
     code = relaunch_cpu_processes()  # the --cpu fallback (recipes/_cpu_launch.py)
     if code is not None:
         sys.exit(code)
-    from ofas_wrap._recipes import train_backbone
-    from ofas_wrap._training import main_guard
+    from ofas_wrap.training import main_guard, train_backbone
 
     sys.exit(main_guard(train_backbone))

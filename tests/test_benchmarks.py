@@ -93,7 +93,7 @@ def test_cifar10_smoke_writes_every_method_and_the_documented_rows(tmp_path) -> 
 
 
 def test_cifar10_weights_starts_from_kept_backbones_without_training(tmp_path) -> None:
-    from ofas_wrap._recipes import train_backbone
+    from ofas_wrap.training import train_backbone
 
     _write_tiny_imagefolder(tmp_path / "data")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OFAS_WRAP_CACHE": str(tmp_path / "cache")}

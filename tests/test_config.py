@@ -186,8 +186,8 @@ def test_one_threshold_check_for_the_model_the_config_and_the_cli(capsys):
 
 
 def test_the_flags_take_their_choices_from_the_config():
-    from ofas_wrap._recipes import backbone_parser, e2e_parser
     from ofas_wrap.cli import build_parser
+    from ofas_wrap.training import backbone_parser, e2e_parser
 
     def choices(parser, dest):
         return [tuple(a.choices) for a in parser._actions if a.dest == dest]

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import ofas_wrap
-from ofas_wrap._controls import control_rows, greedy_fixed_subset, random_rate_patterns, shuffled_patterns
+from ofas_wrap.training import control_rows, greedy_fixed_subset, random_rate_patterns, shuffled_patterns
 
 
 class Block(nn.Module):

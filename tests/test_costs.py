@@ -8,9 +8,8 @@ import torch
 import ofas_wrap
 from ofas_wrap import rl
 from ofas_wrap._costs import block_table_costs, gate_costs, measure_block_table, read_block_table, save_block_table
-from ofas_wrap._recipes import e2e_finetune, rl_finetune
-from ofas_wrap._training import RunError
 from ofas_wrap.cli import main as cli_main
+from ofas_wrap.training import RunError, e2e_finetune, rl_finetune
 from tests.test_recipes import TINY, write_tiny_idx
 
 SIZE = (3, 16, 16)

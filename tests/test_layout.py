@@ -1,5 +1,6 @@
 """The package's layout: imports point downward (no import cycle), ofas_wrap.data is split by concern and re-exports
-its names, and the core never imports a training-only dependency at module level.
+its names, the core never imports a training-only dependency at module level, and the training code lives in
+ofas_wrap.training, which the core never imports (``ofas_wrap.rl`` and ``ofas_wrap.training`` load on first use).
 
 The import graph is read from the source with ``ast`` (nothing is imported): an edge ``A -> B`` for every
 ``import``/``from ... import`` of an ``ofas_wrap`` module executed when ``A`` is imported (module level, including
@@ -13,6 +14,10 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -22,7 +27,10 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE  # the source beside the te
 
 # the [train] extra (pyproject.toml) as import names: only training code may import them at module level
 TRAINING_ONLY = {"accelerate", "datasets", "PIL", "matplotlib", "tensorboard"}
-TRAINING_CODE = ("ofas_wrap._recipes", "ofas_wrap._training", "ofas_wrap._evaluate", "ofas_wrap.training")
+TRAINING_CODE = ("ofas_wrap.training",)
+# the modules that may import ofas_wrap.training: itself, the entry points, and the ofas_wrap.rl alias module
+# (the package's __init__ too, but only inside its lazy module __getattr__: checked on its own)
+TRAINING_IMPORTERS = ("ofas_wrap.training", "ofas_wrap.recipes", "ofas_wrap.cli", "ofas_wrap.rl")
 
 
 def _modules() -> dict[str, Path]:
@@ -165,7 +173,7 @@ def _describe(found: list[list[str]]) -> str:
 
 def test_the_checker_reads_imports_and_finds_a_cycle():
     graph = import_graph()
-    assert "ofas_wrap.data" in graph["ofas_wrap"]  # from . import data, models, rl
+    assert "ofas_wrap.data" in graph["ofas_wrap"]  # from . import data, models
     assert "ofas_wrap.data._splits" in graph["ofas_wrap.data"]  # from ._splits import ...
     assert "ofas_wrap.data._cache" in graph["ofas_wrap.data._archives"]
     assert all(not target.startswith("torch") for targets in graph.values() for target in targets)
@@ -249,3 +257,100 @@ def test_the_core_never_imports_training_only_dependencies_at_module_level():
             offenders += [f"{name}: {root}" for root in roots if root.split(".")[0] in TRAINING_ONLY]
     assert not offenders, f"training-only dependencies imported at module level (import them in the function): " \
                           f"{offenders}"
+
+
+# ------------------------------------------------------------------------------------------ ofas_wrap.training
+
+
+def _is_training(name: str) -> bool:
+    return name == "ofas_wrap.training" or name.startswith("ofas_wrap.training.")
+
+
+def _importers_of_training(graph: dict[str, set[str]]) -> set[str]:
+    return {name for name, targets in graph.items() if any(_is_training(target) for target in targets)}
+
+
+def test_the_checker_sees_the_imports_of_the_training_package():
+    graph = import_graph(deferred=True)
+    assert "ofas_wrap.training._trainer" in graph["ofas_wrap.training._phases"]
+    assert "ofas_wrap.training" in graph["ofas_wrap.recipes.train_backbone"]  # under if __name__ == "__main__"
+    assert "ofas_wrap.training.rl" in graph["ofas_wrap.rl"]  # the alias module
+    assert any(_is_training(target) for target in graph["ofas_wrap"])  # the lazy __getattr__
+
+
+def test_only_the_entry_points_import_the_training_package_counting_deferred_imports():
+    graph = import_graph(deferred=True)
+    assert len([name for name in graph if _is_training(name)]) > 8
+    offenders = sorted(name for name in _importers_of_training(graph)
+                       if name != "ofas_wrap" and not name.startswith(TRAINING_IMPORTERS))
+    assert not offenders, f"the core imports ofas_wrap.training (only the entry points may): {offenders}"
+    at_import = sorted(target for target in import_graph()["ofas_wrap"] if _is_training(target))
+    assert not at_import, f"ofas_wrap/__init__.py imports {at_import} at import time (only in __getattr__, lazily)"
+    alias = ROOT / "rl.py"
+    assert len(alias.read_text().splitlines()) < 12, "ofas_wrap/rl.py is only the alias of ofas_wrap.training.rl"
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter that imports this checkout of ofas_wrap."""
+    path = os.pathsep.join([str(ROOT.parent), os.environ.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT.parent, env={**os.environ, "PYTHONPATH": path})
+
+
+def test_import_ofas_wrap_loads_no_training_code():
+    result = _run_python(f"""
+        import sys
+        import ofas_wrap
+        assert ofas_wrap.__file__.startswith({str(ROOT)!r}), ofas_wrap.__file__
+        loaded = sorted(m for m in sys.modules if m == "ofas_wrap.rl" or m.startswith("ofas_wrap.training"))
+        assert not loaded, loaded
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("accelerate", "datasets", "matplotlib"))
+        assert not heavy, heavy
+        assert "rl" in ofas_wrap.__all__ and "rl" in dir(ofas_wrap) and "training" in dir(ofas_wrap)
+    """)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("first", ["from ofas_wrap import rl", "import ofas_wrap.rl as rl"])
+def test_ofas_wrap_rl_is_the_training_packages_rl_module_either_way(first):
+    result = _run_python(f"""
+        import sys
+        {first}
+        import ofas_wrap
+        import ofas_wrap.rl
+        import ofas_wrap.training.rl
+        from ofas_wrap.rl import PolicyRollout, gate_rewards
+        assert rl is ofas_wrap.rl is ofas_wrap.training.rl is sys.modules["ofas_wrap.rl"], rl
+        assert gate_rewards is ofas_wrap.training.rl.gate_rewards and PolicyRollout.__module__ == rl.__name__
+        assert ofas_wrap.training is sys.modules["ofas_wrap.training"]
+        missing = [name for name in ofas_wrap.__all__ if not hasattr(ofas_wrap, name)]
+        assert not missing, missing
+        try:
+            ofas_wrap.no_such_name
+        except AttributeError as exc:
+            assert "no_such_name" in str(exc)
+        else:
+            raise AssertionError("ofas_wrap.no_such_name did not raise AttributeError")
+    """)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_training_package_reexports_every_name_of_its_modules():
+    training = importlib.import_module("ofas_wrap.training")
+    for name in training.__all__:
+        assert hasattr(training, name), f"ofas_wrap.training.__all__ names {name}, which it lacks"
+    assert training.rl is importlib.import_module("ofas_wrap.training.rl")
+    assert training.rl.__all__ and all(hasattr(training.rl, name) for name in training.rl.__all__)
+    modules = sorted((ROOT / "training").glob("_*.py"))
+    assert {path.stem for path in modules} - {"__init__"} >= {"_flags", "_runs", "_trainer", "_phases", "_evaluate"}
+    for path in modules:
+        if path.name == "__init__.py":
+            continue
+        module = importlib.import_module(f"ofas_wrap.training.{path.stem}")
+        assert module.__all__, f"training/{path.name} has an empty __all__"
+        for name in module.__all__:
+            assert hasattr(module, name), f"training/{path.name}: {name} is in __all__ but not defined"
+            assert getattr(training, name) is getattr(module, name), f"ofas_wrap.training does not re-export {name}"
+    for old in ("_training", "_recipes", "_evaluate", "_speed", "_objectives", "_controls"):
+        assert not (ROOT / f"{old}.py").exists(), f"ofas_wrap/{old}.py is back; it lives in ofas_wrap/training/"
+

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ofas_wrap._objectives import (
+from ofas_wrap.training._objectives import (
     bernoulli_entropy,
     distillation_loss,
     gate_information,
@@ -48,7 +48,7 @@ def test_distillation_is_zero_for_equal_logits_and_scaled_by_tau_squared():
 def test_e2e_runs_with_every_term_and_records_them(tmp_path, monkeypatch):
     import json
 
-    from ofas_wrap._recipes import e2e_finetune
+    from ofas_wrap.training import e2e_finetune
     from tests.test_recipes import TINY, write_tiny_idx
 
     monkeypatch.setenv("OFAS_WRAP_CACHE", str(tmp_path / "cache"))

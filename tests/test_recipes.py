@@ -20,8 +20,7 @@ import torch
 
 import ofas_wrap
 from ofas_wrap import data
-from ofas_wrap._recipes import e2e_finetune, rl_finetune, train_backbone
-from ofas_wrap._training import main_guard
+from ofas_wrap.training import e2e_finetune, main_guard, rl_finetune, train_backbone
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
@@ -244,8 +243,8 @@ def test_evaluate_python(env, rl_run):
 def test_the_plot_keeps_the_users_matplotlib_backend(tmp_path):
     import matplotlib
 
-    from ofas_wrap._evaluate import _plot, format_table
     from ofas_wrap._plan import FLOPS_NOTE
+    from ofas_wrap.training._evaluate import _plot, format_table
 
     rows = [{"threshold": t, "test_accuracy": 0.9 - t / 10, "latency_ms": 2 - t, "mflops": 40 - 10 * t,
              "executed_blocks": 3 - t, "num_blocks": 3} for t in (0.3, 0.5)]
@@ -262,7 +261,7 @@ def test_the_plot_keeps_the_users_matplotlib_backend(tmp_path):
 
 
 def test_threshold_choice_is_against_the_reference_with_a_fallback():
-    from ofas_wrap._evaluate import choose_threshold
+    from ofas_wrap.training._evaluate import choose_threshold
 
     rows = [{"threshold": t, "val_accuracy": a} for t, a in ((0.3, 0.80), (0.5, 0.80), (0.7, 0.795), (0.9, 0.60))]
     assert choose_threshold(rows, reference=0.80, max_drop=1.0) == 0.7  # the cheapest within 1 point
@@ -271,7 +270,7 @@ def test_threshold_choice_is_against_the_reference_with_a_fallback():
 
 
 def test_adaptivity_tells_a_static_policy_from_an_adaptive_one():
-    from ofas_wrap._evaluate import adaptivity
+    from ofas_wrap.training._evaluate import adaptivity
 
     static = torch.tensor([[0.9, 0.1, 0.8]]).repeat(50, 1)  # one pattern for every image: a fixed pruning
     assert adaptivity(static, 0.5) == {"adaptive_gates": 0, "distinct_patterns": 1}
@@ -280,7 +279,7 @@ def test_adaptivity_tells_a_static_policy_from_an_adaptive_one():
 
 
 def test_pattern_information_and_difficulty_correlation():
-    from ofas_wrap._evaluate import adaptivity, pattern_information, rank_correlation
+    from ofas_wrap.training._evaluate import adaptivity, pattern_information, rank_correlation
 
     labels = torch.arange(200) % 2
     by_class = torch.stack([labels.float() * 0.8 + 0.1, torch.full((200,), 0.9)], 1)  # gate 0 opens for class 1
@@ -444,7 +443,7 @@ def test_a_save_clears_the_leftovers_of_killed_saves(env, tmp_path):
 
 
 def test_the_nan_guard_names_only_a_checkpoint_with_finite_weights(tmp_path):
-    from ofas_wrap._training import Trainer
+    from ofas_wrap.training import Trainer
 
     trainer = Trainer.__new__(Trainer)  # only the checkpoint lookup
     trainer.checkpoint_root = tmp_path / "checkpoints"

@@ -8,7 +8,7 @@ from torch import nn
 
 import ofas_wrap
 from ofas_wrap import rl
-from ofas_wrap._training import LRSchedule, make_scheduler
+from ofas_wrap.training import LRSchedule, make_scheduler
 
 # ------------------------------------------------------------------------------------------------ Eq. 5
 

@@ -8,15 +8,13 @@ import torch
 from torch import nn
 
 import ofas_wrap
-from ofas_wrap import _speed
-from ofas_wrap._recipes import train_backbone
-from ofas_wrap._speed import (
+from ofas_wrap.training import LRSchedule, Trainer, _speed, main_guard, train_backbone
+from ofas_wrap.training._speed import (
     StochasticDepth,
     recalibrate_batchnorm,
     resolve_mixed_precision,
     survival_probabilities,
 )
-from ofas_wrap._training import LRSchedule, Trainer, main_guard
 
 
 class Block(nn.Module):

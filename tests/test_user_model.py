@@ -9,9 +9,8 @@ import torch
 
 import ofas_wrap
 from ofas_wrap._hub import CheckpointError
-from ofas_wrap._recipes import e2e_finetune, train_backbone
-from ofas_wrap._training import main_guard
 from ofas_wrap.models import WeightsError, is_factory_spec, load_checkpoint_weights
+from ofas_wrap.training import e2e_finetune, main_guard, train_backbone
 
 # A user's model file, written as public CIFAR ResNets are: option-A shortcuts through a lambda.
 USER_MODEL = textwrap.dedent('''
@@ -209,7 +208,7 @@ def test_the_recipes_take_a_users_model_and_weights(tmp_path, monkeypatch, user_
     assert config["ofas"]["input_size"] == [3, 16, 16]  # profiled at the size the user feeds
     # a later phase needs the opt-in to run the folder's code: one line, exit 2, nothing written
     rl_out = tmp_path / "rl"
-    from ofas_wrap._recipes import rl_finetune
+    from ofas_wrap.training import rl_finetune
     assert main_guard(rl_finetune, ["--init", str(e2e), "--output", str(rl_out), *TINY]) == 2
     assert "--trust-remote-code" in capsys.readouterr().err and not rl_out.exists()
     assert main_guard(rl_finetune, ["--init", str(e2e), "--output", str(rl_out), "--trust-remote-code",
@@ -305,7 +304,7 @@ def test_val_from_test_chooses_on_one_half_and_reports_on_the_other(tmp_path, mo
 
 
 def test_each_phase_runs_from_python_on_a_model_object(tmp_path, monkeypatch):
-    from ofas_wrap._recipes import rl_finetune
+    from ofas_wrap.training import rl_finetune
     from tests.test_recipes import TINY, write_tiny_idx
 
     monkeypatch.setenv("OFAS_WRAP_CACHE", str(tmp_path / "cache"))
@@ -320,7 +319,7 @@ def test_each_phase_runs_from_python_on_a_model_object(tmp_path, monkeypatch):
     assert isinstance(e2e["model"], ofas_wrap.OFASModel) and e2e["model"].unwrap() is net
     rl = rl_finetune([*common, "--output", str(tmp_path / "r")], model=e2e["model"])
     assert rl["global_step"] == 2 and rl["model"] is e2e["model"]
-    with pytest.raises(ofas_wrap._training.RunError, match="model= already gives the model"):
+    with pytest.raises(ofas_wrap.training.RunError, match="model= already gives the model"):
         e2e_finetune([*common, "--model", "cifar:resnet8", "--output", str(tmp_path / "x")], model=net)
 
 

@@ -4,7 +4,7 @@ ofas_wrap.recipes.NAME``), the same functions and flags as the documented ``reci
     python -m ofas_wrap.recipes.train_backbone --model cifar:resnet20 --dataset fashion-mnist --output runs/base
     accelerate launch --multi_gpu --num_processes 2 -m ofas_wrap.recipes.e2e_finetune --init runs/base --output runs/e2e
 
-Each module only calls the phase's function (``ofas_wrap._recipes``, ``ofas_wrap._evaluate``) through
+Each module only calls the phase's function (``ofas_wrap.training``) through
 ``main_guard`` (one-line errors, exit code 2); importing it runs nothing.
 """
 

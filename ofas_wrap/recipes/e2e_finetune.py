@@ -3,7 +3,6 @@
 import sys
 
 if __name__ == "__main__":
-    from .._recipes import e2e_finetune
-    from .._training import main_guard
+    from ..training import e2e_finetune, main_guard
 
     sys.exit(main_guard(e2e_finetune))

@@ -3,6 +3,6 @@
 import sys
 
 if __name__ == "__main__":
-    from .._evaluate import main
+    from ..training._evaluate import main
 
     sys.exit(main())

@@ -3,7 +3,6 @@
 import sys
 
 if __name__ == "__main__":
-    from .._recipes import rl_finetune
-    from .._training import main_guard
+    from ..training import main_guard, rl_finetune
 
     sys.exit(main_guard(rl_finetune))

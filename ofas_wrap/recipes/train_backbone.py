@@ -3,7 +3,6 @@
 import sys
 
 if __name__ == "__main__":
-    from .._recipes import train_backbone
-    from .._training import main_guard
+    from ..training import main_guard, train_backbone
 
     sys.exit(main_guard(train_backbone))

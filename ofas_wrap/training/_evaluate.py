@@ -1,4 +1,5 @@
-"""The threshold sweep of ``recipes/evaluate.py``: accuracy, executed blocks, FLOPs and latency per T.
+"""Evaluation: :func:`evaluate_classifier` (the validation numbers of every phase) and the threshold sweep of
+``recipes/evaluate.py``: accuracy, executed blocks, FLOPs and latency per T.
 
 For every threshold T: top-1 accuracy on the validation split (carved from train, used to *choose* T) and on the
 test split (reported, never used for a choice), mean executed blocks and MFLOPs per test image, and the mean
@@ -9,7 +10,7 @@ same way and marked on the plots. Writes ``results.csv``, ``results.json``, ``ac
 TorchScript model at the chosen T into ``--output`` (default ``RUN/eval``).
 
 Example:
-    >>> from ofas_wrap._evaluate import parse_thresholds
+    >>> from ofas_wrap.training import parse_thresholds
     >>> parse_thresholds("0.3:0.5:0.1")
     [0.3, 0.4, 0.5]
 """
@@ -29,13 +30,57 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ._calibration import fold_head_temperature, head_temperature
-from ._config import check_threshold
-from ._plan import FLOPS_NOTE
-from ._training import RunError, _write_json, evaluate_classifier, read_run
-from .data import DataError, load_image_data, make_loader
+from .._calibration import fold_head_temperature, head_temperature
+from .._config import check_threshold
+from .._plan import FLOPS_NOTE
+from ..data import DataError, load_image_data, make_loader
+from ._errors import RunError
+from ._runs import _write_json, read_run
 
-__all__ = ["parse_thresholds", "evaluate_parser", "evaluate_run", "format_table", "choose_threshold"]
+__all__ = ["evaluate_classifier", "parse_thresholds", "evaluate_parser", "evaluate_run", "format_table",
+           "choose_threshold"]
+
+
+@torch.no_grad()
+def evaluate_classifier(accelerator, model: nn.Module, loader, ofas: Optional[bool] = None) -> dict[str, float]:
+    """Top-1 accuracy (and, for an OFAS model, executed gates / blocks / MFLOPs per sample) over ``loader``.
+
+    ``model`` is the plain (unwrapped) module; ``loader`` a prepared loader (sharded across processes); results
+    are gathered with ``gather_for_metrics`` so duplicated padding samples are not counted twice.
+    """
+    from .._model import OFASModel
+
+    ofas = isinstance(model, OFASModel) if ofas is None else ofas
+    was_training = model.training
+    model.eval()
+    correct = count = 0
+    gates_sum = flops_sum = 0.0
+    try:
+        for images, labels in loader:
+            logits = model(images)
+            predicted = logits.argmax(dim=1)
+            if ofas:
+                gates = model.last_gates.to(torch.bool)
+                executed = gates.sum(dim=1).to(torch.float64).to(predicted.device)
+                flops = model.executed_flops(gates).to(predicted.device)
+                predicted, labels, executed, flops = accelerator.gather_for_metrics(
+                    (predicted, labels, executed, flops))
+                gates_sum += float(executed.sum())
+                flops_sum += float(flops.sum())
+            else:
+                predicted, labels = accelerator.gather_for_metrics((predicted, labels))
+            correct += int((predicted == labels).sum())
+            count += int(labels.numel())
+    finally:
+        model.train(was_training)
+    result = {"accuracy": correct / max(count, 1), "count": count}
+    if ofas:
+        n = max(model.num_gates, 1)
+        result["executed_gates"] = gates_sum / max(count, 1)
+        result["executed_blocks"] = result["executed_gates"] + (len(model.blocks) - model.num_gates)
+        result["skip_ratio"] = 1.0 - result["executed_gates"] / n
+        result["mflops"] = flops_sum / max(count, 1) / 1e6
+    return result
 
 
 def parse_thresholds(text: str) -> list[float]:
@@ -147,7 +192,7 @@ def choose_threshold(rows: Sequence[dict[str, Any]], reference: float, max_drop:
 
 
 def _latency_ms(module: Any, images: torch.Tensor, runs: int, warmup: int, threads: int) -> tuple[float, float]:
-    from ._bench import measure_latency
+    from .._bench import measure_latency
 
     medians = []
     for index in range(images.shape[0]):
@@ -357,8 +402,8 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """
     from accelerate import Accelerator
 
-    from ._export import export_torchscript
-    from ._model import OFASModel
+    from .._export import export_torchscript
+    from .._model import OFASModel
 
     args = evaluate_parser().parse_args(argv)
     run = read_run(args.run)
@@ -540,7 +585,7 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 def _measure_baseline(accelerator, baseline_dir: Optional[Path], model, cpu_model, test_loader, val_loader,
                       latency_images, args) -> dict[str, Any]:
     """The original backbone's accuracy (on the loaders' device) and latency (a CPU copy, as the OFAS rows)."""
-    from ._model import OFASModel
+    from .._model import OFASModel
 
     if baseline_dir is not None:
         source = str(baseline_dir)

@@ -9,8 +9,8 @@
 Each takes ``argv`` like the command line and returns the run summary (also in ``OUTPUT/metrics.json``).
 
 Example:
-    >>> from ofas_wrap import _recipes
-    >>> args = _recipes.rl_parser().parse_args(["--init", "runs/e2e", "--output", "runs/rl"])
+    >>> from ofas_wrap import training
+    >>> args = training.rl_parser().parse_args(["--init", "runs/e2e", "--output", "runs/rl"])
     >>> args.flip_prob, args.gamma1, args.gamma2, args.keep_weight, args.policy_loss
     (0.1, 0.3, 0.9, 0.9, 'paper')
 """
@@ -30,17 +30,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._config import OFASConfig, check_threshold
+from .._costs import COST_KINDS, gate_costs, read_block_table
+from .._factory import create_model
+from .._gating import sampled_straight_through_gates, straight_through_gates
+from .._model import OFASModel
+from .._surgery import adaptify
+from ..data import DataInfo, make_loader
 from . import rl
-from ._config import OFASConfig, check_threshold
-from ._costs import COST_KINDS, gate_costs, read_block_table
-from ._factory import create_model
-from ._gating import sampled_straight_through_gates, straight_through_gates
-from ._model import OFASModel
+from ._errors import RunError
+from ._evaluate import evaluate_classifier
+from ._flags import build_parser
 from ._objectives import distillation_loss, gate_information, rate_hinge_loss, target_rate_loss
+from ._runs import read_run
 from ._speed import StochasticDepth, recalibrate_batchnorm
-from ._surgery import adaptify
-from ._training import RunError, Trainer, build_parser, evaluate_classifier, read_run
-from .data import DataInfo, make_loader
+from ._trainer import Trainer
 
 __all__ = [
     "backbone_parser",

@@ -1,4 +1,4 @@
-"""Shared machinery of the training recipes: flags, the Accelerator, the loop, checkpoints, the run directory.
+"""The training loop of the recipes: the Accelerator, the loop, checkpoints, the run directory.
 
 Every recipe (``recipes/train_backbone.py``, ``e2e_finetune.py``, ``rl_finetune.py``) builds a parser with
 :func:`build_parser`, a :class:`Trainer`, and calls :meth:`Trainer.fit` with a step function. The loop:
@@ -15,14 +15,14 @@ Every recipe (``recipes/train_backbone.py``, ``e2e_finetune.py``, ``rl_finetune.
 
 Example (a complete tiny run on IDX files written on the spot):
     >>> import tempfile, numpy as np, torch
-    >>> from ofas_wrap import data, _training
+    >>> from ofas_wrap import data, training
     >>> root = tempfile.mkdtemp()
     >>> for split in ("train", "t10k"):
     ...     data.write_idx(f"{root}/{split}-images-idx3-ubyte", np.zeros((16, 8, 8), np.uint8))
     ...     data.write_idx(f"{root}/{split}-labels-idx1-ubyte", np.arange(16, dtype=np.uint8) % 2)
-    >>> args = _training.build_parser("demo").parse_args(
+    >>> args = training.build_parser("demo").parse_args(
     ...     ["--dataset", root, "--output", root + "/run", "--max-steps", "2", "--batch-size", "8", "--no-progress"])
-    >>> trainer = _training.Trainer(args, phase="demo")
+    >>> trainer = training.Trainer(args, phase="demo")
     >>> bundle = trainer.load_data()
     >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
     >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
@@ -40,12 +40,10 @@ Example (a complete tiny run on IDX files written on the spot):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,8 +53,20 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from ..data import DataError, ImageData, load_image_data, make_loader
+from ._errors import NonFiniteLossError, RunError, TrainingInterrupted
+from ._runs import (
+    ARGS_NAME,
+    CHECKPOINTS,
+    DATA_NAME,
+    LATEST,
+    METRICS_NAME,
+    _check_replaceable,
+    _fill_data_args,
+    _write_json,
+)
+from ._schedule import make_scheduler
 from ._speed import (
-    MIXED_PRECISION_CHOICES,
     ChannelsLastLoader,
     as_channels_last,
     compile_in_place,
@@ -64,225 +74,8 @@ from ._speed import (
     resolve_mixed_precision,
     uncompile,
 )
-from .data import DataError, ImageData, load_image_data, make_loader
 
-__all__ = [
-    "RunError",
-    "NonFiniteLossError",
-    "TrainingInterrupted",
-    "build_parser",
-    "LRSchedule",
-    "make_scheduler",
-    "TrainState",
-    "Trainer",
-    "evaluate_classifier",
-    "read_run",
-    "DATA_KEYS",
-    "main_guard",
-]
-
-ARGS_NAME = "args.json"
-DATA_NAME = "data.json"
-METRICS_NAME = "metrics.json"
-CHECKPOINTS = "checkpoints"
-LATEST = "LATEST"
-DATA_KEYS = ("dataset", "dataset_config", "in_chans", "val_size", "split_seed", "image_size", "train_split",
-             "test_split", "image_column", "label_column", "val_from")
-SCHEDULES = ("cosine", "linear", "step", "constant")
-DATA_DEFAULTS = {"in_chans": "auto", "val_size": 0.1, "split_seed": 0, "train_split": "train", "val_from": "train"}
-
-
-class RunError(ValueError):
-    """A recipe cannot start: a bad flag, an existing output folder, nothing to resume, a bad ``--init`` run."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stopped before the bad step changed the weights."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """SIGINT/SIGTERM or ``--stop-at-step``: the run saved a checkpoint and stopped; ``--resume`` continues it."""
-
-
-# ------------------------------------------------------------------------------------------------ flags
-def _val_size(text: str) -> Union[int, float]:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"--val-size must be >= 0, got {text}")
-    return value if value < 1 else int(value)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
-    return value
-
-
-def _in_chans(text: str) -> str:
-    if text not in ("auto", "1", "3"):
-        raise argparse.ArgumentTypeError(f"--in-chans must be auto, 1 or 3, got {text}")
-    return text
-
-
-def _tracker_name(value: str) -> str:
-    """``--report-to``: none, all, or one of accelerate's trackers (``accelerate.utils.LoggerType``)."""
-    from accelerate.utils import LoggerType
-
-    names = ["none", *(str(t.value) for t in LoggerType)]
-    if value not in names:
-        raise argparse.ArgumentTypeError(f"unknown tracker {value!r}; choose from {', '.join(names)} (accelerate's "
-                                         "trackers; 'all' = every one installed)")
-    return value
-
-
-def build_parser(phase: str, description: str = "", *, lr: float = 0.1, epochs: int = 30, batch_size: int = 128,
-                 weight_decay: float = 5e-4) -> argparse.ArgumentParser:
-    """The flags every recipe shares (data, budget, run folder, optimiser); recipes add their own.
-
-    Example:
-        >>> args = build_parser("x").parse_args(["--dataset", "fashion-mnist", "--output", "runs/x", "--epochs", "2"])
-        >>> args.epochs, args.max_steps, args.resume
-        (2, None, False)
-    """
-    parser = argparse.ArgumentParser(description=description or f"ofas-wrap recipe: {phase}",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default=None,
-                      help="Hub id, image folder (train/ test/), archive of one, save_to_disk dir, IDX dir, or "
-                           "'fashion-mnist' (Debian's package); default: the --init run's dataset")
-    data.add_argument("--dataset-config", default=None, help="configuration name of a Hub dataset")
-    data.add_argument("--in-chans", type=_in_chans, default=None,
-                      help="auto (the images' own), 1 (grey) or 3 (grey expanded); default: auto or the --init run's")
-    data.add_argument("--val-size", type=_val_size, default=None,
-                      help="validation images carved from train (count, or fraction < 1), used to choose T; "
-                           "default 0.1")
-    data.add_argument("--val-from", choices=["train", "test"], default=None,
-                      help="train: carve --val-size from the training split (default); test: choose on a fixed, "
-                           "seeded half of the test split and report on the other half, for a model that saw every "
-                           "training image (released checkpoints)")
-    data.add_argument("--split-seed", type=int, default=None, help="seed of the validation carve and subsets (0)")
-    data.add_argument("--image-size", type=int, default=None, help="resize images to N x N")
-    data.add_argument("--train-split", default=None, help="name of the training split (train)")
-    data.add_argument("--test-split", default=None, help="name of the test split (test, validation, ...)")
-    data.add_argument("--image-column", default=None)
-    data.add_argument("--label-column", default=None)
-    data.add_argument("--no-augment", action="store_true", help="no pad-4 random crop + flip on the training split")
-    data.add_argument("--mean", type=float, nargs="+", default=None,
-                      help="input normalisation mean per channel, as the --weights were trained with (default: the "
-                           "training split's own, or the --init model's)")
-    data.add_argument("--std", type=float, nargs="+", default=None, help="input normalisation std per channel")
-
-    budget = parser.add_argument_group("budget (the same flags in every recipe)")
-    budget.add_argument("--epochs", type=_positive, default=epochs)
-    budget.add_argument("--max-steps", type=_positive, default=None,
-                        help="total optimizer steps; overrides --epochs (the schedule spans exactly these steps)")
-    budget.add_argument("--train-subset", type=_positive, default=None, help="use only N training images")
-    budget.add_argument("--eval-subset", type=_positive, default=None, help="use only N validation / test images")
-    budget.add_argument("--batch-size", type=_positive, default=batch_size, help="per process")
-    budget.add_argument("--eval-batch-size", type=_positive, default=256)
-    budget.add_argument("--seed", type=int, default=0)
-
-    run = parser.add_argument_group("run folder")
-    run.add_argument("--output", required=True, help="run folder: model, args.json, metrics.json, checkpoints/")
-    run.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
-    run.add_argument("--overwrite", action="store_true", help="delete an existing --output first")
-    run.add_argument("--checkpoint-every", type=_non_negative, default=200,
-                     help="save a checkpoint every N steps (0: only at epoch ends)")
-    run.add_argument("--keep-checkpoints", type=_positive, default=2)
-    run.add_argument("--stop-at-step", type=_positive, default=None,
-                     help="checkpoint and stop after this global step, as if interrupted (the schedule is unchanged)")
-    run.add_argument("--report-to", type=_tracker_name, default="none", metavar="TRACKER",
-                     help="none, all (every tracker installed), or one of accelerate's: tensorboard, wandb, trackio, "
-                          "comet_ml, mlflow, aim, clearml, dvclive, swanlab (local logs go to OUTPUT/logs)")
-    run.add_argument("--log-every", type=_positive, default=10, help="record train metrics every N steps")
-    run.add_argument("--eval-every-epoch", action=argparse.BooleanOptionalAction, default=True,
-                     help="evaluate on the validation split at each epoch end")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    run.add_argument("--cpu", action="store_true", help="force the CPU even when a GPU is present")
-    run.add_argument("--trust-remote-code", action="store_true",
-                     help="let an --init folder whose backbone comes from your own factory (file.py:FACTORY) run "
-                          "that code to rebuild it")
-
-    optim = parser.add_argument_group("optimiser (SGD with momentum)")
-    optim.add_argument("--lr", type=_finite, default=lr)
-    optim.add_argument("--momentum", type=_finite, default=0.9)
-    optim.add_argument("--weight-decay", type=_finite, default=weight_decay)
-    optim.add_argument("--schedule", choices=list(SCHEDULES), default="cosine",
-                       help="cosine, linear (to zero), step or constant, over the global optimizer steps")
-    optim.add_argument("--milestones", type=float, nargs="+", default=[0.5, 0.75],
-                       help="for --schedule step: fractions of the run where the lr is divided by 10")
-    optim.add_argument("--warmup-steps", type=_non_negative, default=0)
-    optim.add_argument("--grad-clip", type=_finite, default=0.0, help="clip the gradient norm (0: off)")
-    optim.add_argument("--gradient-accumulation-steps", type=_positive, default=1, metavar="K",
-                       help="one optimizer step per K batches (accelerate's accumulate): the effective batch is K x "
-                            "--batch-size x processes; steps, schedules, --max-steps and checkpoints count optimizer "
-                            "steps")
-
-    speed = parser.add_argument_group("speed (docs/training.md#speed; benchmarks/train_speed.py measures them)")
-    speed.add_argument("--mixed-precision", choices=list(MIXED_PRECISION_CHOICES), default=None,
-                       help="bf16 autocast (as accelerate launch --mixed_precision bf16); on a CPU without native "
-                            "bf16 kernels the run says so and stays in fp32. Default: accelerate launch's, else no")
-    speed.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                       help="channels_last memory format for the model and the batches (same results, faster on "
-                            "CPU)")
-    speed.add_argument("--compile", action="store_true",
-                       help="torch.compile the model for training (on failure: a message and eager)")
-    parser.set_defaults(phase=phase)
-    return parser
-
-
-# --------------------------------------------------------------------------------------------- schedule
-@dataclass
-class LRSchedule:
-    """The learning-rate factor as a function of the **global** optimizer step (a picklable ``LambdaLR`` rule).
-
-    Example:
-        >>> rule = LRSchedule("cosine", total_steps=10)
-        >>> [round(rule(s), 3) for s in (0, 5, 10)]
-        [1.0, 0.5, 0.0]
-    """
-
-    kind: str
-    total_steps: int
-    warmup_steps: int = 0
-    milestones: Sequence[float] = (0.5, 0.75)
-
-    def __call__(self, step: int) -> float:
-        if self.warmup_steps and step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if self.kind == "constant":
-            return 1.0
-        span = max(1, self.total_steps - self.warmup_steps)
-        progress = min(1.0, max(0.0, (step - self.warmup_steps) / span))
-        if self.kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        if self.kind == "linear":
-            return 1.0 - progress
-        if self.kind == "step":
-            return 0.1 ** sum(progress >= m for m in self.milestones)
-        raise ValueError(f"unknown schedule {self.kind!r}")
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int, warmup_steps: int = 0,
-                   milestones: Sequence[float] = (0.5, 0.75)) -> torch.optim.lr_scheduler.LambdaLR:
-    """A ``LambdaLR`` stepped once per optimizer step; its ``last_epoch`` is the global step (checkpointed)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, LRSchedule(kind, total_steps, warmup_steps,
-                                                                   tuple(milestones)))
+__all__ = ["TrainState", "Trainer"]
 
 
 # ------------------------------------------------------------------------------------------------ state
@@ -307,109 +100,6 @@ class TrainState:
             if key in self.__dataclass_fields__:
                 setattr(self, key, value)
 
-
-# --------------------------------------------------------------------------------------------- run dirs
-def read_run(path: Union[str, os.PathLike]) -> dict[str, Any]:
-    """The ``args.json`` / ``data.json`` / ``metrics.json`` of a run folder (those that exist) and its path.
-
-    Raises :class:`RunError` when ``path`` is not a folder holding a saved model (``config.json``).
-    """
-    run = Path(path)
-    if not run.is_dir():
-        raise RunError(f"run folder {run} does not exist")
-    if not (run / "config.json").is_file():
-        raise RunError(f"{run} holds no saved model (config.json); give a run folder written by a recipe or "
-                       "by save_pretrained")
-    out: dict[str, Any] = {"path": run}
-    for key, name in (("args", ARGS_NAME), ("data", DATA_NAME), ("metrics", METRICS_NAME)):
-        if (run / name).is_file():
-            out[key] = json.loads((run / name).read_text())
-    return out
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, Tensor):
-        return value.tolist()
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _fill_data_args(args: argparse.Namespace, init_args: Optional[dict[str, Any]]) -> None:
-    for key in DATA_KEYS:
-        if getattr(args, key, None) is None and init_args is not None and init_args.get(key) is not None:
-            setattr(args, key, init_args[key])
-    for key, value in DATA_DEFAULTS.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-
-
-def _check_replaceable(run_dir: Path, args: argparse.Namespace) -> None:
-    """``--overwrite`` replaces only a run folder of ours that is not an input of this run."""
-    if run_dir.is_symlink() or not run_dir.is_dir():
-        raise RunError(f"--overwrite: {run_dir} is not a folder (or is a link); refusing to replace it")
-    real = run_dir.resolve()
-    for flag in ("dataset", "init"):
-        value = getattr(args, flag, None)
-        if value and Path(value).exists():
-            source = Path(value).resolve()
-            if source == real or real in source.parents or source in real.parents:
-                raise RunError(f"--overwrite: --output {run_dir} holds or is inside --{flag} {value}; refusing to "
-                               "delete an input of this run; choose another --output")
-    if any(run_dir.iterdir()) and not ((run_dir / ARGS_NAME).is_file() or (run_dir / CHECKPOINTS).is_dir()):
-        raise RunError(f"--overwrite: {run_dir} is not a run folder of ofas-wrap (no {ARGS_NAME}, no {CHECKPOINTS}/); "
-                       "refusing to delete it; choose another --output or empty it yourself")
-
-
-# ------------------------------------------------------------------------------------------------- eval
-@torch.no_grad()
-def evaluate_classifier(accelerator, model: nn.Module, loader, ofas: Optional[bool] = None) -> dict[str, float]:
-    """Top-1 accuracy (and, for an OFAS model, executed gates / blocks / MFLOPs per sample) over ``loader``.
-
-    ``model`` is the plain (unwrapped) module; ``loader`` a prepared loader (sharded across processes); results
-    are gathered with ``gather_for_metrics`` so duplicated padding samples are not counted twice.
-    """
-    from ._model import OFASModel
-
-    ofas = isinstance(model, OFASModel) if ofas is None else ofas
-    was_training = model.training
-    model.eval()
-    correct = count = 0
-    gates_sum = flops_sum = 0.0
-    try:
-        for images, labels in loader:
-            logits = model(images)
-            predicted = logits.argmax(dim=1)
-            if ofas:
-                gates = model.last_gates.to(torch.bool)
-                executed = gates.sum(dim=1).to(torch.float64).to(predicted.device)
-                flops = model.executed_flops(gates).to(predicted.device)
-                predicted, labels, executed, flops = accelerator.gather_for_metrics(
-                    (predicted, labels, executed, flops))
-                gates_sum += float(executed.sum())
-                flops_sum += float(flops.sum())
-            else:
-                predicted, labels = accelerator.gather_for_metrics((predicted, labels))
-            correct += int((predicted == labels).sum())
-            count += int(labels.numel())
-    finally:
-        model.train(was_training)
-    result = {"accuracy": correct / max(count, 1), "count": count}
-    if ofas:
-        n = max(model.num_gates, 1)
-        result["executed_gates"] = gates_sum / max(count, 1)
-        result["executed_blocks"] = result["executed_gates"] + (len(model.blocks) - model.num_gates)
-        result["skip_ratio"] = 1.0 - result["executed_gates"] / n
-        result["mflops"] = flops_sum / max(count, 1) / 1e6
-    return result
 
 
 # ---------------------------------------------------------------------------------------------- trainer
@@ -882,26 +572,3 @@ class Trainer:
                 f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in final.items()))
         parts.append(f"run folder: {self.run_dir}")
         return "\n".join(parts)
-
-
-def main_guard(run: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Sequence[str]] = None) -> int:
-    """Run a recipe's main function and turn the expected failures into a clear message and an exit code.
-
-    2: bad flags, data or run folder (nothing was written); 3: a NaN/inf loss; 130: interrupted (checkpoint saved).
-    """
-    from ._hub import CheckpointError
-    from .models import WeightsError
-
-    try:
-        run(argv)
-    except (RunError, DataError, FileNotFoundError, CheckpointError, WeightsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    except TrainingInterrupted as exc:
-        print(str(exc), file=sys.stderr)
-        return 130
-    return 0
-

@@ -2,7 +2,7 @@
 stochastic depth that really skips the dropped blocks.
 
 Measured on the development machines (2 AMD EPYC cores, AVX2 only): ``benchmarks/train_speed.py`` and
-``docs/results/train_speed.md``. The recipes turn these into flags (``_training.build_parser``); this module holds
+``docs/results/train_speed.md``. The recipes turn these into flags (``training.build_parser``); this module holds
 the mechanics so the benchmark times exactly what the recipes run.
 
 Example:
