@@ -25,9 +25,8 @@ from ._factory import create_model
 from ._gating import hard_gates, mix_gated, straight_through_gates
 from ._head import OFASHead
 from ._hub import CheckpointError
-from ._model import GatedBlock, OFASModel
+from ._model import GatedBlock, OFASModel, adaptify
 from ._plan import BlockPlan, SurgeryPlan, count_flops
-from ._surgery import adaptify
 from ._version import __version__
 
 __all__ = [

@@ -21,8 +21,9 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from ._assembly import build_config
 from ._config import check_threshold
-from ._hub import CheckpointError, build_config, read_config
+from ._hub import CheckpointError, read_config
 
 __all__ = ["EXTRA_CONFIG_NAME", "ONNX_CONFIG_KEY", "ONNX_THRESHOLD_NAME", "export_torchscript", "load_torchscript",
            "export_program", "export_onnx", "set_onnx_threshold", "script_with_fx_fallback"]

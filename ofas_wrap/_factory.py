@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Optional
 
-from ._model import OFASModel
-from ._surgery import adaptify
+from ._model import OFASModel, adaptify
 from .models import create_backbone, load_checkpoint_weights, parse_backbone_spec
 from .models._user import FACTORY_SOURCE, factory_kwargs
 

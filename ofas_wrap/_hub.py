@@ -1,8 +1,11 @@
-"""Save, load and share OFAS models: ``model.safetensors`` + ``config.json`` + a ``README.md`` model card.
+"""The files of a saved OFAS model: ``model.safetensors`` + ``config.json`` + a ``README.md`` model card.
 
-The folder written by :meth:`OFASHubMixin.save_pretrained` is what :meth:`OFASHubMixin.push_to_hub` uploads
-and what :meth:`OFASHubMixin.from_pretrained` reads back, from disk or from the Hugging Face Hub. Loading
-never unpickles anything: the weights come only from safetensors, the settings only from JSON.
+This module knows files, not models (as timm's ``_hub.py``): the ``config.json`` format and its checks, the
+safetensors weights (a tensor shared under several names stored once), SHA-256 digests, atomic folder writes,
+the Hugging Face Hub download, and the model card. It imports nothing that builds a model (no ``_model``,
+``_surgery``, ``_factory`` or ``models``); :class:`ofas_wrap.OFASModel`'s ``save_pretrained`` /
+``from_pretrained`` / ``push_to_hub`` (``_model.py``, with ``_assembly.py``) call it. Loading never unpickles
+anything: the weights come only from safetensors, the settings only from JSON.
 
 Weight names are the backbone's own ``state_dict`` names under ``backbone.`` and the OFAS head's under
 ``head.`` (``backbone.layer1.0.conv1.weight``, ``head.fcs.0.weight``), so the file does not depend on how
@@ -20,12 +23,9 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Optional, Union
 
-import torch
-from huggingface_hub import ModelHubMixin
-from torch import Tensor, nn
+from torch import Tensor
 
 from ._config import (
     CONFIG_NAME,
@@ -34,19 +34,21 @@ from ._config import (
     ConfigFieldError,
     OFASConfig,
     check_threshold,
-    float32_repr,
 )
 from ._version import __version__
 
 __all__ = [
     "CheckpointError",
-    "OFASHubMixin",
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "CARD_NAME",
     "FORMAT_NAME",
     "FORMAT_VERSION",
-    "infer_backbone_spec",
+    "read_config",
+    "check_repo_id",
+    "model_card",
+    "base_model_id",
+    "eval_results",
 ]
 
 WEIGHTS_NAME = "model.safetensors"
@@ -75,230 +77,6 @@ CARD_TAGS = ["ofas", "ofas-wrap", "adaptive-inference", "dynamic-depth", "resnet
 PUSH_KWARGS = ("commit_message", "private", "token", "branch", "create_pr", "allow_patterns", "ignore_patterns",
                "delete_patterns", "revision")
 CARD_KWARGS = ("model_name", "repo_id")
-
-
-class OFASHubMixin(ModelHubMixin, library_name="ofas-wrap", tags=CARD_TAGS):
-    """``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` for :class:`ofas_wrap.OFASModel`, on
-    ``huggingface_hub.ModelHubMixin``.
-
-    The mixin's hooks do the work: ``_save_pretrained`` writes ``model.safetensors``, ``config.json`` and the card
-    into a folder, ``_from_pretrained`` rebuilds the model from a folder or a Hub repo and loads its weights strictly.
-    The three public methods are the mixin's, with the mixin's arguments (``force_download``, ``branch``,
-    ``allow_patterns`` / ``ignore_patterns`` / ``delete_patterns``, ``push_to_hub=True``) and ofas-wrap's
-    (descriptions, ``backbone=``, ``threshold=``, ``trust_remote_code``); they check everything before a file is
-    written or a request sent, save atomically, and never overwrite a README.md the user edited.
-
-    None of these methods is called from ``forward``, so ``torch.jit.script(model)`` never compiles them.
-    """
-
-    # the settings live in model.config and config.json is built from the model; a (read-only, empty) config here
-    # stops the mixin's __new__ from keeping a second, stale copy of every model's constructor arguments
-    _hub_mixin_config: Any = MappingProxyType({})
-
-    @torch.jit.unused
-    def save_pretrained(self, save_directory: PathLike, *, class_names: Optional[Sequence[str]] = None,
-                        normalization: Optional[dict[str, Sequence[float]]] = None,
-                        datasets: Optional[Sequence[str]] = None, metrics: Optional[Sequence[dict]] = None,
-                        license: Optional[str] = None, model_name: Optional[str] = None,
-                        config: Optional[dict[str, Any]] = None, repo_id: Optional[str] = None,
-                        push_to_hub: bool = False, model_card_kwargs: Optional[dict[str, Any]] = None,
-                        **push_to_hub_kwargs: Any) -> Any:
-        """Write ``model.safetensors``, ``config.json`` and a ``README.md`` model card to ``save_directory``.
-
-        The write is atomic: everything goes to a hidden temporary folder beside ``save_directory``, which
-        then replaces it with a rename, so an interrupted save leaves the previous folder (or nothing)
-        rather than a half-written model. Files of an existing folder that are not ours are kept, and so is a
-        ``README.md`` the user wrote or edited (only the card our last save wrote, whose SHA-256 ``config.json``
-        records as ``card_sha256``, is renewed).
-
-        The optional descriptions default to the same keys of ``model.config`` (``class_names``,
-        ``normalization`` = ``{"mean": [...], "std": [...]}``, ``datasets`` (Hub dataset ids), ``metrics``
-        (rows of ``{"threshold", "accuracy", "executed_blocks", "mflops", "latency_ms"}``; the card's
-        ``eval_results`` list each row's accuracy), ``license``); a timm backbone's ``pretrained_cfg`` mean/std is
-        used when no normalisation is given. ``config`` may carry the same descriptions as a dict (what
-        ``push_to_hub`` passes on); the OFAS settings themselves always come from the model.
-
-        ``push_to_hub=True`` then uploads the model to ``repo_id`` (default: the folder's name) with
-        :meth:`push_to_hub`, which takes ``push_to_hub_kwargs`` (``private``, ``token``, ``branch``, ...), and returns
-        its commit info; otherwise the folder is returned. ``model_card_kwargs`` may hold ``model_name`` (the
-        card's title) and ``repo_id`` (the id the card's usage example loads).
-
-        Example:
-            >>> import tempfile, ofas_wrap
-            >>> model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16))
-            >>> folder = model.save_pretrained(tempfile.mkdtemp() + "/resnet8-ofas")
-            >>> sorted(p.name for p in folder.iterdir())
-            ['README.md', 'config.json', 'model.safetensors']
-        """
-        target = Path(save_directory)
-        if target.exists() and not target.is_dir():
-            raise FileExistsError(f"{target} exists and is not a folder; save_pretrained writes a folder there")
-        overrides = _metadata_overrides(config, class_names=class_names, normalization=normalization,
-                                        datasets=datasets, metrics=metrics, license=license)
-        card_kwargs = _card_kwargs(model_card_kwargs, model_name)
-        if push_to_hub:
-            unknown = sorted(set(push_to_hub_kwargs) - set(PUSH_KWARGS))
-            if unknown:
-                raise TypeError(f"save_pretrained(push_to_hub=True) got unexpected arguments {unknown}; push_to_hub "
-                                f"takes {list(PUSH_KWARGS)}")
-            repo_id = target.name if repo_id is None else repo_id
-            check_repo_id(repo_id)
-            card_kwargs.setdefault("repo_id", repo_id)
-        elif push_to_hub_kwargs or repo_id is not None:
-            given = sorted(push_to_hub_kwargs) + (["repo_id"] if repo_id is not None else [])
-            raise TypeError(f"save_pretrained got {given}, which only an upload uses; pass push_to_hub=True to "
-                            "upload the model as well, or leave them out")
-        built = build_config(self, **overrides)
-        users_card = _users_card(target)
-        with _staging_folder(target) as staging:
-            self._save_pretrained(staging, config=built, card_text=users_card, **card_kwargs)
-        if push_to_hub:
-            return self.push_to_hub(repo_id, config=overrides or None, model_card_kwargs=card_kwargs,
-                                    **push_to_hub_kwargs)
-        return target
-
-    @torch.jit.unused
-    def _save_pretrained(self, save_directory: Path, *, config: Optional[dict[str, Any]] = None,
-                         card_text: Optional[str] = None, model_name: Optional[str] = None,
-                         repo_id: Optional[str] = None) -> None:
-        """The mixin's hook: write the model's three files (and a factory's ``.py`` file) into ``save_directory``.
-
-        ``config`` is :func:`build_config`'s output (built from the model when None); ``card_text`` a README.md to
-        keep instead of generating the card. :meth:`save_pretrained` calls this on its staging folder."""
-        folder = Path(save_directory)
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_folder(self, build_config(self) if config is None else config, folder, model_name=model_name,
-                      repo_id=repo_id, card_text=card_text)
-
-    @torch.jit.unused
-    def generate_model_card(self, *args: Any, **kwargs: Any) -> Any:
-        """The ``huggingface_hub.ModelCard`` a save writes for this model (``model_name``, ``repo_id`` as in
-        ``model_card_kwargs``): Hub metadata (library, tags, datasets, license, base_model, eval_results) and a
-        description with usage, metrics per threshold, FLOPs and the input."""
-        from huggingface_hub import ModelCard
-
-        if args:
-            raise TypeError("generate_model_card takes keyword arguments only (model_name=, repo_id=)")
-        card_kwargs = _card_kwargs(kwargs, None)
-        return ModelCard(model_card(build_config(self), **card_kwargs))
-
-    @classmethod
-    @torch.jit.unused
-    def from_pretrained(cls, dir_or_repo_id: PathLike, backbone: Optional[nn.Module] = None, *,
-                        threshold: Optional[float] = None, device: Union[str, torch.device] = "cpu",
-                        revision: Optional[str] = None, token: Union[str, bool, None] = None,
-                        cache_dir: Optional[PathLike] = None, local_files_only: bool = False,
-                        force_download: bool = False, leaf_modules: Sequence[type] = (),
-                        trust_remote_code: bool = False) -> Any:
-        """Rebuild a saved OFAS model (in eval mode) from a local folder or a Hugging Face Hub repo id.
-
-        The backbone is rebuilt from ``config.json`` (``cifar`` / ``timm`` / ``torchvision``, random weights,
-        nothing downloaded but the repo itself), adapted with the saved OFAS settings, and the weights are
-        loaded strictly: a missing or unexpected weight, a shape mismatch, other residual blocks or another
-        backbone are errors naming the offending entries. For your own backbone class, which no registry can
-        rebuild, build it yourself and pass it as ``backbone=`` (it is adapted and the weights loaded into it).
-
-        Args:
-            dir_or_repo_id: a folder written by ``save_pretrained``, or a Hub repo id (``"user/name"``).
-            backbone: the plain backbone to adapt instead of rebuilding it from the config.
-            threshold: override the saved threshold T.
-            device: where to put the model.
-            revision, token, cache_dir, local_files_only, force_download: passed to
-                ``huggingface_hub.snapshot_download`` (a repo id only).
-            leaf_modules: as for :func:`ofas_wrap.adaptify`, for backbones torch.fx cannot trace through.
-            trust_remote_code: a folder whose backbone comes from a user's factory (``file.py:FACTORY``, kept in
-                the folder, or ``package.module:FACTORY``) runs that code to rebuild it only when this is True.
-
-        Raises:
-            FileNotFoundError: the folder lacks ``config.json`` or ``model.safetensors``.
-            CheckpointError: a bad config, a corrupted weights file, weights that do not fit, an unknown or
-                unreachable repo id.
-
-        Example:
-            >>> import tempfile, ofas_wrap
-            >>> model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16), threshold=0.3)
-            >>> folder = model.save_pretrained(tempfile.mkdtemp() + "/m")
-            >>> round(ofas_wrap.OFASModel.from_pretrained(folder).threshold, 6)
-            0.3
-        """
-        if threshold is not None:
-            check_threshold(threshold)
-        return cls._from_pretrained(
-            model_id=os.fspath(dir_or_repo_id), revision=revision, cache_dir=cache_dir, force_download=force_download,
-            local_files_only=local_files_only, token=token, backbone=backbone, threshold=threshold, device=device,
-            leaf_modules=leaf_modules, trust_remote_code=trust_remote_code,
-        )
-
-    @classmethod
-    @torch.jit.unused
-    def _from_pretrained(cls, *, model_id: str, revision: Optional[str], cache_dir: Optional[PathLike],
-                         force_download: bool, local_files_only: bool, token: Union[str, bool, None],
-                         backbone: Optional[nn.Module] = None, threshold: Optional[float] = None,
-                         device: Union[str, torch.device] = "cpu", leaf_modules: Sequence[type] = (),
-                         trust_remote_code: bool = False) -> Any:
-        """The mixin's hook: find the folder (downloading a repo id), check ``config.json``, rebuild, load strictly."""
-        folder = _resolve_folder(model_id, revision=revision, token=token, cache_dir=cache_dir,
-                                 local_files_only=local_files_only, force_download=force_download)
-        config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"{path} is missing: {folder} is not a folder written by save_pretrained "
-                    f"(it needs {CONFIG_NAME} and {WEIGHTS_NAME})"
-                )
-        config = read_config(config_path)
-        if threshold is not None:
-            check_threshold(threshold)
-        model = _rebuild(config, config_path, backbone, leaf_modules, trust_remote_code)
-        if not isinstance(model, cls):
-            raise TypeError(f"{cls.__name__}.from_pretrained built a {type(model).__name__}")
-        _load_weights(model, weights_path, config)
-        model.threshold = float(config["ofas"]["threshold"] if threshold is None else threshold)
-        model.config["backbone"] = _absolute_factory(config["backbone"], folder) or infer_backbone_spec(model.unwrap())
-        for key in METADATA_KEYS:
-            if config.get(key) is not None:
-                model.config[key] = config[key]
-        return model.eval().to(device)
-
-    @torch.jit.unused
-    def push_to_hub(self, repo_id: str, *, config: Optional[dict[str, Any]] = None,
-                    commit_message: str = "Upload OFAS model", private: Optional[bool] = None,
-                    token: Optional[str] = None, branch: Optional[str] = None, create_pr: bool = False,
-                    allow_patterns: Union[list[str], str, None] = None,
-                    ignore_patterns: Union[list[str], str, None] = None,
-                    delete_patterns: Union[list[str], str, None] = None,
-                    model_card_kwargs: Optional[dict[str, Any]] = None, revision: Optional[str] = None,
-                    **save_kwargs: Any) -> Any:
-        """Upload the ``save_pretrained`` folder to the Hub repo ``repo_id`` (created if missing), in one commit.
-
-        ``huggingface_hub.ModelHubMixin.push_to_hub`` does the upload (``HfApi.create_repo(exist_ok=True)``, then
-        :meth:`save_pretrained` into a temporary folder and ``HfApi.upload_folder``): ``branch`` (``revision`` is
-        the older name of it), ``create_pr``, ``allow_patterns`` / ``ignore_patterns`` (which files go up) and
-        ``delete_patterns`` (remote files to delete in the same commit) are its. ``save_kwargs`` are the
-        descriptions of :meth:`save_pretrained` and ``model_name``. The repo id, the arguments and the descriptions
-        are checked before anything is written or sent. Returns the ``CommitInfo`` of the upload.
-
-        Example (needs network access and a write token, so it is not run here):
-            >>> model.push_to_hub("your-name/resnet38-ofas-cifar10", private=True)  # doctest: +SKIP
-        """
-        check_repo_id(repo_id)
-        if revision is not None:
-            if branch is not None and branch != revision:
-                raise ValueError(f"push_to_hub got branch={branch!r} and revision={revision!r}; revision is the older "
-                                 "name of branch, pass one of them")
-            branch = revision
-        model_name = save_kwargs.pop("model_name", None)
-        overrides = _metadata_overrides(config, **{k: save_kwargs.pop(k, None) for k in METADATA_KEYS})
-        if save_kwargs:
-            raise TypeError(f"push_to_hub got unexpected arguments {sorted(save_kwargs)}")
-        card_kwargs = _card_kwargs(model_card_kwargs, model_name)
-        card_kwargs.setdefault("repo_id", repo_id)
-        build_config(self, **overrides)  # the descriptions are checked before the repo is created
-        return super().push_to_hub(
-            repo_id, config=overrides or None, commit_message=commit_message, private=private, token=token,
-            branch=branch, create_pr=create_pr, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns,
-            delete_patterns=delete_patterns, model_card_kwargs=card_kwargs,
-        )
 
 
 def _metadata_overrides(config: Optional[dict[str, Any]], **given: Any) -> dict[str, Any]:
@@ -337,39 +115,6 @@ def _card_kwargs(model_card_kwargs: Optional[dict[str, Any]], model_name: Option
 
 
 # ---------------------------------------------------------------------------------------------- config
-def build_config(model: Any, **overrides: Any) -> dict[str, Any]:
-    """The ``config.json`` of ``model``: backbone spec, OFAS settings, metadata, FLOPs; validated."""
-    ofas = {key: model.config.get(key) for key in OFAS_KEYS if key in model.config
-            or key not in OFASConfig.OPTIONAL_KEYS}
-    ofas["threshold"] = float32_repr(model.threshold)
-    missing = [key for key in ("variant", "input_size", "gated_blocks", "blocks") if ofas[key] is None]
-    if missing:
-        raise ValueError(f"model.config lacks {missing}; build the model with ofas_wrap.adaptify or create_model")
-    backbone = model.unwrap()
-    spec = model.config.get("backbone") or infer_backbone_spec(backbone)
-    config: dict[str, Any] = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "ofas_wrap_version": __version__,
-        "torch_version": torch.__version__.split("+")[0],
-        "architecture": "OFASModel",
-        "backbone": _jsonable(spec) if spec else None,
-        "backbone_class": f"{type(backbone).__module__}.{type(backbone).__qualname__}",
-        "ofas": ofas,
-        "num_gates": model.num_gates,
-    }
-    for key in METADATA_KEYS:
-        value = overrides.get(key)
-        config[key] = value if value is not None else model.config.get(key)
-    if config["normalization"] is None:
-        config["normalization"] = _timm_normalization(backbone)
-    spec_kwargs = _jsonable(spec)["kwargs"] if spec else {}
-    num_classes = spec_kwargs.get("num_classes", getattr(backbone, "num_classes", None))
-    _validate_metadata(config, num_classes if isinstance(num_classes, int) else None)
-    config["flops"] = _flops_summary(model)
-    return json.loads(json.dumps(config))  # plain JSON types only (tuples -> lists), fails early if not JSON
-
-
 def read_config(path: PathLike, text: Optional[str] = None) -> dict[str, Any]:
     """Read and check an ofas-wrap config (``config.json`` or the one inside a TorchScript export)."""
     path = Path(path)
@@ -414,6 +159,7 @@ MAX_INPUT_CHANNELS = 64
 MAX_NUM_CLASSES = 1_000_000
 
 
+
 def _check_config_values(path: Path, config: dict[str, Any]) -> None:
     """Types and ranges of the settings a rebuild uses, each error naming the file and the field."""
 
@@ -443,46 +189,6 @@ def _check_config_values(path: Path, config: dict[str, Any]) -> None:
                                 or not 1 <= classes <= MAX_NUM_CLASSES):
         raise CheckpointError(f"{path}: field 'backbone.kwargs.num_classes' must be an integer in [1, "
                               f"{MAX_NUM_CLASSES}], got {classes!r}")
-
-
-def infer_backbone_spec(backbone: nn.Module) -> Optional[dict[str, Any]]:
-    """How a registry can rebuild ``backbone``: ``{"source", "name", "kwargs"}``, or None if it cannot.
-
-    Recognises the CIFAR ResNets, timm models (``pretrained_cfg["architecture"]``) and torchvision ResNets;
-    a candidate counts only if a freshly built one has exactly the same weight names and shapes.
-
-    Example:
-        >>> from ofas_wrap.models import cifar_resnet
-        >>> infer_backbone_spec(cifar_resnet(14, num_classes=5))
-        {'source': 'cifar', 'name': 'resnet14', 'kwargs': {'num_classes': 5, 'in_chans': 3}}
-    """
-    from .models import CifarResNet
-
-    candidates: list[dict[str, Any]] = []
-    module_name = type(backbone).__module__
-    if type(backbone) is CifarResNet:
-        candidates.append({"source": "cifar", "name": f"resnet{backbone.depth}",
-                           "kwargs": {"num_classes": backbone.num_classes, "in_chans": backbone.in_chans}})
-    elif module_name.startswith("timm."):
-        cfg = getattr(backbone, "pretrained_cfg", None) or {}
-        architecture = cfg.get("architecture")
-        if architecture:
-            kwargs = {"in_chans": _in_channels(backbone)}
-            if isinstance(getattr(backbone, "num_classes", None), int):
-                kwargs["num_classes"] = backbone.num_classes
-            candidates.append({"source": "timm", "name": architecture, "kwargs": kwargs})
-    elif module_name.startswith("torchvision.models") and type(backbone).__name__ == "ResNet":
-        fc = getattr(backbone, "fc", None)
-        kwargs = {"num_classes": fc.out_features} if isinstance(fc, nn.Linear) else {}
-        for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
-                     "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"):
-            candidates.append({"source": "torchvision", "name": name, "kwargs": dict(kwargs)})
-    expected = _shapes(backbone.state_dict())
-    for candidate in candidates:
-        rebuilt = _build_backbone(candidate, meta=True)
-        if rebuilt is not None and _shapes(rebuilt.state_dict()) == expected:
-            return candidate
-    return None
 
 
 def check_repo_id(repo_id: str) -> None:
@@ -515,7 +221,6 @@ def _users_card(target: Path) -> Optional[str]:
 
 def _write_folder(model: Any, config: dict[str, Any], folder: Path, model_name: Optional[str],
                   repo_id: Optional[str], card_text: Optional[str] = None) -> None:
-    config = _bundle_factory_code(config, folder)
     weights, aliases = _weights_to_save(model)
     weights_path = folder / WEIGHTS_NAME
     _save_safetensors(weights, weights_path, metadata={
@@ -529,24 +234,6 @@ def _write_folder(model: Any, config: dict[str, Any], folder: Path, model_name: 
         _write_text(folder / CARD_NAME, card_text)
         config["card_sha256"] = None
     _write_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
-
-
-def _bundle_factory_code(config: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """A backbone built by a factory in a ``.py`` file: copy the file into the folder and record it relative to
-    the folder (as the Hub keeps custom code beside the weights), so the folder rebuilds anywhere."""
-    from .models._user import FACTORY_SOURCE, split_factory_spec
-
-    spec = config.get("backbone")
-    if not spec or spec.get("source") != FACTORY_SOURCE:
-        return config
-    module, name = split_factory_spec(spec["name"])
-    if not module.endswith(".py"):
-        return config  # an importable module: the import path is the record
-    source = Path(module)
-    if not source.is_file():
-        raise FileNotFoundError(f"the backbone's code {source} is gone; it is needed to save the model")
-    _write_text(folder / source.name, source.read_text())
-    return dict(config, backbone=dict(spec, name=f"{source.name}:{name}"))
 
 
 def _save_safetensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
@@ -685,86 +372,6 @@ def _resolve_folder(dir_or_repo_id: PathLike, *, revision: Optional[str], token:
             "network, HF_HUB_OFFLINE (offline mode only finds repos already in the cache) and, for a private "
             "repo, the token"
         ) from exc
-
-
-def _absolute_factory(spec: Optional[dict[str, Any]], folder: Path) -> Optional[dict[str, Any]]:
-    from .models._user import FACTORY_SOURCE, split_factory_spec
-
-    if not spec or spec.get("source") != FACTORY_SOURCE:
-        return spec
-    module, name = split_factory_spec(spec["name"], base_dir=folder)
-    return dict(spec, name=f"{module}:{name}")
-
-
-def _rebuild(config: dict[str, Any], config_path: Path, backbone: Optional[nn.Module],
-             leaf_modules: Sequence[type], trust_remote_code: bool = False) -> Any:
-    from ._model import OFASModel
-    from ._surgery import adaptify
-    from .models._user import FACTORY_SOURCE, build_from_factory
-
-    spec = config["backbone"]
-    if backbone is None and spec is not None and spec.get("source") == FACTORY_SOURCE:
-        if not trust_remote_code:
-            raise CheckpointError(
-                f"{config_path} rebuilds its backbone by running code ({spec['name']}); pass "
-                "trust_remote_code=True (recipes and CLI: --trust-remote-code) if you trust that code, or build the "
-                "backbone yourself and pass it: OFASModel.from_pretrained(path, backbone=MyResNet(...))"
-            )
-        try:
-            backbone = build_from_factory(spec["name"], spec.get("kwargs") or {}, base_dir=config_path.parent)
-        except ValueError as exc:
-            raise CheckpointError(f"{config_path}: cannot rebuild the backbone from {spec['name']}: {exc}") from exc
-    if backbone is None:
-        if spec is None:
-            raise CheckpointError(
-                f"{config_path} records no backbone a registry can rebuild (it was made from "
-                f"{config.get('backbone_class', 'a custom class')}); build that backbone yourself and pass it: "
-                "OFASModel.from_pretrained(path, backbone=MyResNet(...))"
-            )
-        backbone = _build_backbone(spec, meta=False, config_path=config_path)
-    else:
-        if isinstance(backbone, OFASModel):
-            raise TypeError("backbone= must be the plain backbone, not an OFASModel; pass model.unwrap()")
-        if not isinstance(backbone, nn.Module):
-            raise TypeError(f"backbone= must be a torch.nn.Module, got {type(backbone).__name__}")
-        given = infer_backbone_spec(backbone) if spec is not None else None
-        if given is not None and (given["source"], given["name"]) != (spec["source"], spec["name"]):
-            raise CheckpointError(
-                f"{config_path} is for backbone {spec['source']}:{spec['name']}, but backbone= is "
-                f"{given['source']}:{given['name']}; pass a {spec['source']}:{spec['name']} or leave backbone= out"
-            )
-    ofas = config["ofas"]
-    settings = OFASConfig.from_dict(ofas)
-    model = adaptify(backbone, variant=settings.variant, threshold=0.0, gate_downsample=settings.gate_downsample,
-                     hidden_act=settings.hidden_act, detach_input=settings.detach_input,
-                     gate_bias_init=settings.gate_bias_init, input_size=settings.input_size,
-                     leaf_modules=leaf_modules, pool_grid=settings.pool_grid)
-    for key in ("blocks", "gated_blocks"):
-        if list(model.config[key]) != list(ofas[key]):
-            only_saved = [b for b in ofas[key] if b not in model.config[key]]
-            only_model = [b for b in model.config[key] if b not in ofas[key]]
-            raise CheckpointError(
-                f"{config_path} is for another backbone: its {key} differ from the rebuilt model's "
-                f"(only in the config: {only_saved or 'none'}; only in the model: {only_model or 'none'}"
-                f"{'; same names in another order' if not only_saved and not only_model else ''})"
-            )
-    return model
-
-
-def _build_backbone(spec: dict[str, Any], meta: bool, config_path: Optional[Path] = None) -> Optional[nn.Module]:
-    from .models import BackboneSpec, create_backbone
-
-    parsed = BackboneSpec(str(spec["source"]), str(spec["name"]), dict(spec.get("kwargs") or {}))
-    if meta:
-        try:
-            with torch.device("meta"):
-                return create_backbone(parsed)
-        except Exception:
-            return None
-    try:
-        return create_backbone(parsed)
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{config_path}: cannot rebuild backbone {parsed} {parsed.kwargs}: {exc}") from exc
 
 
 def _load_weights(model: Any, path: Path, config: dict[str, Any]) -> None:
@@ -990,49 +597,6 @@ def _validate_metadata(config: dict[str, Any], num_classes: Optional[int]) -> No
         config["metrics"] = [dict(row) for row in metrics]
     if config["license"] is not None and not isinstance(config["license"], str):
         raise ValueError(f"license must be a string such as 'apache-2.0', got {config['license']!r}")
-
-
-def _flops_summary(model: Any) -> Optional[dict[str, Any]]:
-    plan = getattr(model, "plan", None)
-    if plan is None:
-        return None
-    return {
-        "input_size": list(plan.input_size),
-        "total": int(plan.total_flops),
-        "backbone": int(plan.backbone_flops),
-        "head": int(plan.head_flops),
-        "fixed": int(plan.stem_flops + plan.head_flops + plan.tail_flops),
-        "blocks": [{"name": b.name, "gated": b.gated, "gate_index": b.gate_index, "flops": int(b.flops),
-                    "skip_flops": int(b.skip_flops)} for b in plan],
-    }
-
-
-def _timm_normalization(backbone: nn.Module) -> Optional[dict[str, list[float]]]:
-    cfg = getattr(backbone, "pretrained_cfg", None)
-    if not type(backbone).__module__.startswith("timm.") or not isinstance(cfg, dict):
-        return None
-    mean, std = cfg.get("mean"), cfg.get("std")
-    channels = _in_channels(backbone)
-    if mean and std and len(mean) == len(std) == channels:
-        return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
-    return None
-
-
-def _in_channels(module: nn.Module) -> int:
-    for sub in module.modules():
-        if isinstance(sub, nn.Conv2d):
-            return sub.in_channels
-    return 3
-
-
-def _shapes(state: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in state.items()}
-
-
-def _jsonable(spec: Any) -> dict[str, Any]:
-    if not isinstance(spec, dict):
-        spec = {"source": spec.source, "name": spec.name, "kwargs": spec.kwargs}
-    return {"source": spec["source"], "name": spec["name"], "kwargs": dict(spec.get("kwargs") or {})}
 
 
 def _sha256(path: Path) -> str:

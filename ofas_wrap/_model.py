@@ -1,109 +1,279 @@
-"""The adapted model: a stem, the OFAS head, gated residual blocks and the backbone's tail.
+"""The adapted model, and how it is built, saved and loaded.
 
-Everything here is TorchScript-scriptable: the gates stay real ``if`` branches (batch of one) and per-sample
-routing (larger batches) in the scripted graph.
+- :class:`OFASModel`: a stem, the OFAS head, gated residual blocks (:class:`GatedBlock`, ``_block.py``) and the
+  backbone's tail. Everything its ``forward`` runs is TorchScript-scriptable: the gates stay real ``if`` branches
+  (batch of one) and per-sample routing (larger batches) in the scripted graph.
+- :func:`adaptify`: calls the surgery (``_surgery.py``, which cuts the backbone and imports no model class) and
+  builds the model from its parts.
+- ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` (:class:`OFASHubMixin`, the hooks of
+  ``huggingface_hub.ModelHubMixin``): the model calls the files layer (``_hub.py``), the model's side of the
+  config (``_assembly.py``) and, to rebuild a saved model, the surgery; never the reverse.
 """
 
 import contextlib
-from collections.abc import Iterator
-from typing import List, Optional, Tuple
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, List, Optional, Tuple, Union
 
 import torch
 import torch.utils.checkpoint
+from huggingface_hub import ModelHubMixin
 from torch import Tensor, nn
 
+from ._assembly import _absolute_factory, _build_backbone, _bundle_factory_code, build_config, infer_backbone_spec
+from ._block import GatedBlock
 from ._config import OFASConfig, check_threshold, float32_repr
-from ._gating import check_gate_mask, mix_gated, straight_through_gates
-from ._hub import OFASHubMixin
+from ._gating import check_gate_mask, straight_through_gates
+from ._hub import (
+    CARD_TAGS,
+    CONFIG_NAME,
+    METADATA_KEYS,
+    PUSH_KWARGS,
+    WEIGHTS_NAME,
+    CheckpointError,
+    PathLike,
+    _card_kwargs,
+    _load_weights,
+    _metadata_overrides,
+    _resolve_folder,
+    _staging_folder,
+    _users_card,
+    _write_folder,
+    check_repo_id,
+    model_card,
+    read_config,
+)
+from ._surgery import cut_backbone
+from .models._user import FACTORY_SOURCE, build_from_factory
 
-__all__ = ["GatedBlock", "OFASModel"]
+__all__ = ["GatedBlock", "OFASModel", "OFASHubMixin", "adaptify"]
 
 
-class GatedBlock(nn.Module):
-    """A residual block that can be skipped; when skipped its shortcut runs instead (Eq. 4).
+# ------------------------------------------------------------------------------ save, load and share
+class OFASHubMixin(ModelHubMixin, library_name="ofas-wrap", tags=CARD_TAGS):
+    """``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` for :class:`ofas_wrap.OFASModel`, on
+    ``huggingface_hub.ModelHubMixin``.
 
-    ``block`` is the backbone's own module (not a copy); ``shortcut`` computes what the block's shortcut
-    computes (``nn.Identity`` or the projection path); ``after`` is whatever the backbone runs between this
-    block and the next one (usually nothing). ``gate_index`` is the column of the head's output that gates
-    this block, or -1 for a block that always runs.
+    The mixin's hooks do the work: ``_save_pretrained`` writes ``model.safetensors``, ``config.json`` and the card
+    into a folder, ``_from_pretrained`` rebuilds the model from a folder or a Hub repo and loads its weights strictly.
+    The three public methods are the mixin's, with the mixin's arguments (``force_download``, ``branch``,
+    ``allow_patterns`` / ``ignore_patterns`` / ``delete_patterns``, ``push_to_hub=True``) and ofas-wrap's
+    (descriptions, ``backbone=``, ``threshold=``, ``trust_remote_code``); they check everything before a file is
+    written or a request sent, save atomically, and never overwrite a README.md the user edited.
+
+    None of these methods is called from ``forward``, so ``torch.jit.script(model)`` never compiles them.
     """
 
-    def __init__(self, name: str, block: nn.Module, shortcut: nn.Module, gate_index: int,
-                 after: Optional[nn.Module] = None) -> None:
-        super().__init__()
-        self.name = name
-        self.block = block
-        self.shortcut = shortcut
-        self.after = after if after is not None else nn.Identity()
-        self.gate_index = gate_index
-        self.identity_shortcut = isinstance(shortcut, nn.Identity)
-
-    def forward(self, x: Tensor, gate: Tensor) -> Tensor:
-        """Training form: ``gate`` is a float ``(batch,)`` tensor (0/1 forward value, straight-through).
-
-        The block computes its own projection; the separate shortcut call (needed for the mix and the gate's
-        straight-through gradient) must not update the projection's BatchNorm statistics a second time, so its
-        buffers are restored after it. With every gate open and no gradient to the gates, it is not run at all.
-        """
-        if self.gate_index < 0:
-            return self.after(self.block(x))
-        block_out = self.block(x)
-        if self.identity_shortcut:
-            return self.after(mix_gated(gate, block_out, x))
-        if not gate.requires_grad and bool((gate == 1).all()):
-            return self.after(block_out)
-        return self.after(mix_gated(gate, block_out, self._shortcut_keeping_statistics(x)))
+    # the settings live in model.config and config.json is built from the model; a (read-only, empty) config here
+    # stops the mixin's __new__ from keeping a second, stale copy of every model's constructor arguments
+    _hub_mixin_config: Any = MappingProxyType({})
 
     @torch.jit.unused
-    def _shortcut_keeping_statistics(self, x: Tensor) -> Tensor:
-        # the shortcut runs on throw-away copies of its buffers (running statistics, step counters); the originals
-        # are put back untouched (not copied into: autograd may have saved them for the backward pass)
-        swapped = []
-        for module in self.shortcut.modules():
-            for name, buffer in list(module.named_buffers(recurse=False)):
-                swapped.append((module, name, buffer))
-                setattr(module, name, buffer.clone())
-        try:
-            return self.shortcut(x)
-        finally:
-            for module, name, buffer in swapped:
-                setattr(module, name, buffer)
+    def save_pretrained(self, save_directory: PathLike, *, class_names: Optional[Sequence[str]] = None,
+                        normalization: Optional[dict[str, Sequence[float]]] = None,
+                        datasets: Optional[Sequence[str]] = None, metrics: Optional[Sequence[dict]] = None,
+                        license: Optional[str] = None, model_name: Optional[str] = None,
+                        config: Optional[dict[str, Any]] = None, repo_id: Optional[str] = None,
+                        push_to_hub: bool = False, model_card_kwargs: Optional[dict[str, Any]] = None,
+                        **push_to_hub_kwargs: Any) -> Any:
+        """Write ``model.safetensors``, ``config.json`` and a ``README.md`` model card to ``save_directory``.
 
-    def forward_single(self, x: Tensor, run: bool) -> Tensor:
-        """Inference for a batch of one: a plain branch, the skipped block is not computed."""
-        if run or self.gate_index < 0:
-            return self.after(self.block(x))
-        return self.after(self.shortcut(x))
+        The write is atomic: everything goes to a hidden temporary folder beside ``save_directory``, which
+        then replaces it with a rename, so an interrupted save leaves the previous folder (or nothing)
+        rather than a half-written model. Files of an existing folder that are not ours are kept, and so is a
+        ``README.md`` the user wrote or edited (only the card our last save wrote, whose SHA-256 ``config.json``
+        records as ``card_sha256``, is renewed).
 
-    def forward_routed(self, x: Tensor, run: Tensor, executed: int) -> Tensor:
-        """Inference for a batch: ``run`` is a bool ``(batch,)`` tensor on the CPU, ``executed`` its count.
+        The optional descriptions default to the same keys of ``model.config`` (``class_names``,
+        ``normalization`` = ``{"mean": [...], "std": [...]}``, ``datasets`` (Hub dataset ids), ``metrics``
+        (rows of ``{"threshold", "accuracy", "executed_blocks", "mflops", "latency_ms"}``; the card's
+        ``eval_results`` list each row's accuracy), ``license``); a timm backbone's ``pretrained_cfg`` mean/std is
+        used when no normalisation is given. ``config`` may carry the same descriptions as a dict (what
+        ``push_to_hub`` passes on); the OFAS settings themselves always come from the model.
 
-        The block runs only on the samples that execute it (gather, compute, scatter); the others take the
-        shortcut. When all or none of the batch execute it, the batch goes through whole.
+        ``push_to_hub=True`` then uploads the model to ``repo_id`` (default: the folder's name) with
+        :meth:`push_to_hub`, which takes ``push_to_hub_kwargs`` (``private``, ``token``, ``branch``, ...), and returns
+        its commit info; otherwise the folder is returned. ``model_card_kwargs`` may hold ``model_name`` (the
+        card's title) and ``repo_id`` (the id the card's usage example loads).
+
+        Example:
+            >>> import tempfile, ofas_wrap
+            >>> model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16))
+            >>> folder = model.save_pretrained(tempfile.mkdtemp() + "/resnet8-ofas")
+            >>> sorted(p.name for p in folder.iterdir())
+            ['README.md', 'config.json', 'model.safetensors']
         """
-        if self.gate_index < 0:
-            executed = x.shape[0]
-        if executed == 0:
-            return self.after(self.shortcut(x))
-        batch = x.shape[0]
-        partial = executed < batch
-        inputs = x
-        run_index = torch.empty(0, dtype=torch.long)
-        if partial:
-            run_index = run.nonzero().flatten().to(x.device)
-            inputs = x.index_select(0, run_index)
-        computed = self.block(inputs)  # the block's only call site keeps the scripted graph small
-        if not partial:
-            return self.after(computed)
-        if self.identity_shortcut:
-            out = x.index_copy(0, run_index, computed)
-        else:
-            skip_index = (~run).nonzero().flatten().to(x.device)
-            skipped = self.shortcut(x.index_select(0, skip_index))
-            out = computed.new_empty([batch] + list(computed.shape[1:]))
-            out.index_copy_(0, skip_index, skipped)
-            out.index_copy_(0, run_index, computed)
-        return self.after(out)
+        target = Path(save_directory)
+        if target.exists() and not target.is_dir():
+            raise FileExistsError(f"{target} exists and is not a folder; save_pretrained writes a folder there")
+        overrides = _metadata_overrides(config, class_names=class_names, normalization=normalization,
+                                        datasets=datasets, metrics=metrics, license=license)
+        card_kwargs = _card_kwargs(model_card_kwargs, model_name)
+        if push_to_hub:
+            unknown = sorted(set(push_to_hub_kwargs) - set(PUSH_KWARGS))
+            if unknown:
+                raise TypeError(f"save_pretrained(push_to_hub=True) got unexpected arguments {unknown}; push_to_hub "
+                                f"takes {list(PUSH_KWARGS)}")
+            repo_id = target.name if repo_id is None else repo_id
+            check_repo_id(repo_id)
+            card_kwargs.setdefault("repo_id", repo_id)
+        elif push_to_hub_kwargs or repo_id is not None:
+            given = sorted(push_to_hub_kwargs) + (["repo_id"] if repo_id is not None else [])
+            raise TypeError(f"save_pretrained got {given}, which only an upload uses; pass push_to_hub=True to "
+                            "upload the model as well, or leave them out")
+        built = build_config(self, **overrides)
+        users_card = _users_card(target)
+        with _staging_folder(target) as staging:
+            self._save_pretrained(staging, config=built, card_text=users_card, **card_kwargs)
+        if push_to_hub:
+            return self.push_to_hub(repo_id, config=overrides or None, model_card_kwargs=card_kwargs,
+                                    **push_to_hub_kwargs)
+        return target
+
+    @torch.jit.unused
+    def _save_pretrained(self, save_directory: Path, *, config: Optional[dict[str, Any]] = None,
+                         card_text: Optional[str] = None, model_name: Optional[str] = None,
+                         repo_id: Optional[str] = None) -> None:
+        """The mixin's hook: write the model's three files (and a factory's ``.py`` file) into ``save_directory``.
+
+        ``config`` is :func:`build_config`'s output (built from the model when None); ``card_text`` a README.md to
+        keep instead of generating the card. :meth:`save_pretrained` calls this on its staging folder."""
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = _bundle_factory_code(build_config(self) if config is None else config, folder)
+        _write_folder(self, config, folder, model_name=model_name, repo_id=repo_id, card_text=card_text)
+
+    @torch.jit.unused
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> Any:
+        """The ``huggingface_hub.ModelCard`` a save writes for this model (``model_name``, ``repo_id`` as in
+        ``model_card_kwargs``): Hub metadata (library, tags, datasets, license, base_model, eval_results) and a
+        description with usage, metrics per threshold, FLOPs and the input."""
+        from huggingface_hub import ModelCard
+
+        if args:
+            raise TypeError("generate_model_card takes keyword arguments only (model_name=, repo_id=)")
+        card_kwargs = _card_kwargs(kwargs, None)
+        return ModelCard(model_card(build_config(self), **card_kwargs))
+
+    @classmethod
+    @torch.jit.unused
+    def from_pretrained(cls, dir_or_repo_id: PathLike, backbone: Optional[nn.Module] = None, *,
+                        threshold: Optional[float] = None, device: Union[str, torch.device] = "cpu",
+                        revision: Optional[str] = None, token: Union[str, bool, None] = None,
+                        cache_dir: Optional[PathLike] = None, local_files_only: bool = False,
+                        force_download: bool = False, leaf_modules: Sequence[type] = (),
+                        trust_remote_code: bool = False) -> Any:
+        """Rebuild a saved OFAS model (in eval mode) from a local folder or a Hugging Face Hub repo id.
+
+        The backbone is rebuilt from ``config.json`` (``cifar`` / ``timm`` / ``torchvision``, random weights,
+        nothing downloaded but the repo itself), adapted with the saved OFAS settings, and the weights are
+        loaded strictly: a missing or unexpected weight, a shape mismatch, other residual blocks or another
+        backbone are errors naming the offending entries. For your own backbone class, which no registry can
+        rebuild, build it yourself and pass it as ``backbone=`` (it is adapted and the weights loaded into it).
+
+        Args:
+            dir_or_repo_id: a folder written by ``save_pretrained``, or a Hub repo id (``"user/name"``).
+            backbone: the plain backbone to adapt instead of rebuilding it from the config.
+            threshold: override the saved threshold T.
+            device: where to put the model.
+            revision, token, cache_dir, local_files_only, force_download: passed to
+                ``huggingface_hub.snapshot_download`` (a repo id only).
+            leaf_modules: as for :func:`ofas_wrap.adaptify`, for backbones torch.fx cannot trace through.
+            trust_remote_code: a folder whose backbone comes from a user's factory (``file.py:FACTORY``, kept in
+                the folder, or ``package.module:FACTORY``) runs that code to rebuild it only when this is True.
+
+        Raises:
+            FileNotFoundError: the folder lacks ``config.json`` or ``model.safetensors``.
+            CheckpointError: a bad config, a corrupted weights file, weights that do not fit, an unknown or
+                unreachable repo id.
+
+        Example:
+            >>> import tempfile, ofas_wrap
+            >>> model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16), threshold=0.3)
+            >>> folder = model.save_pretrained(tempfile.mkdtemp() + "/m")
+            >>> round(ofas_wrap.OFASModel.from_pretrained(folder).threshold, 6)
+            0.3
+        """
+        if threshold is not None:
+            check_threshold(threshold)
+        return cls._from_pretrained(
+            model_id=os.fspath(dir_or_repo_id), revision=revision, cache_dir=cache_dir, force_download=force_download,
+            local_files_only=local_files_only, token=token, backbone=backbone, threshold=threshold, device=device,
+            leaf_modules=leaf_modules, trust_remote_code=trust_remote_code,
+        )
+
+    @classmethod
+    @torch.jit.unused
+    def _from_pretrained(cls, *, model_id: str, revision: Optional[str], cache_dir: Optional[PathLike],
+                         force_download: bool, local_files_only: bool, token: Union[str, bool, None],
+                         backbone: Optional[nn.Module] = None, threshold: Optional[float] = None,
+                         device: Union[str, torch.device] = "cpu", leaf_modules: Sequence[type] = (),
+                         trust_remote_code: bool = False) -> Any:
+        """The mixin's hook: find the folder (downloading a repo id), check ``config.json``, rebuild, load strictly."""
+        folder = _resolve_folder(model_id, revision=revision, token=token, cache_dir=cache_dir,
+                                 local_files_only=local_files_only, force_download=force_download)
+        config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path} is missing: {folder} is not a folder written by save_pretrained "
+                    f"(it needs {CONFIG_NAME} and {WEIGHTS_NAME})"
+                )
+        config = read_config(config_path)
+        if threshold is not None:
+            check_threshold(threshold)
+        model = _rebuild(config, config_path, backbone, leaf_modules, trust_remote_code)
+        if not isinstance(model, cls):
+            raise TypeError(f"{cls.__name__}.from_pretrained built a {type(model).__name__}")
+        _load_weights(model, weights_path, config)
+        model.threshold = float(config["ofas"]["threshold"] if threshold is None else threshold)
+        model.config["backbone"] = _absolute_factory(config["backbone"], folder) or infer_backbone_spec(model.unwrap())
+        for key in METADATA_KEYS:
+            if config.get(key) is not None:
+                model.config[key] = config[key]
+        return model.eval().to(device)
+
+    @torch.jit.unused
+    def push_to_hub(self, repo_id: str, *, config: Optional[dict[str, Any]] = None,
+                    commit_message: str = "Upload OFAS model", private: Optional[bool] = None,
+                    token: Optional[str] = None, branch: Optional[str] = None, create_pr: bool = False,
+                    allow_patterns: Union[list[str], str, None] = None,
+                    ignore_patterns: Union[list[str], str, None] = None,
+                    delete_patterns: Union[list[str], str, None] = None,
+                    model_card_kwargs: Optional[dict[str, Any]] = None, revision: Optional[str] = None,
+                    **save_kwargs: Any) -> Any:
+        """Upload the ``save_pretrained`` folder to the Hub repo ``repo_id`` (created if missing), in one commit.
+
+        ``huggingface_hub.ModelHubMixin.push_to_hub`` does the upload (``HfApi.create_repo(exist_ok=True)``, then
+        :meth:`save_pretrained` into a temporary folder and ``HfApi.upload_folder``): ``branch`` (``revision`` is
+        the older name of it), ``create_pr``, ``allow_patterns`` / ``ignore_patterns`` (which files go up) and
+        ``delete_patterns`` (remote files to delete in the same commit) are its. ``save_kwargs`` are the
+        descriptions of :meth:`save_pretrained` and ``model_name``. The repo id, the arguments and the descriptions
+        are checked before anything is written or sent. Returns the ``CommitInfo`` of the upload.
+
+        Example (needs network access and a write token, so it is not run here):
+            >>> model.push_to_hub("your-name/resnet38-ofas-cifar10", private=True)  # doctest: +SKIP
+        """
+        check_repo_id(repo_id)
+        if revision is not None:
+            if branch is not None and branch != revision:
+                raise ValueError(f"push_to_hub got branch={branch!r} and revision={revision!r}; revision is the older "
+                                 "name of branch, pass one of them")
+            branch = revision
+        model_name = save_kwargs.pop("model_name", None)
+        overrides = _metadata_overrides(config, **{k: save_kwargs.pop(k, None) for k in METADATA_KEYS})
+        if save_kwargs:
+            raise TypeError(f"push_to_hub got unexpected arguments {sorted(save_kwargs)}")
+        card_kwargs = _card_kwargs(model_card_kwargs, model_name)
+        card_kwargs.setdefault("repo_id", repo_id)
+        build_config(self, **overrides)  # the descriptions are checked before the repo is created
+        return super().push_to_hub(
+            repo_id, config=overrides or None, commit_message=commit_message, private=private, token=token,
+            branch=branch, create_pr=create_pr, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns,
+            delete_patterns=delete_patterns, model_card_kwargs=card_kwargs,
+        )
 
 
 class OFASModel(OFASHubMixin, nn.Module):
@@ -302,8 +472,6 @@ class OFASModel(OFASHubMixin, nn.Module):
         for name in places:
             parent, _, attribute = name.rpartition(".")
             setattr(self.tail.get_submodule(parent) if parent else self.tail, attribute, new)
-        from .models._user import FACTORY_SOURCE
-
         spec = self.config.get("backbone")
         if isinstance(spec, dict):
             kwargs = spec.setdefault("kwargs", {})
@@ -383,3 +551,117 @@ class OFASModel(OFASHubMixin, nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_gates={self.num_gates}, threshold={self.threshold:.3g}"
+
+
+# ------------------------------------------------------------------------------------------ building
+def adaptify(
+    model: nn.Module,
+    variant: str = "auto",
+    threshold: float = 0.5,
+    gate_downsample: bool = True,
+    hidden_act: str = "none",
+    detach_input: bool = True,
+    gate_bias_init: Optional[float] = None,
+    input_size: Optional[Sequence[int]] = None,
+    leaf_modules: Sequence[type] = (),
+    pool_grid: int = 1,
+) -> OFASModel:
+    """Turn a ResNet into an OFAS model: one head after the stem gates every residual block.
+
+    The residual blocks are found from the ``torch.fx`` graph (any torchvision, timm or hand-written
+    ResNet); the stem is everything before the first block. ``model`` itself is **not changed**: the
+    returned :class:`OFASModel` holds references to its submodules (no weight is copied), so training the
+    OFAS model trains these weights in place, and ``unwrap()`` returns ``model``.
+
+    Args:
+        model: the backbone, an ``nn.Module`` whose forward takes one image tensor.
+        variant: ``"I"`` (2 FC layers), ``"II"`` (3 FC layers) or ``"auto"`` (II for more than 50 layers).
+        threshold: T of Eq. 1, in [0, 1); a gate opens when the head's output is >= T.
+        gate_downsample: gate blocks with a projection shortcut too (skipped, they run only the projection);
+            ``False`` keeps them always on.
+        hidden_act: activation between the head's FC layers (``"none"`` as in the paper, or relu/gelu/silu).
+        detach_input: stop gradients from the head into the stem (as in the paper's reference code).
+        gate_bias_init: initial bias of the head's last FC (e.g. 2.0 opens every gate at first); ``None``
+            keeps PyTorch's default initialisation.
+        input_size: (channels, height, width) for shapes and FLOPs in ``model.plan``; defaults from timm's
+            ``pretrained_cfg``, 32x32 for the CIFAR ResNets and 224x224 otherwise.
+        leaf_modules: module classes ``torch.fx`` must not trace into (for code it cannot trace).
+        pool_grid: the head average-pools the stem's output on a ``pool_grid`` x ``pool_grid`` grid (1, the
+            paper's global pool; 2 gives the first FC 4x the inputs and the head some spatial layout).
+
+    The settings are checked, and recorded in ``model.config``, as an :class:`ofas_wrap.OFASConfig`.
+
+    Raises:
+        TypeError / ValueError: bad arguments, before anything is traced.
+        SurgeryError: no residual block, an untraceable module (named, with a hint), blocks that do not
+            form a chain.
+
+    Example:
+        >>> import torch, ofas_wrap
+        >>> backbone = ofas_wrap.models.cifar_resnet(20).eval()
+        >>> model = ofas_wrap.adaptify(backbone, variant="I", threshold=0.0).eval()
+        >>> x = torch.randn(2, 3, 32, 32)
+        >>> bool(torch.allclose(model(x), backbone(x), atol=1e-5)), model.num_gates
+        (True, 9)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"adaptify expects a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, OFASModel):
+        raise TypeError("this model is already an OFASModel; call unwrap() first to adapt the plain backbone")
+    adapted = OFASModel(*cut_backbone(
+        model, variant=variant, threshold=threshold, gate_downsample=gate_downsample, hidden_act=hidden_act,
+        detach_input=detach_input, gate_bias_init=gate_bias_init, input_size=input_size, leaf_modules=leaf_modules,
+        pool_grid=pool_grid))
+    adapted.train(model.training)
+    return adapted
+
+
+def _rebuild(config: dict[str, Any], config_path: Path, backbone: Optional[nn.Module],
+             leaf_modules: Sequence[type], trust_remote_code: bool = False) -> Any:
+    spec = config["backbone"]
+    if backbone is None and spec is not None and spec.get("source") == FACTORY_SOURCE:
+        if not trust_remote_code:
+            raise CheckpointError(
+                f"{config_path} rebuilds its backbone by running code ({spec['name']}); pass "
+                "trust_remote_code=True (recipes and CLI: --trust-remote-code) if you trust that code, or build the "
+                "backbone yourself and pass it: OFASModel.from_pretrained(path, backbone=MyResNet(...))"
+            )
+        try:
+            backbone = build_from_factory(spec["name"], spec.get("kwargs") or {}, base_dir=config_path.parent)
+        except ValueError as exc:
+            raise CheckpointError(f"{config_path}: cannot rebuild the backbone from {spec['name']}: {exc}") from exc
+    if backbone is None:
+        if spec is None:
+            raise CheckpointError(
+                f"{config_path} records no backbone a registry can rebuild (it was made from "
+                f"{config.get('backbone_class', 'a custom class')}); build that backbone yourself and pass it: "
+                "OFASModel.from_pretrained(path, backbone=MyResNet(...))"
+            )
+        backbone = _build_backbone(spec, meta=False, config_path=config_path)
+    else:
+        if isinstance(backbone, OFASModel):
+            raise TypeError("backbone= must be the plain backbone, not an OFASModel; pass model.unwrap()")
+        if not isinstance(backbone, nn.Module):
+            raise TypeError(f"backbone= must be a torch.nn.Module, got {type(backbone).__name__}")
+        given = infer_backbone_spec(backbone) if spec is not None else None
+        if given is not None and (given["source"], given["name"]) != (spec["source"], spec["name"]):
+            raise CheckpointError(
+                f"{config_path} is for backbone {spec['source']}:{spec['name']}, but backbone= is "
+                f"{given['source']}:{given['name']}; pass a {spec['source']}:{spec['name']} or leave backbone= out"
+            )
+    ofas = config["ofas"]
+    settings = OFASConfig.from_dict(ofas)
+    model = adaptify(backbone, variant=settings.variant, threshold=0.0, gate_downsample=settings.gate_downsample,
+                     hidden_act=settings.hidden_act, detach_input=settings.detach_input,
+                     gate_bias_init=settings.gate_bias_init, input_size=settings.input_size,
+                     leaf_modules=leaf_modules, pool_grid=settings.pool_grid)
+    for key in ("blocks", "gated_blocks"):
+        if list(model.config[key]) != list(ofas[key]):
+            only_saved = [b for b in ofas[key] if b not in model.config[key]]
+            only_model = [b for b in model.config[key] if b not in ofas[key]]
+            raise CheckpointError(
+                f"{config_path} is for another backbone: its {key} differ from the rebuilt model's "
+                f"(only in the config: {only_saved or 'none'}; only in the model: {only_model or 'none'}"
+                f"{'; same names in another order' if not only_saved and not only_model else ''})"
+            )
+    return model

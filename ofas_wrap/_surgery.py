@@ -1,28 +1,43 @@
-"""adaptify(): find the residual blocks, check everything, then build the OFAS model."""
+"""The surgery: find the residual blocks of a backbone, check everything, and cut it into the parts of an OFAS
+model (stem, head, gated blocks, tail, plan). It imports no model class: :func:`ofas_wrap.adaptify` (``_model.py``)
+builds the :class:`ofas_wrap.OFASModel` from these parts."""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.fx as fx
 from torch import nn
 
+from ._block import GatedBlock
 from ._config import OFASConfig
 from ._discovery import ResidualBlock, find_residual_blocks, opaque_modules, trace_with_blocks_as_leaves
 from ._errors import SurgeryError
 from ._head import OFASHead, resolve_variant
-from ._model import GatedBlock, OFASModel
 from ._plan import BlockPlan, SurgeryPlan, count_flops
 from .models import default_input_size
 from .models._specs import input_size_is_known
 
-__all__ = ["adaptify"]
+__all__ = ["BackboneCut", "cut_backbone"]
 
 
-def adaptify(
+class BackboneCut(NamedTuple):
+    """What the surgery cuts a backbone into: the arguments of :class:`ofas_wrap.OFASModel`, in its order."""
+
+    stem: nn.Module
+    head: OFASHead
+    blocks: list[GatedBlock]
+    tail: nn.Module
+    threshold: float
+    backbone: nn.Module
+    plan: SurgeryPlan
+    config: dict
+
+
+def cut_backbone(
     model: nn.Module,
     variant: str = "auto",
     threshold: float = 0.5,
@@ -33,49 +48,13 @@ def adaptify(
     input_size: Optional[Sequence[int]] = None,
     leaf_modules: Sequence[type] = (),
     pool_grid: int = 1,
-) -> OFASModel:
-    """Turn a ResNet into an OFAS model: one head after the stem gates every residual block.
+) -> BackboneCut:
+    """The surgery of :func:`ofas_wrap.adaptify` (which documents the arguments): check the settings, find the
+    residual blocks in the ``torch.fx`` graph, cut ``model`` into stem, gated blocks and tail, build the head and
+    profile shapes and FLOPs. Returns the parts of the OFAS model; ``model`` itself is not changed.
 
-    The residual blocks are found from the ``torch.fx`` graph (any torchvision, timm or hand-written
-    ResNet); the stem is everything before the first block. ``model`` itself is **not changed**: the
-    returned :class:`OFASModel` holds references to its submodules (no weight is copied), so training the
-    OFAS model trains these weights in place, and ``unwrap()`` returns ``model``.
-
-    Args:
-        model: the backbone, an ``nn.Module`` whose forward takes one image tensor.
-        variant: ``"I"`` (2 FC layers), ``"II"`` (3 FC layers) or ``"auto"`` (II for more than 50 layers).
-        threshold: T of Eq. 1, in [0, 1); a gate opens when the head's output is >= T.
-        gate_downsample: gate blocks with a projection shortcut too (skipped, they run only the projection);
-            ``False`` keeps them always on.
-        hidden_act: activation between the head's FC layers (``"none"`` as in the paper, or relu/gelu/silu).
-        detach_input: stop gradients from the head into the stem (as in the paper's reference code).
-        gate_bias_init: initial bias of the head's last FC (e.g. 2.0 opens every gate at first); ``None``
-            keeps PyTorch's default initialisation.
-        input_size: (channels, height, width) for shapes and FLOPs in ``model.plan``; defaults from timm's
-            ``pretrained_cfg``, 32x32 for the CIFAR ResNets and 224x224 otherwise.
-        leaf_modules: module classes ``torch.fx`` must not trace into (for code it cannot trace).
-        pool_grid: the head average-pools the stem's output on a ``pool_grid`` x ``pool_grid`` grid (1, the
-            paper's global pool; 2 gives the first FC 4x the inputs and the head some spatial layout).
-
-    The settings are checked, and recorded in ``model.config``, as an :class:`ofas_wrap.OFASConfig`.
-
-    Raises:
-        TypeError / ValueError: bad arguments, before anything is traced.
-        SurgeryError: no residual block, an untraceable module (named, with a hint), blocks that do not
-            form a chain.
-
-    Example:
-        >>> import torch, ofas_wrap
-        >>> backbone = ofas_wrap.models.cifar_resnet(20).eval()
-        >>> model = ofas_wrap.adaptify(backbone, variant="I", threshold=0.0).eval()
-        >>> x = torch.randn(2, 3, 32, 32)
-        >>> bool(torch.allclose(model(x), backbone(x), atol=1e-5)), model.num_gates
-        (True, 9)
+    ``adaptify`` checks that ``model`` is a plain ``nn.Module`` first; this module imports no model class.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"adaptify expects a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(model, OFASModel):
-        raise TypeError("this model is already an OFASModel; call unwrap() first to adapt the plain backbone")
     if input_size is not None and not isinstance(input_size, (str, bytes)):
         try:
             input_size = tuple(int(s) for s in input_size)  # torch.Size, numpy integers, lists
@@ -194,7 +173,7 @@ def adaptify(
         warnings.warn(
             f"adaptify: no input_size given and {type(model).__name__} does not declare one, so FLOPs, the cost "
             f"model and the card are for a {size} input{why}; pass input_size=(channels, height, width) for the "
-            "size you feed (the recipes pass the dataset's)", UserWarning, stacklevel=2)
+            "size you feed (the recipes pass the dataset's)", UserWarning, stacklevel=3)  # adaptify's caller
     head.train(model.training)
     plan = SurgeryPlan(
         input_size=size, stem_nodes=stem_nodes, stem_output_shape=stem_shape,
@@ -204,9 +183,7 @@ def adaptify(
     settings = settings.replace(variant=resolved, input_size=size,
                                 gated_blocks=[b.name for b in gated_blocks if b.gate_index >= 0],
                                 blocks=[b.name for b in gated_blocks])
-    adapted = OFASModel(stem, head, gated_blocks, tail, settings.threshold, model, plan, settings.to_dict())
-    adapted.train(model.training)
-    return adapted
+    return BackboneCut(stem, head, gated_blocks, tail, settings.threshold, model, plan, settings.to_dict())
 
 
 def _device_of(model: nn.Module) -> torch.device:

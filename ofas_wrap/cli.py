@@ -222,7 +222,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     if args.torchscript and kind != "torchscript":
         import warnings
 
-        from ._hub import build_config
+        from ._assembly import build_config
 
         config = {**config, "flops": build_config(model)["flops"]}  # the scripted model has no plan
         with warnings.catch_warnings():

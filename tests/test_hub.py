@@ -161,9 +161,9 @@ def test_timm_and_torchvision_specs_are_inferred():
     import timm
     import torchvision
 
-    assert ofas_wrap._hub.infer_backbone_spec(timm.create_model("resnet10t", num_classes=3)) == {
+    assert ofas_wrap._assembly.infer_backbone_spec(timm.create_model("resnet10t", num_classes=3)) == {
         "source": "timm", "name": "resnet10t", "kwargs": {"in_chans": 3, "num_classes": 3}}
-    assert ofas_wrap._hub.infer_backbone_spec(torchvision.models.resnet18(num_classes=5)) == {
+    assert ofas_wrap._assembly.infer_backbone_spec(torchvision.models.resnet18(num_classes=5)) == {
         "source": "torchvision", "name": "resnet18", "kwargs": {"num_classes": 5}}
 
 
@@ -468,7 +468,7 @@ def test_card_lists_one_eval_result_per_metrics_row_with_an_accuracy(tmp_path):
 
 
 def test_card_names_the_timm_weights_as_base_model():
-    config = json.loads(json.dumps(ofas_wrap._hub.build_config(tiny())))
+    config = json.loads(json.dumps(ofas_wrap._assembly.build_config(tiny())))
     config["backbone"] = {"source": "timm", "name": "resnet18.a1_in1k", "kwargs": {}}
     card = huggingface_hub.ModelCard(ofas_wrap._hub.model_card(config))
     assert card.data.base_model == "timm/resnet18.a1_in1k"

@@ -204,22 +204,33 @@ def test_no_import_cycle_at_import_time():
     assert not found, f"import cycle(s): {_describe(found)}"
 
 
-# the cycle issue 12 item 2 removes: _hub's load functions build models (deferred imports of _model and _surgery),
-# while _model imports _hub (and _surgery imports _model) at import time
-KNOWN_DEFERRED_CYCLE = {"ofas_wrap._hub", "ofas_wrap._model", "ofas_wrap._surgery"}
-
-
-def test_deferred_import_cycles_are_only_the_known_one():
-    found = cycles(import_graph(deferred=True))
-    new = [path for path in found if not set(path) <= KNOWN_DEFERRED_CYCLE]
-    assert not new, f"new import cycle(s) through deferred imports: {_describe(new)}"
-
-
-@pytest.mark.xfail(strict=True, reason="known cycle through deferred imports, removed by issue 12 item 2: "
-                   "ofas_wrap._hub -> ofas_wrap._model -> ofas_wrap._hub (and _hub -> _surgery -> _model -> _hub)")
 def test_no_import_cycle_through_deferred_imports():
     found = cycles(import_graph(deferred=True))
     assert not found, f"import cycle(s) through deferred imports: {_describe(found)}"
+
+
+# ------------------------------------------------------------------------- the files layer and the model
+
+
+# what builds or holds a model: the files layer (_hub) knows files, not models, and imports none of these
+MODEL_BUILDERS = ("ofas_wrap._model", "ofas_wrap._surgery", "ofas_wrap._factory", "ofas_wrap._assembly",
+                  "ofas_wrap.models")
+
+
+def test_the_files_layer_imports_nothing_that_builds_a_model_counting_deferred_imports():
+    graph = import_graph(deferred=True)
+    builders = sorted(target for target in graph["ofas_wrap._hub"] if target.startswith(MODEL_BUILDERS))
+    assert not builders, f"ofas_wrap._hub (files only) imports {builders}"
+    assert graph["ofas_wrap._hub"] <= {"ofas_wrap._config", "ofas_wrap._version"}, graph["ofas_wrap._hub"]
+
+
+def test_the_model_calls_the_surgery_and_the_files_never_the_reverse():
+    graph = import_graph(deferred=True)
+    assert {"ofas_wrap._surgery", "ofas_wrap._hub", "ofas_wrap._assembly"} <= graph["ofas_wrap._model"]
+    for lower in ("ofas_wrap._surgery", "ofas_wrap._block", "ofas_wrap._assembly", "ofas_wrap._hub"):
+        assert "ofas_wrap._model" not in graph[lower], f"{lower} imports ofas_wrap._model (the model calls it)"
+        assert "ofas_wrap._factory" not in graph[lower], f"{lower} imports ofas_wrap._factory"
+    assert "ofas_wrap._surgery" not in graph["ofas_wrap._assembly"]
 
 
 # ---------------------------------------------------------------------------------- ofas_wrap.data, split up

@@ -34,8 +34,7 @@ from .._config import OFASConfig, check_threshold
 from .._costs import COST_KINDS, gate_costs, read_block_table
 from .._factory import create_model
 from .._gating import sampled_straight_through_gates, straight_through_gates
-from .._model import OFASModel
-from .._surgery import adaptify
+from .._model import OFASModel, adaptify
 from ..data import DataInfo, make_loader
 from . import rl
 from ._errors import RunError
