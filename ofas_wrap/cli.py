@@ -173,7 +173,7 @@ def _add_bench(subparsers) -> None:
                       "(FLOPs = 2 x multiply-adds)",
         description="Measure median / p90 latency of an OFAS model at each --threshold on random inputs. MODEL "
                     "is a TorchScript file from `ofas-wrap export`, a save_pretrained folder, a Hub repo id or a "
-                    "backbone spec (random weights). On real images: recipes/bench_latency.py --data DIR.",
+                    "backbone spec (random weights). On real images: recipes/device_latency.py --data DIR.",
     )
     parser.add_argument("model", help="MODEL.pt, MODEL.onnx (timed with onnxruntime, batch 1), save_pretrained "
                                       "folder, Hub repo id, or backbone spec")

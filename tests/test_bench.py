@@ -1,4 +1,5 @@
-"""measure_latency / sweep_thresholds, the `ofas-wrap bench` CLI and the standalone recipes/bench_latency.py."""
+"""measure_latency / sweep_thresholds, the `ofas-wrap bench` CLI and the standalone device script
+recipes/device_latency.py."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 import ofas_wrap
 
 SIZE = (3, 16, 16)
-SCRIPT = Path(__file__).resolve().parents[1] / "recipes" / "bench_latency.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "recipes" / "device_latency.py"
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit.*deprecated:FutureWarning")
 
 
@@ -110,16 +111,16 @@ def test_cli_bench_prints_json_per_threshold(exported, capsys):
     assert rows[0]["latency"]["median_ms"] > 0 and rows[0]["mean_executed_blocks"] == 3.0
 
 
-def test_bench_latency_script_runs_without_ofas_wrap(model, exported, images, tmp_path):
+def test_device_latency_script_runs_without_ofas_wrap(model, exported, images, tmp_path):
     runner = textwrap.dedent(f"""
         import runpy, sys
-        sys.argv = ["bench_latency.py", {str(exported)!r}, "--runs", "3", "--warmup", "2", "--batch-size", "3",
+        sys.argv = ["device_latency.py", {str(exported)!r}, "--runs", "3", "--warmup", "2", "--batch-size", "3",
                     "--threshold", "0", "0.5", "--data", {str(images)!r}, "--json"]
         try:
             runpy.run_path({str(SCRIPT)!r}, run_name="__main__")
         except SystemExit as exit:
             assert not exit.code, exit.code
-        assert "ofas_wrap" not in sys.modules, "bench_latency.py imported ofas_wrap"
+        assert "ofas_wrap" not in sys.modules, "device_latency.py imported ofas_wrap"
     """)
     result = subprocess.run([sys.executable, "-c", runner], capture_output=True, text=True, cwd=tmp_path,
                             timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -133,25 +134,25 @@ def test_bench_latency_script_runs_without_ofas_wrap(model, exported, images, tm
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("bench_latency", SCRIPT)
+    spec = importlib.util.spec_from_file_location("device_latency", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_bench_latency_script_prints_a_table(exported, capsys):
+def test_device_latency_script_prints_a_table(exported, capsys):
     assert load_script().main([str(exported), "--runs", "2", "--warmup", "1", "--threshold", "0", "0.9"]) == 0
     out = capsys.readouterr().out
     assert "median ms" in out and "p90 ms" in out and "3.00/3" in out
 
 
-def test_bench_latency_script_rejects_a_non_ofas_file(tmp_path):
+def test_device_latency_script_rejects_a_non_ofas_file(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(SystemExit, match=r"junk\.pt is not a TorchScript file"):
         load_script().main([str(tmp_path / "junk.pt")])
 
 
-def test_bench_latency_script_is_old_python_and_torch_only():
+def test_device_latency_script_is_old_python_and_torch_only():
     tree = ast.parse(SCRIPT.read_text(), feature_version=(3, 6))  # no walrus, no match, no 3.8+ syntax
     imported = set()
     for node in ast.walk(tree):
@@ -164,7 +165,7 @@ def test_bench_latency_script_is_old_python_and_torch_only():
     assert not any(isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr) for node in ast.walk(tree))
 
 
-def test_bench_latency_script_times_an_onnx_export_in_the_same_table(tmp_path, capsys):
+def test_device_latency_script_times_an_onnx_export_in_the_same_table(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16)).eval()

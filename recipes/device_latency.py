@@ -3,9 +3,9 @@
 
 Copy this file and MODEL.pt (from ``ofas-wrap export`` or ``ofas_wrap.export_torchscript``) to the device:
 
-    python bench_latency.py MODEL.pt --device cuda --threshold 0 0.3 0.5 0.7
-    python bench_latency.py MODEL.pt --threads 4 --batch-size 8 --runs 200
-    python bench_latency.py MODEL.pt --data /path/to/test --threshold 0 0.5   # + accuracy on real images
+    python device_latency.py MODEL.pt --device cuda --threshold 0 0.3 0.5 0.7
+    python device_latency.py MODEL.pt --threads 4 --batch-size 8 --runs 200
+    python device_latency.py MODEL.pt --data /path/to/test --threshold 0 0.5   # + accuracy on real images
 
 For each threshold T it prints the median and 90th-percentile latency of one forward pass (after warm-up
 runs, with CUDA synchronised around every timed run), the mean number of residual blocks executed on the
@@ -14,7 +14,7 @@ also reports accuracy and mean executed blocks over the images, and times the mo
 instead of random ones (the gates depend on the input).
 
 An ``.onnx`` file (from ``ofas-wrap export --format onnx`` / ``ofas_wrap.export_onnx``, batch of one) is timed
-with onnxruntime on the CPU instead, in the same table: ``python bench_latency.py MODEL.onnx --threshold 0 0.5``
+with onnxruntime on the CPU instead, in the same table: ``python device_latency.py MODEL.onnx --threshold 0 0.5``
 (T is set through the session's initializer override; the executed blocks come from the file's ``gates`` output).
 
 Requirements: torch (any version that can load the file: export with the torch version of the device);
