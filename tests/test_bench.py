@@ -19,6 +19,7 @@ import ofas_wrap
 
 SIZE = (3, 16, 16)
 SCRIPT = Path(__file__).resolve().parents[1] / "recipes" / "device_latency.py"
+OLD_SCRIPT = SCRIPT.with_name("bench_latency.py")  # the old name: a forwarder for scripts on devices that call it
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit.*deprecated:FutureWarning")
 
 
@@ -163,6 +164,42 @@ def test_device_latency_script_is_old_python_and_torch_only():
     assert imported <= {"argparse", "json", "os", "random", "sys", "time", "warnings", "torch", "PIL", "numpy",
                         "onnxruntime"}
     assert not any(isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr) for node in ast.walk(tree))
+
+
+def test_the_old_name_bench_latency_py_runs_device_latency_py_with_a_note(exported, tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run([sys.executable, str(OLD_SCRIPT), str(exported), "--runs", "2", "--warmup", "1",
+                             "--threshold", "0", "0.5", "--json"], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "DeprecationWarning" in result.stderr and "device_latency.py" in result.stderr
+    assert [row["threshold"] for row in json.loads(result.stdout)["rows"]] == [0.0, 0.5]
+    (tmp_path / "junk.pt").write_bytes(b"junk")  # the new script's exit code and message come through
+    failed = subprocess.run([sys.executable, str(OLD_SCRIPT), str(tmp_path / "junk.pt")], capture_output=True,
+                            text=True, cwd=tmp_path, timeout=120, env=env)
+    assert failed.returncode == 1 and "junk.pt is not a TorchScript file" in failed.stderr
+    alone = tmp_path / "device"
+    alone.mkdir()
+    (alone / "bench_latency.py").write_text(OLD_SCRIPT.read_text())  # copied without the new script
+    missing = subprocess.run([sys.executable, str(alone / "bench_latency.py"), str(exported)], capture_output=True,
+                             text=True, cwd=tmp_path, timeout=120, env=env)
+    assert missing.returncode == 1 and "device_latency.py is missing" in missing.stderr
+
+
+def test_the_old_name_imported_as_a_module_gives_the_new_scripts_functions(exported, capsys):
+    spec = importlib.util.spec_from_file_location("bench_latency", OLD_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert "device_latency.py" in capsys.readouterr().err
+    assert module.main([str(exported), "--runs", "2", "--warmup", "1", "--threshold", "0"]) == 0
+    assert "median ms" in capsys.readouterr().out
+
+
+def test_the_old_name_is_an_old_python_stdlib_only_forwarder():
+    tree = ast.parse(OLD_SCRIPT.read_text(), feature_version=(3, 6))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert imported <= {"os", "runpy", "sys"} and not any(isinstance(node, ast.ImportFrom) for node in ast.walk(tree))
+    assert len(OLD_SCRIPT.read_text().splitlines()) < 25
 
 
 def test_device_latency_script_times_an_onnx_export_in_the_same_table(tmp_path, capsys):
