@@ -46,6 +46,7 @@ __all__ = [
     "FORMAT_VERSION",
     "read_config",
     "check_repo_id",
+    "ignore_hub_card",
     "model_card",
     "base_model_id",
     "eval_results",
@@ -201,6 +202,27 @@ def check_repo_id(repo_id: str) -> None:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
         raise ValueError(f"invalid Hub repo id {repo_id!r}: {exc} Use 'your-name/model-name'.") from None
+
+
+def ignore_hub_card(repo_id: str, *, token: Union[str, bool, None] = None, revision: Optional[str] = None,
+                    allow_patterns: Union[list[str], str, None] = None,
+                    ignore_patterns: Union[list[str], str, None] = None) -> Union[list[str], str, None]:
+    """``ignore_patterns`` for an upload to ``repo_id`` that keeps a README.md the repo already has on ``revision``
+    (a card someone edited on the Hub), as a local save keeps an edited README. Unchanged when the upload would not
+    send README.md anyway, or when the repo or branch does not exist yet. A bare repo name is looked up in the
+    token owner's namespace, where ``create_repo`` puts it."""
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    if not list(filter_repo_objects([CARD_NAME], allow_patterns=allow_patterns, ignore_patterns=ignore_patterns)):
+        return ignore_patterns
+    api = huggingface_hub.HfApi(token=token)
+    full_id = repo_id if "/" in repo_id else f"{api.whoami()['name']}/{repo_id}"
+    if not api.file_exists(full_id, CARD_NAME, revision=revision):
+        return ignore_patterns
+    given = [] if ignore_patterns is None else [ignore_patterns] if isinstance(ignore_patterns, str) \
+        else list(ignore_patterns)
+    return [*given, CARD_NAME]
 
 
 # --------------------------------------------------------------------------------------------- writing

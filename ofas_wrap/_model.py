@@ -42,6 +42,7 @@ from ._hub import (
     _users_card,
     _write_folder,
     check_repo_id,
+    ignore_hub_card,
     model_card,
     read_config,
 )
@@ -243,8 +244,11 @@ class OFASHubMixin(ModelHubMixin, library_name="ofas-wrap", tags=CARD_TAGS):
                     ignore_patterns: Union[list[str], str, None] = None,
                     delete_patterns: Union[list[str], str, None] = None,
                     model_card_kwargs: Optional[dict[str, Any]] = None, revision: Optional[str] = None,
-                    **save_kwargs: Any) -> Any:
+                    overwrite_card: bool = False, **save_kwargs: Any) -> Any:
         """Upload the ``save_pretrained`` folder to the Hub repo ``repo_id`` (created if missing), in one commit.
+
+        A README.md the repo already has on ``branch`` (a model card edited on the Hub) is kept: the upload then
+        leaves out the generated card, as a local save keeps an edited README. ``overwrite_card=True`` replaces it.
 
         ``huggingface_hub.ModelHubMixin.push_to_hub`` does the upload (``HfApi.create_repo(exist_ok=True)``, then
         :meth:`save_pretrained` into a temporary folder and ``HfApi.upload_folder``): ``branch`` (``revision`` is
@@ -269,6 +273,9 @@ class OFASHubMixin(ModelHubMixin, library_name="ofas-wrap", tags=CARD_TAGS):
         card_kwargs = _card_kwargs(model_card_kwargs, model_name)
         card_kwargs.setdefault("repo_id", repo_id)
         build_config(self, **overrides)  # the descriptions are checked before the repo is created
+        if not overwrite_card:
+            ignore_patterns = ignore_hub_card(repo_id, token=token, revision=branch, allow_patterns=allow_patterns,
+                                              ignore_patterns=ignore_patterns)
         return super().push_to_hub(
             repo_id, config=overrides or None, commit_message=commit_message, private=private, token=token,
             branch=branch, create_pr=create_pr, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns,

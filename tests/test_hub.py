@@ -346,6 +346,12 @@ class FakeHfApi:
         full = repo_id if "/" in repo_id else f"me/{repo_id}"  # the Hub puts a bare name in the user's namespace
         return huggingface_hub.RepoUrl(f"https://huggingface.co/{full}")
 
+    def whoami(self):
+        return {"name": "me"}
+
+    def file_exists(self, repo_id, filename, revision=None):  # the files the fake Hub already holds
+        return (repo_id, filename, revision) in FakeHfApi.remote_files
+
     def upload_folder(self, *, repo_id, folder_path, **kwargs):
         copy = Path(FakeHfApi.target) / "uploaded"
         shutil.copytree(folder_path, copy)
@@ -355,7 +361,7 @@ class FakeHfApi:
 
 def fake_hub(monkeypatch, tmp_path) -> None:
     """Put FakeHfApi where huggingface_hub and its ModelHubMixin look HfApi up."""
-    FakeHfApi.calls, FakeHfApi.target = [], str(tmp_path)
+    FakeHfApi.calls, FakeHfApi.target, FakeHfApi.remote_files = [], str(tmp_path), set()
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
     monkeypatch.setattr(huggingface_hub.hub_mixin, "HfApi", FakeHfApi)
 
@@ -509,6 +515,23 @@ def test_push_to_hub_passes_branch_and_patterns_to_the_upload(tmp_path, monkeypa
     assert FakeHfApi.calls[1][2]["revision"] == "v2"
     with pytest.raises(ValueError, match="revision is the older name of branch"):
         tiny().push_to_hub("me/m", branch="a", revision="b")
+
+
+@pytest.mark.parametrize("repo_id, remote, kwargs, ignored", [
+    ("me/m", None, {}, None),  # a new repo: the generated card goes up
+    ("me/m", ("me/m", "README.md", None), {}, ["README.md"]),  # a card edited on the Hub is kept
+    ("m", ("me/m", "README.md", None), {}, ["README.md"]),  # a bare name is the token owner's repo
+    ("me/m", ("me/m", "README.md", "dev"), {"branch": "dev", "ignore_patterns": "*.bin"}, ["*.bin", "README.md"]),
+    ("me/m", ("me/m", "README.md", None), {"branch": "dev"}, None),  # the branch has no card yet
+    ("me/m", ("me/m", "README.md", None), {"overwrite_card": True}, None),
+    ("me/m", ("me/m", "README.md", None), {"ignore_patterns": "*.md"}, "*.md"),  # not sent anyway
+])
+def test_push_to_hub_keeps_a_card_edited_on_the_hub(tmp_path, monkeypatch, repo_id, remote, kwargs, ignored):
+    fake_hub(monkeypatch, tmp_path)
+    if remote:
+        FakeHfApi.remote_files.add(remote)
+    tiny().push_to_hub(repo_id, **kwargs)
+    assert FakeHfApi.calls[-1][0] == "upload_folder" and FakeHfApi.calls[-1][2]["ignore_patterns"] == ignored
 
 
 def test_push_to_hub_checks_the_descriptions_before_creating_the_repo(tmp_path, monkeypatch):
