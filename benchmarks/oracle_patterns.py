@@ -11,6 +11,9 @@ all, by oracles that are given what a head would have to guess:
   chosen on one class may also favour predicting that class;
 - ``class_patterns_shuffled``: the same ten patterns, each test image given a random class's: the control that says
   how much of the oracle's gain is matching the pattern to the image, not merely having ten patterns;
+- ``predicted_class_oracle``: the same patterns, each test image given the pattern of the class the full-depth
+  model predicts for it (label-free, known only after running every block: still more than a head can know; a
+  predicted class without validation images runs every block);
 - ``difficulty_oracle``: the images the full-depth model is most sure of (top-1 minus top-2 probability at least
   the validation median: label-free, but known only after running every block) skip twice as many gates, chosen
   greedily on the sure validation images, and the others run every block: the same mean number of closed gates.
@@ -27,9 +30,16 @@ latency target), on the test split:
       the question becomes where in the network difficulty is visible (the probe: only in the last stage);
   (3) if neither oracle beats ``fixed_subset`` by 2 pp, the backbone leaves no room for input-adaptive skipping
       above a static pruning, whatever the head.
+Added after the first run, before measuring it: that run's ``class_oracle`` beat the full-depth model itself (90.4 %
+with 2 gates closed against 86.6 % with none), so its patterns carry the label and bound nothing. Hence
+``predicted_class_oracle``, and
+  (1') if ``predicted_class_oracle`` beats ``fixed_subset`` by 2 pp or more, class-conditional skipping has room;
+      otherwise rule 3 holds for the class too.
 
     python benchmarks/oracle_patterns.py --out docs/results          # the kept ResNet-38-SD; about 15 min on 2 cores
     python benchmarks/oracle_patterns.py --smoke --out /tmp/oracle   # a random tiny model on random images, seconds
+    python benchmarks/oracle_patterns.py --reuse docs/results/oracle_patterns.json --out docs/results
+                                        # the same patterns, test rows only (about 8 min)
 
 Writes ``OUT/oracle_patterns.{md,json}``.
 """
@@ -71,6 +81,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--test-images", type=int, default=0, help="0: the whole test split")
     parser.add_argument("--closed", default="2,4,6", help="gates closed per image, a comma list")
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--reuse", default=None,
+                        help="an earlier run's oracle_patterns.json: take its greedy patterns (same weights and "
+                             "validation images) and only evaluate on test")
     parser.add_argument("--smoke", action="store_true", help="a random cifar ResNet-14 on random images: plumbing only")
     args = parser.parse_args(argv)
     try:
@@ -101,77 +114,107 @@ def greedy_path(model, images: Tensor, labels: Tensor, steps: int, batch_size: i
 
 
 @torch.no_grad()
-def margins(model, images: Tensor, batch_size: int) -> Tensor:
-    """Top-1 minus top-2 softmax probability of the full-depth model, per image (label-free sureness)."""
+def margins(model, images: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+    """Top-1 minus top-2 softmax probability of the full-depth model (label-free sureness), and its prediction."""
     model.eval()
-    out = []
+    sure, predicted = [], []
     with model.forced_gates(torch.ones(model.num_gates, dtype=torch.bool)):
         for start in range(0, len(images), batch_size):
-            top = model(images[start:start + batch_size]).softmax(1).topk(2, dim=1).values
-            out.append(top[:, 0] - top[:, 1])
-    return torch.cat(out)
+            probs = model(images[start:start + batch_size]).softmax(1)
+            top = probs.topk(2, dim=1).values
+            sure.append(top[:, 0] - top[:, 1])
+            predicted.append(probs.argmax(1))
+    return torch.cat(sure), torch.cat(predicted)
 
 
-def oracle_rows(model, val: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], closed: Sequence[int],
-                batch_size: int = 500, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Every method's test accuracy at each count of closed gates (see the module docstring)."""
-    (val_x, val_y), (test_x, test_y) = val, test
+def search_patterns(model, val: tuple[Tensor, Tensor], closed: Sequence[int], batch_size: int = 500) -> dict[str, Any]:
+    """The greedy searches on validation images: the fixed subset, one pattern per class, the sure half's pattern
+    (closing twice as many gates) and the sureness cut, for every count in ``closed``."""
+    val_x, val_y = val
     classes = sorted(set(val_y.tolist()))
     most = max(closed)
     if 2 * most > model.num_gates:
         raise ValueError(f"closing {most} gates on average needs {2 * most} on the sure half, and the model has "
                          f"{model.num_gates}: lower --closed")
-    full = torch.ones(model.num_gates, dtype=torch.bool)
-
-    def row(method: str, k: int, patterns: Tensor) -> dict[str, Any]:
-        return {"method": method, "closed_target": k,
-                "executed_gates": float(patterns.float().sum(1).mean()),
-                "mflops": float(model.executed_flops(patterns).double().mean()) / 1e6,
-                "top1": accuracy_under_patterns(model, test_x, test_y, patterns, batch_size)}
-
     started = time.perf_counter()
     fixed = greedy_path(model, val_x, val_y, most, batch_size)
     per_class = {c: greedy_path(model, val_x[val_y == c], val_y[val_y == c], most, batch_size) for c in classes}
-    sure_val = margins(model, val_x, batch_size)
+    sure_val = margins(model, val_x, batch_size)[0]
     cut = float(sure_val.median())
-    sure = sure_val >= cut
-    sure_path = greedy_path(model, val_x[sure], val_y[sure], 2 * most, batch_size)
-    search_s = time.perf_counter() - started
-    test_sure = margins(model, test_x, batch_size) >= cut
-    shuffled_class = test_y[torch.randperm(len(test_y), generator=torch.Generator().manual_seed(seed))]
-
-    rows = [row("full_depth", 0, full.expand(len(test_x), -1))]
-    for k in closed:
-        rows.append(row("fixed_subset", k, fixed[k - 1].expand(len(test_x), -1)))
-        table = {c: per_class[c][k - 1] for c in classes}
-        rows.append(row("class_oracle", k, torch.stack([table[int(c)] for c in test_y])))
-        rows.append(row("class_patterns_shuffled", k, torch.stack([table[int(c)] for c in shuffled_class])))
-        by_sureness = torch.where(test_sure[:, None], sure_path[2 * k - 1][None, :], full[None, :])
-        rows.append(row("difficulty_oracle", k, by_sureness))
-    meta = {"search_s": round(search_s, 1), "sure_margin_cut": cut, "test_sure_fraction": float(test_sure.float()
-                                                                                                  .mean()),
+    sure_path = greedy_path(model, val_x[sure_val >= cut], val_y[sure_val >= cut], 2 * most, batch_size)
+    return {"search_s": round(time.perf_counter() - started, 1), "sure_margin_cut": cut,
             "fixed_patterns": {k: fixed[k - 1].int().tolist() for k in closed},
             "class_patterns": {k: {c: per_class[c][k - 1].int().tolist() for c in classes} for k in closed},
             "sure_patterns": {k: sure_path[2 * k - 1].int().tolist() for k in closed}}
-    return rows, meta
+
+
+def reuse_patterns(path: Path, closed: Sequence[int], val_images: int, weights: Optional[str]) -> dict[str, Any]:
+    """The searches of an earlier run's JSON (same weights, same validation images), keys back to ints."""
+    meta = json.loads(Path(path).read_text())["meta"]
+    if meta.get("val_images") != val_images or (weights and Path(meta.get("weights") or "").name != Path(weights).name):
+        raise SystemExit(f"--reuse {path}: it searched {meta.get('val_images')} validation images of "
+                         f"{meta.get('weights')}, this run asks {val_images} of {weights}; rerun the search instead")
+    missing = [k for k in closed if str(k) not in meta["fixed_patterns"]]
+    if missing:
+        raise SystemExit(f"--reuse {path} has no patterns for {missing} closed gates; rerun the search instead")
+    ints = lambda table: {int(k): v for k, v in table.items()}  # noqa: E731
+    return {"search_s": meta["search_s"], "sure_margin_cut": meta["sure_margin_cut"],
+            "fixed_patterns": ints(meta["fixed_patterns"]), "sure_patterns": ints(meta["sure_patterns"]),
+            "class_patterns": {int(k): ints(v) for k, v in meta["class_patterns"].items()}, "reused": str(path)}
+
+
+def oracle_rows(model, test: tuple[Tensor, Tensor], closed: Sequence[int], patterns: dict[str, Any],
+                batch_size: int = 500, seed: int = 0) -> list[dict[str, Any]]:
+    """Every method's test accuracy at each count of closed gates (see the module docstring)."""
+    test_x, test_y = test
+    full = torch.ones(model.num_gates, dtype=torch.bool)
+    as_mask = lambda values: torch.tensor(values, dtype=torch.bool)  # noqa: E731
+
+    def row(method: str, k: int, chosen: Tensor) -> dict[str, Any]:
+        return {"method": method, "closed_target": k,
+                "executed_gates": float(chosen.float().sum(1).mean()),
+                "mflops": float(model.executed_flops(chosen).double().mean()) / 1e6,
+                "top1": accuracy_under_patterns(model, test_x, test_y, chosen, batch_size)}
+
+    sureness, predicted = margins(model, test_x, batch_size)
+    test_sure = sureness >= patterns["sure_margin_cut"]
+    shuffled_class = test_y[torch.randperm(len(test_y), generator=torch.Generator().manual_seed(seed))]
+    rows = [row("full_depth", 0, full.expand(len(test_x), -1))]
+    for k in closed:
+        rows.append(row("fixed_subset", k, as_mask(patterns["fixed_patterns"][k]).expand(len(test_x), -1)))
+        table = {c: as_mask(v) for c, v in patterns["class_patterns"][k].items()}
+        pick = lambda classes, table=table: torch.stack([table.get(int(c), full) for c in classes])  # noqa: E731
+        rows.append(row("class_oracle", k, pick(test_y)))
+        rows.append(row("class_patterns_shuffled", k, pick(shuffled_class)))
+        rows.append(row("predicted_class_oracle", k, pick(predicted)))
+        by_sureness = torch.where(test_sure[:, None], as_mask(patterns["sure_patterns"][k])[None, :], full[None, :])
+        rows.append(row("difficulty_oracle", k, by_sureness))
+    patterns["test_sure_fraction"] = float(test_sure.float().mean())
+    return rows
 
 
 def verdict(rows: Sequence[dict[str, Any]], k: int = RULE_CLOSED) -> dict[str, Any]:
-    """The decision rule of the module docstring, at ``k`` closed gates."""
+    """The decision rule of the module docstring (rules 1-3 and 1'), at ``k`` closed gates."""
     at = {r["method"]: r["top1"] for r in rows if r["closed_target"] == k}
     if "fixed_subset" not in at:
         return {"closed": k, "outcome": f"not measured at {k} closed gates"}
-    class_gain = 100 * (at["class_oracle"] - at["fixed_subset"])
-    difficulty_gain = 100 * (at["difficulty_oracle"] - at["fixed_subset"])
-    if difficulty_gain >= 2:
+    full = next((r["top1"] for r in rows if r["method"] == "full_depth"), None)
+    gain = {name: round(100 * (at[name] - at["fixed_subset"]), 2)
+            for name in ("class_oracle", "predicted_class_oracle", "difficulty_oracle") if name in at}
+    if gain.get("difficulty_oracle", 0) >= 2:
         outcome = "room for a decision that sees difficulty (rule 2)"
-    elif class_gain >= 2:
+    elif gain.get("predicted_class_oracle", 0) >= 2:
+        outcome = "room for class-conditional skipping (rule 1')"
+    elif gain.get("class_oracle", 0) >= 2 and "predicted_class_oracle" not in gain:
         outcome = "room for class-conditional skipping only, bounded loosely (rules 1-3 do not settle it)"
     else:
         outcome = "no room above the static pruning for any once-for-all decision (rule 3)"
-    if class_gain < 1:
+    if gain.get("class_oracle", 0) < 1:
         outcome += "; knowing the class is not worth a decision (rule 1)"
-    return {"closed": k, "class_gain_pp": round(class_gain, 2), "difficulty_gain_pp": round(difficulty_gain, 2),
+    elif full is not None and at.get("class_oracle", 0) > full:
+        outcome += ("; the true-class oracle beats the full-depth model, so its patterns carry the label and bound "
+                    "nothing")
+    return {"closed": k, **{f"{name.replace('_oracle', '')}_gain_pp": value for name, value in gain.items()},
             "outcome": outcome}
 
 
@@ -187,9 +230,10 @@ def format_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str
         lines.append(f"| {r['method']} | {r['closed_target']} | {r['executed_gates']:.2f} | {r['mflops']:.1f} | "
                      f"{100 * r['top1']:.2f} % |")
     v = meta["verdict"]
-    lines += ["", f"**Rule at {v['closed']} closed gates:** " + (
-        f"class oracle {v['class_gain_pp']:+.2f} pp, difficulty oracle {v['difficulty_gain_pp']:+.2f} pp over "
-        f"fixed_subset: {v['outcome']}." if "class_gain_pp" in v else v["outcome"] + "."), ""]
+    gains = ", ".join(f"{key[:-len('_gain_pp')].replace('_', ' ')} oracle {value:+.2f} pp"
+                      for key, value in v.items() if key.endswith("_gain_pp"))
+    lines += ["", f"**Rule at {v['closed']} closed gates:** "
+              + (f"{gains} over fixed_subset: " if gains else "") + v["outcome"] + ".", ""]
     return "\n".join(lines)
 
 
@@ -220,7 +264,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.closed = [1, 2]
     started = time.perf_counter()
     model, val, test, name = load(args)
-    rows, meta = oracle_rows(model, val, test, args.closed, args.batch_size)
+    if args.reuse:
+        meta = reuse_patterns(Path(args.reuse), args.closed, len(val[0]), None if args.smoke else args.weights)
+    else:
+        meta = search_patterns(model, val, args.closed, args.batch_size)
+    rows = oracle_rows(model, test, args.closed, meta, args.batch_size)
     meta.update({"model": name, "weights": None if args.smoke else str(args.weights),
                  "data": None if args.smoke else str(args.data), "val_images": len(val[0]),
                  "test_images": len(test[0]), "threads": torch.get_num_threads(),

@@ -202,14 +202,26 @@ def test_oracle_patterns_smoke_writes_every_method_at_each_cost(tmp_path) -> Non
     assert methods[0] == ("full_depth", 0)
     for k in (1, 2):
         assert [m for m, c in methods if c == k] == ["fixed_subset", "class_oracle", "class_patterns_shuffled",
-                                                       "difficulty_oracle"]
+                                                       "predicted_class_oracle", "difficulty_oracle"]
     num_gates = payload["rows"][0]["executed_gates"]
     for row in payload["rows"][1:]:
         assert 0.0 <= row["top1"] <= 1.0 and row["mflops"] > 0
-        if row["method"] != "difficulty_oracle":  # one pattern per image, each with k gates closed
+        if row["method"] == "difficulty_oracle":  # the sure images close 2k gates, the others none
+            assert num_gates - 2 * row["closed_target"] <= row["executed_gates"] <= num_gates
+        elif row["method"] == "predicted_class_oracle":  # a predicted class without a pattern runs every block
+            assert num_gates - row["closed_target"] <= row["executed_gates"] <= num_gates
+        else:  # one pattern per image, each with k gates closed
             assert row["executed_gates"] == pytest.approx(num_gates - row["closed_target"])
     assert "not measured" in payload["meta"]["verdict"]["outcome"]  # the rule is at 6 closed gates
     assert "| class_oracle |" in (tmp_path / "oracle_patterns.md").read_text()
+    # --reuse takes the patterns of that run and only evaluates: the same rows
+    again = subprocess.run(
+        [sys.executable, os.path.join("benchmarks", "oracle_patterns.py"), "--smoke", "--out", str(tmp_path / "again"),
+         "--reuse", str(tmp_path / "oracle_patterns.json")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert again.returncode == 0, again.stderr
+    reused = json.loads((tmp_path / "again" / "oracle_patterns.json").read_text())
+    assert reused["rows"] == payload["rows"] and reused["meta"]["reused"].endswith("oracle_patterns.json")
 
 
 def test_oracle_greedy_path_closes_one_gate_a_step_and_never_reopens() -> None:
@@ -225,16 +237,21 @@ def test_oracle_greedy_path_closes_one_gate_a_step_and_never_reopens() -> None:
     assert all(bool((later <= earlier).all()) for earlier, later in zip(path, path[1:]))
 
 
-@pytest.mark.parametrize("fixed, class_oracle, difficulty_oracle, expected", [
-    (0.80, 0.805, 0.81, "no room above the static pruning"),
-    (0.80, 0.805, 0.83, "room for a decision that sees difficulty"),
-    (0.80, 0.83, 0.81, "room for class-conditional skipping only"),
+@pytest.mark.parametrize("fixed, class_oracle, predicted, difficulty_oracle, expected", [
+    (0.80, 0.805, 0.80, 0.81, "no room above the static pruning"),
+    (0.80, 0.805, 0.80, 0.83, "room for a decision that sees difficulty"),
+    (0.80, 0.83, None, 0.81, "room for class-conditional skipping only, bounded loosely"),
+    (0.80, 0.83, 0.81, 0.81, "no room above the static pruning"),  # rule 1': the label-free oracle decides
+    (0.80, 0.83, 0.825, 0.81, "room for class-conditional skipping (rule 1')"),
+    (0.80, 0.95, 0.80, 0.70, "carry the label"),  # above the full-depth model's 0.9: it bounds nothing
 ])
-def test_oracle_rule(fixed, class_oracle, difficulty_oracle, expected) -> None:
+def test_oracle_rule(fixed, class_oracle, predicted, difficulty_oracle, expected) -> None:
     from benchmarks.oracle_patterns import verdict
 
-    rows = [{"method": m, "closed_target": 6, "top1": v} for m, v in
-            (("fixed_subset", fixed), ("class_oracle", class_oracle), ("difficulty_oracle", difficulty_oracle))]
+    rows = [{"method": "full_depth", "closed_target": 0, "top1": 0.9}]
+    rows += [{"method": m, "closed_target": 6, "top1": v} for m, v in
+             (("fixed_subset", fixed), ("class_oracle", class_oracle), ("predicted_class_oracle", predicted),
+              ("difficulty_oracle", difficulty_oracle)) if v is not None]
     result = verdict(rows)
     assert expected in result["outcome"]
-    assert ("rule 1" in result["outcome"]) == (class_oracle - fixed < 0.01)
+    assert ("(rule 1)" in result["outcome"]) == (class_oracle - fixed < 0.01)
