@@ -63,7 +63,7 @@ from torch import Tensor
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ofas_wrap.training import accuracy_under_patterns  # noqa: E402
+from ofas_wrap.training import accuracy_under_patterns, greedy_path  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS = REPO / "benchmarks" / "weights" / "cifar10" / "resnet38_sd"
@@ -93,24 +93,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if not args.closed or args.closed[0] < 1:
         parser.error("--closed needs integers >= 1")
     return args
-
-
-def greedy_path(model, images: Tensor, labels: Tensor, steps: int, batch_size: int) -> list[Tensor]:
-    """Open-gate patterns after closing 1, 2, ..., ``steps`` gates greedily on these images (each step closes the
-    gate whose closing costs the least accuracy here; ties go to the first gate)."""
-    keep = torch.ones(model.num_gates, dtype=torch.bool)
-    path = []
-    for _ in range(min(steps, model.num_gates)):
-        best, best_accuracy = None, -1.0
-        for gate in keep.nonzero().flatten().tolist():
-            trial = keep.clone()
-            trial[gate] = False
-            accuracy = accuracy_under_patterns(model, images, labels, trial.expand(len(images), -1), batch_size)
-            if accuracy > best_accuracy:
-                best, best_accuracy = gate, accuracy
-        keep[best] = False
-        path.append(keep.clone())
-    return path
 
 
 @torch.no_grad()

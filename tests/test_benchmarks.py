@@ -220,19 +220,6 @@ def test_oracle_patterns_smoke_writes_every_method_at_each_cost(tmp_path, capsys
     assert reused["rows"] == payload["rows"] and reused["meta"]["reused"].endswith("oracle_patterns.json")
 
 
-def test_oracle_greedy_path_closes_one_gate_a_step_and_never_reopens() -> None:
-    import torch
-
-    import ofas_wrap
-    from benchmarks.oracle_patterns import greedy_path
-
-    torch.manual_seed(0)
-    model = ofas_wrap.adaptify(ofas_wrap.models.cifar_resnet(14), input_size=(3, 32, 32)).eval()
-    path = greedy_path(model, torch.randn(16, 3, 32, 32), torch.arange(16) % 10, 3, batch_size=8)
-    assert [int(p.sum()) for p in path] == [model.num_gates - 1, model.num_gates - 2, model.num_gates - 3]
-    assert all(bool((later <= earlier).all()) for earlier, later in zip(path, path[1:]))
-
-
 @pytest.mark.parametrize("fixed, class_oracle, predicted, difficulty_oracle, expected", [
     (0.80, 0.805, 0.80, 0.81, "no room above the static pruning"),
     (0.80, 0.805, 0.80, 0.83, "room for a decision that sees difficulty"),

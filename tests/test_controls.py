@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import ofas_wrap
-from ofas_wrap.training import control_rows, greedy_fixed_subset, random_rate_patterns, shuffled_patterns
+from ofas_wrap.training import control_rows, greedy_fixed_subset, greedy_path, random_rate_patterns, shuffled_patterns
 
 
 class Block(nn.Module):
@@ -45,3 +45,11 @@ def test_the_greedy_fixed_subset_has_the_asked_number_of_gates_and_rows_are_comp
     assert [r["method"] for r in rows] == ["shuffled", "random_rates"] * 2 + ["fixed_subset"]
     for row in rows:
         assert 0.0 <= row["top1"] <= 1.0 and 0.0 <= row["executed_gates"] <= 4 and row["mflops"] > 0
+
+
+def test_the_greedy_path_closes_one_gate_a_step_and_never_reopens() -> None:
+    torch.manual_seed(0)
+    model = ofas_wrap.adaptify(ofas_wrap.models.cifar_resnet(14), input_size=(3, 32, 32)).eval()
+    path = greedy_path(model, torch.randn(16, 3, 32, 32), torch.arange(16) % 10, 3, batch_size=8)
+    assert [int(p.sum()) for p in path] == [model.num_gates - 1, model.num_gates - 2, model.num_gates - 3]
+    assert all(bool((later <= earlier).all()) for earlier, later in zip(path, path[1:]))

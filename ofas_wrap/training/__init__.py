@@ -25,6 +25,7 @@ from ._controls import (
     accuracy_under_patterns,
     control_rows,
     greedy_fixed_subset,
+    greedy_path,
     random_rate_patterns,
     shuffled_patterns,
 )
@@ -119,6 +120,7 @@ __all__ = [
     "shuffled_patterns",
     "random_rate_patterns",
     "accuracy_under_patterns",
+    "greedy_path",
     "greedy_fixed_subset",
     "control_rows",
 ]

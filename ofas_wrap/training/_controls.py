@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["shuffled_patterns", "random_rate_patterns", "accuracy_under_patterns", "greedy_fixed_subset",
+__all__ = ["shuffled_patterns", "random_rate_patterns", "accuracy_under_patterns", "greedy_path", "greedy_fixed_subset",
            "control_rows"]
 
 
@@ -55,11 +55,12 @@ def accuracy_under_patterns(model: nn.Module, images: Tensor, labels: Tensor, pa
 
 
 @torch.no_grad()
-def greedy_fixed_subset(model: nn.Module, images: Tensor, labels: Tensor, max_gates: float,
-                        batch_size: int = 256) -> Tensor:
-    """A bool (num_gates,) pattern with ``round(max_gates)`` open gates, closed greedily on these images."""
+def greedy_path(model: nn.Module, images: Tensor, labels: Tensor, steps: int, batch_size: int = 256) -> list[Tensor]:
+    """Bool (num_gates,) open-gate patterns after closing 1, 2, ..., ``steps`` gates greedily on these images: each
+    step closes the gate whose closing costs the least accuracy here (ties go to the first gate)."""
     keep = torch.ones(model.num_gates, dtype=torch.bool)
-    while int(keep.sum()) > round(max_gates):
+    path = []
+    for _ in range(min(steps, model.num_gates)):
         best, best_accuracy = None, -1.0
         for gate in keep.nonzero().flatten().tolist():
             trial = keep.clone()
@@ -68,7 +69,15 @@ def greedy_fixed_subset(model: nn.Module, images: Tensor, labels: Tensor, max_ga
             if accuracy > best_accuracy:
                 best, best_accuracy = gate, accuracy
         keep[best] = False
-    return keep
+        path.append(keep.clone())
+    return path
+
+
+def greedy_fixed_subset(model: nn.Module, images: Tensor, labels: Tensor, max_gates: float,
+                        batch_size: int = 256) -> Tensor:
+    """A bool (num_gates,) pattern with ``round(max_gates)`` open gates, closed greedily on these images."""
+    path = greedy_path(model, images, labels, model.num_gates - round(max_gates), batch_size)
+    return path[-1] if path else torch.ones(model.num_gates, dtype=torch.bool)
 
 
 def control_rows(model: nn.Module, threshold: float, test: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor],
