@@ -63,7 +63,7 @@ from torch import Tensor
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ofas_wrap.training import accuracy_under_patterns, greedy_path  # noqa: E402
+from ofas_wrap.training import accuracy_under_patterns, greedy_path, read_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS = REPO / "benchmarks" / "weights" / "cifar10" / "resnet38_sd"
@@ -230,8 +230,7 @@ def load(args: argparse.Namespace):
         make = lambda n: (torch.randn(n, 3, 32, 32, generator=g), torch.arange(n) % 2)  # noqa: E731
         return model, make(24), make(16), "random cifar_resnet14 (smoke)"
     model = ofas_wrap.OFASModel.from_pretrained(args.weights).eval()
-    run_args = json.loads((Path(args.weights) / "args.json").read_text()) \
-        if (Path(args.weights) / "args.json").is_file() else {}
+    run_args = read_run(args.weights).get("args", {})  # the carve the backbone was trained with
     data = load_image_data(args.data, in_chans=3, augment=False, val_size=run_args.get("val_size", 0.1),
                            split_seed=run_args.get("split_seed", 0), normalization=model.config.get("normalization"))
     val = data.val.__getitems__(list(range(min(args.val_images, len(data.val)))))
