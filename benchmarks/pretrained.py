@@ -78,7 +78,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--work", default=str(REPO.parent / "runs" / "pretrained"))
     parser.add_argument("--out", default=str(REPO / "docs" / "results"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=float, default=1.0, help="fine-tune epochs (of the 50,000 training images)")
+    parser.add_argument("--epochs", type=int, default=1,
+                        help="fine-tune epochs (of the 50,000 training images); --max-steps in --common-args "
+                             "overrides it")
     parser.add_argument("--train-subset", type=int, default=None)
     parser.add_argument("--eval-subset", type=int, default=None, help="validation / test images each (all: 5,000)")
     parser.add_argument("--method-args", default=METHOD_ARGS)
@@ -111,6 +113,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         args.common_args += " --max-steps 2 --batch-size 32"
         if args.rl_args:
             args.rl_args += " --max-steps 2 --batch-size 32"
+    if args.epochs < 1:
+        parser.error(f"--epochs must be a positive whole number, got {args.epochs} (for part of an epoch, pass "
+                     "--max-steps N in --common-args)")
     if not 0.0 < args.target_cut < 1.0:
         parser.error(f"--target-cut must be in (0, 1), got {args.target_cut}")
     return args
@@ -207,6 +212,11 @@ def static_rows(args: argparse.Namespace, data, images: torch.Tensor) -> list[di
 # ------------------------------------------------------------------------------------------- the runs
 def finetune(args: argparse.Namespace, run: Path, flags: str, seed: int, log: Path, depth: int = 56) -> float:
     """``recipes/e2e_finetune.py`` from a released ResNet into ``run`` (resumed / reused); its wall seconds."""
+    return run_or_reuse("e2e_finetune", run, finetune_command(args, flags, seed, depth), log, "pretrained")
+
+
+def finetune_command(args: argparse.Namespace, flags: str, seed: int, depth: int = 56) -> list[str]:
+    """The flags of ``recipes/e2e_finetune.py`` for one fine-tune from the released ResNet-``depth``."""
     command = ["--model", f"{args.released}/resnet.py:resnet{depth}",
                "--weights", str(Path(args.released) / CHECKPOINTS[depth]),
                "--mean", *map(str, MEAN), "--std", *map(str, STD), "--dataset", args.data, "--val-from", "test",
@@ -216,7 +226,7 @@ def finetune(args: argparse.Namespace, run: Path, flags: str, seed: int, log: Pa
     for flag, value in (("--train-subset", args.train_subset), ("--eval-subset", args.eval_subset)):
         if value:
             command += [flag, str(value)]
-    return run_or_reuse("e2e_finetune", run, command, log, "pretrained")
+    return command
 
 
 def rl_phase(args: argparse.Namespace, init: Path, run: Path, seed: int, log: Path) -> float:

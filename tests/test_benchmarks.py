@@ -177,6 +177,25 @@ def test_pretrained_smoke_runs_the_released_resnet56_journey_and_writes_the_verd
     assert "**Verdict**" in (tmp_path / "out" / "pretrained.md").read_text()
 
 
+@pytest.mark.parametrize("budget", [["--epochs", "2"], ["--common-args", "--lr 0.002 --max-steps 5"]])
+def test_pretrained_fine_tune_flags_are_ones_the_recipe_accepts(budget) -> None:
+    from benchmarks.pretrained import finetune_command, parse_args
+    from ofas_wrap.training._phases import e2e_parser
+
+    args = parse_args(budget)
+    parsed = e2e_parser().parse_args([*finetune_command(args, "--skip-weight 0", seed=1), "--output", "runs/x"])
+    assert (parsed.epochs, parsed.max_steps) == ((2, None) if "--epochs" in budget else (parsed.epochs, 5))
+    assert parsed.seed == 1 and parsed.skip_weight == 0
+
+
+def test_pretrained_refuses_a_fractional_epoch_count(capsys) -> None:
+    from benchmarks.pretrained import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--epochs", "0.5"])
+    assert "--epochs" in capsys.readouterr().err
+
+
 def test_head_probe_separates_what_is_separable_and_not_noise() -> None:
     import torch
 

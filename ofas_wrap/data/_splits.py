@@ -132,16 +132,17 @@ def load_image_data(source: Union[str, os.PathLike], *, in_chans: Union[int, str
     elif n_val == 0:
         val_index = test_index[:0]
     train_part = train_images.index_select(0, train_index)
-    mean, std = _channel_stats(train_images.index_select(0, order[n_val:]))
-    if channels != stored:
-        if channels == 3:
-            mean, std = mean * 3, std * 3
-        else:
-            mean, std = _channel_stats(convert_channels(train_images.index_select(0, order[n_val:]), 1))
-    if normalization is not None:
+    if normalization is not None:  # given (a run's recorded statistics, a checkpoint's): nothing to measure
         mean, std = [float(v) for v in normalization["mean"]], [float(v) for v in normalization["std"]]
         if len(mean) != channels or len(std) != channels:
             raise DataError(f"the normalisation has {len(mean)} channels but the images have {channels}")
+    else:
+        mean, std = _channel_stats(train_images.index_select(0, order[n_val:]))
+        if channels != stored:
+            if channels == 3:
+                mean, std = mean * 3, std * 3
+            else:
+                mean, std = _channel_stats(convert_channels(train_images.index_select(0, order[n_val:]), 1))
     train = ImageTensorDataset(train_part, train_labels.index_select(0, train_index), mean, std, augment, channels)
     val_source = train_images if n_val else test_images
     val_labels = train_labels if n_val else test_labels
