@@ -196,6 +196,26 @@ def test_pretrained_refuses_a_fractional_epoch_count(capsys) -> None:
     assert "--epochs" in capsys.readouterr().err
 
 
+def test_train_parity_trains_each_configuration_and_judges_it_against_the_baseline(tmp_path, monkeypatch) -> None:
+    from benchmarks import train_parity
+
+    _write_tiny_imagefolder(tmp_path / "data")
+    monkeypatch.setenv("OFAS_WRAP_CACHE", str(tmp_path / "cache"))
+    flags = ["--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+             "--model", "cifar:resnet8", "--only", "baseline", "recommended",
+             "--extra", "--max-steps 1 --val-size 8 --batch-size 8 --eval-batch-size 16"]
+    assert train_parity.main(flags) == 0
+    result = json.loads((tmp_path / "out" / "train_parity.json").read_text())
+    assert set(result["rows"]) == {"baseline", "recommended"}
+    assert result["rows"]["baseline"]["diff_pp"] == 0.0 and result["rows"]["baseline"]["parity"] is True
+    recorded = {name: json.loads((tmp_path / "runs" / f"parity-{name}" / "args.json").read_text())
+                for name in result["rows"]}
+    assert recorded["baseline"]["channels_last"] is False and recorded["baseline"]["drop_path"] == 0.0
+    assert recorded["recommended"]["channels_last"] is True and recorded["recommended"]["drop_path"] == 0.5
+    assert "within 0.3 pp" in (tmp_path / "out" / "train_parity.md").read_text()
+    assert train_parity.verdicts({"baseline": 0.5, "x": 0.504})["x"]["parity"] is False
+
+
 def test_head_probe_separates_what_is_separable_and_not_noise() -> None:
     import torch
 
