@@ -35,6 +35,14 @@ with 2 gates closed against 86.6 % with none), so its patterns carry the label a
 ``predicted_class_oracle``, and
   (1') if ``predicted_class_oracle`` beats ``fixed_subset`` by 2 pp or more, class-conditional skipping has room;
       otherwise rule 3 holds for the class too.
+Added in session 7, before measuring it: ``probe_class_oracle_<point>``, the same class patterns, each test image
+given the class that a linear probe (``benchmarks/head_probe.py``'s) predicts from the globally pooled features at a
+decision point: ``stem`` (what the paper's head sees), ``stage1`` and ``stage2`` (after the first and second stage,
+every block run), fitted on ``--probe-train-images`` training images. What a head there could reach if it knew the
+class as well as a linear probe does. Optimistic for the later points: their patterns may close gates before the
+point, which a decision made there could not.
+  (4) if no point's ``probe_class_oracle`` beats ``fixed_subset`` by 1 pp, a later decision point does not rescue
+      class-conditional skipping on this backbone.
 
     python benchmarks/oracle_patterns.py --out docs/results          # the kept ResNet-38-SD; about 15 min on 2 cores
     python benchmarks/oracle_patterns.py --smoke --out /tmp/oracle   # a random tiny model on random images, seconds
@@ -81,6 +89,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--test-images", type=int, default=0, help="0: the whole test split")
     parser.add_argument("--closed", default="2,4,6", help="gates closed per image, a comma list")
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--probe-train-images", type=int, default=10000,
+                        help="training images the class probes of probe_class_oracle are fitted on")
     parser.add_argument("--reuse", default=None,
                         help="an earlier run's oracle_patterns.json: take its greedy patterns (same weights and "
                              "validation images) and only evaluate on test")
@@ -145,8 +155,53 @@ def reuse_patterns(path: Path, closed: Sequence[int], val_images: int, weights: 
             "class_patterns": {int(k): ints(v) for k, v in meta["class_patterns"].items()}, "reused": str(path)}
 
 
+PROBE_POINTS = ("stem", "stage1", "stage2")
+
+
+@torch.no_grad()
+def decision_features(model, images: Tensor, batch_size: int = 500) -> dict[str, Tensor]:
+    """Globally pooled features at each of ``PROBE_POINTS``, every block run: the stem's output (the head's input),
+    and the outputs of the first and second stage (blocks grouped by their names' prefix, e.g. ``layer1``)."""
+    stages = [block.name.rsplit(".", 1)[0] for block in model.plan.blocks]
+    ends = [i for i in range(len(stages) - 1) if stages[i] != stages[i + 1]]
+    if len(ends) < 2:
+        raise ValueError(f"probe points after stages 1 and 2 need three stages; the blocks are {stages}")
+    at = {ends[0]: "stage1", ends[1]: "stage2"}
+    pooled: dict[str, list[Tensor]] = {name: [] for name in PROBE_POINTS}
+    model.eval()
+    for start in range(0, len(images), batch_size):
+        features = model.stem(images[start:start + batch_size])
+        pooled["stem"].append(features.mean((2, 3)))
+        for index, block in enumerate(model.blocks[:ends[1] + 1]):
+            features = block.forward_single(features, True)
+            if index in at:
+                pooled[at[index]].append(features.mean((2, 3)))
+    return {name: torch.cat(values) for name, values in pooled.items()}
+
+
+def probe_classes(model, train: tuple[Tensor, Tensor], test_x: Tensor, batch_size: int = 500,
+                  l2: float = 1e-3) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """Each decision point's linear-probe class for every test image (head_probe's probe, fitted on ``train``),
+    and the probes' fitting accuracy on ``train``."""
+    from benchmarks.head_probe import fit_probe
+
+    train_x, train_y = train
+    classes = int(train_y.max()) + 1
+    fit_features, test_features = decision_features(model, train_x, batch_size), decision_features(model, test_x,
+                                                                                                  batch_size)
+    predicted, fit_accuracy = {}, {}
+    for point in PROBE_POINTS:
+        probe, (mean, std) = fit_probe(fit_features[point], train_y, classes, l2)
+        with torch.no_grad():
+            predicted[point] = probe((test_features[point] - mean) / std).argmax(1)
+            fit_accuracy[point] = float((probe((fit_features[point] - mean) / std).argmax(1) == train_y)
+                                        .float().mean())
+    return predicted, fit_accuracy
+
+
 def oracle_rows(model, test: tuple[Tensor, Tensor], closed: Sequence[int], patterns: dict[str, Any],
-                batch_size: int = 500, seed: int = 0) -> list[dict[str, Any]]:
+                batch_size: int = 500, seed: int = 0,
+                probe_predictions: Optional[dict[str, Tensor]] = None) -> list[dict[str, Any]]:
     """Every method's test accuracy at each count of closed gates (see the module docstring)."""
     test_x, test_y = test
     full = torch.ones(model.num_gates, dtype=torch.bool)
@@ -169,9 +224,14 @@ def oracle_rows(model, test: tuple[Tensor, Tensor], closed: Sequence[int], patte
         rows.append(row("class_oracle", k, pick(test_y)))
         rows.append(row("class_patterns_shuffled", k, pick(shuffled_class)))
         rows.append(row("predicted_class_oracle", k, pick(predicted)))
+        for point, classes in (probe_predictions or {}).items():
+            rows.append(row(f"probe_class_oracle_{point}", k, pick(classes)))
         by_sureness = torch.where(test_sure[:, None], as_mask(patterns["sure_patterns"][k])[None, :], full[None, :])
         rows.append(row("difficulty_oracle", k, by_sureness))
     patterns["test_sure_fraction"] = float(test_sure.float().mean())
+    patterns["probe_test_accuracy"] = {point: float((classes == test_y).float().mean())
+                                       for point, classes in (probe_predictions or {}).items()}
+    patterns["predicted_test_accuracy"] = float((predicted == test_y).float().mean())
     return rows
 
 
@@ -181,8 +241,9 @@ def verdict(rows: Sequence[dict[str, Any]], k: int = RULE_CLOSED) -> dict[str, A
     if "fixed_subset" not in at:
         return {"closed": k, "outcome": f"not measured at {k} closed gates"}
     full = next((r["top1"] for r in rows if r["method"] == "full_depth"), None)
+    probes = [name for name in at if name.startswith("probe_class_oracle_")]
     gain = {name: round(100 * (at[name] - at["fixed_subset"]), 2)
-            for name in ("class_oracle", "predicted_class_oracle", "difficulty_oracle") if name in at}
+            for name in ("class_oracle", "predicted_class_oracle", "difficulty_oracle", *probes) if name in at}
     if gain.get("difficulty_oracle", 0) >= 2:
         outcome = "room for a decision that sees difficulty (rule 2)"
     elif gain.get("predicted_class_oracle", 0) >= 2:
@@ -196,6 +257,13 @@ def verdict(rows: Sequence[dict[str, Any]], k: int = RULE_CLOSED) -> dict[str, A
     elif full is not None and at.get("class_oracle", 0) > full:
         outcome += ("; the true-class oracle beats the full-depth model, so its patterns carry the label and bound "
                     "nothing")
+    if probes:
+        if max(gain[name] for name in probes) < 1:
+            outcome += ("; no decision point's probe class beats it by 1 pp: a later decision does not rescue it "
+                        "(rule 4)")
+        else:
+            best = max(probes, key=gain.get)
+            outcome += f"; {best} beats it by {gain[best]:+.2f} pp: a later decision point has room (rule 4)"
     return {"closed": k, **{f"{name.replace('_oracle', '')}_gain_pp": value for name, value in gain.items()},
             "outcome": outcome}
 
@@ -206,6 +274,10 @@ def format_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str
              f"{meta['test_images']} test images, patterns chosen on {meta['val_images']} validation images (greedy "
              f"search {meta['search_s']} s); {meta['machine']}. See the script's docstring for the methods and the "
              "decision rule, written before the first run.", "",
+             *([f"Class accuracy on test: the full model {100 * meta['predicted_test_accuracy']:.1f} %; linear probes ("
+                f"fitted on {meta['probe_train_images']} training images) "
+                + ", ".join(f"{point} {100 * value:.1f} %" for point, value in meta["probe_test_accuracy"].items())
+                + ".", ""] if meta.get("probe_test_accuracy") else []),
              "| method | gates closed (target) | executed gates | MFLOPs | test top-1 |",
              "| --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -228,7 +300,7 @@ def load(args: argparse.Namespace):
         model = ofas_wrap.adaptify(ofas_wrap.models.cifar_resnet(14), input_size=(3, 32, 32)).eval()
         g = torch.Generator().manual_seed(0)
         make = lambda n: (torch.randn(n, 3, 32, 32, generator=g), torch.arange(n) % 2)  # noqa: E731
-        return model, make(24), make(16), "random cifar_resnet14 (smoke)"
+        return model, make(24), make(16), make(32), "random cifar_resnet14 (smoke)"
     model = ofas_wrap.OFASModel.from_pretrained(args.weights).eval()
     run_args = read_run(args.weights).get("args", {})  # the carve the backbone was trained with
     data = load_image_data(args.data, in_chans=3, augment=False, val_size=run_args.get("val_size", 0.1),
@@ -236,7 +308,8 @@ def load(args: argparse.Namespace):
     val = data.val.__getitems__(list(range(min(args.val_images, len(data.val)))))
     test_count = len(data.test) if not args.test_images else min(args.test_images, len(data.test))
     test = data.test.__getitems__(list(range(test_count)))
-    return model, tuple(val[:2]), tuple(test[:2]), Path(args.weights).name
+    train = data.train.__getitems__(list(range(min(args.probe_train_images, len(data.train)))))
+    return model, tuple(val[:2]), tuple(test[:2]), tuple(train[:2]), Path(args.weights).name
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -244,12 +317,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.smoke:
         args.closed = [1, 2]
     started = time.perf_counter()
-    model, val, test, name = load(args)
+    model, val, test, train, name = load(args)
     if args.reuse:
         meta = reuse_patterns(Path(args.reuse), args.closed, len(val[0]), None if args.smoke else args.weights)
     else:
         meta = search_patterns(model, val, args.closed, args.batch_size)
-    rows = oracle_rows(model, test, args.closed, meta, args.batch_size)
+    probe_predictions, probe_fit = probe_classes(model, train, test[0], args.batch_size)
+    meta["probe_fit_accuracy"], meta["probe_train_images"] = probe_fit, len(train[0])
+    rows = oracle_rows(model, test, args.closed, meta, args.batch_size, probe_predictions=probe_predictions)
     meta.update({"model": name, "weights": None if args.smoke else str(args.weights),
                  "data": None if args.smoke else str(args.data), "val_images": len(val[0]),
                  "test_images": len(test[0]), "threads": torch.get_num_threads(),

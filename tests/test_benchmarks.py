@@ -241,22 +241,40 @@ def test_oracle_patterns_smoke_writes_every_method_at_each_cost(tmp_path, capsys
     assert methods[0] == ("full_depth", 0)
     for k in (1, 2):
         assert [m for m, c in methods if c == k] == ["fixed_subset", "class_oracle", "class_patterns_shuffled",
-                                                       "predicted_class_oracle", "difficulty_oracle"]
+                                                       "predicted_class_oracle", "probe_class_oracle_stem",
+                                                       "probe_class_oracle_stage1", "probe_class_oracle_stage2",
+                                                       "difficulty_oracle"]
     num_gates = payload["rows"][0]["executed_gates"]
     for row in payload["rows"][1:]:
         assert 0.0 <= row["top1"] <= 1.0 and row["mflops"] > 0
         if row["method"] == "difficulty_oracle":  # the sure images close 2k gates, the others none
             assert num_gates - 2 * row["closed_target"] <= row["executed_gates"] <= num_gates
-        elif row["method"] == "predicted_class_oracle":  # a predicted class without a pattern runs every block
+        elif "class_oracle" in row["method"] and row["method"] != "class_oracle":  # a predicted class without
+            # a pattern runs every block
             assert num_gates - row["closed_target"] <= row["executed_gates"] <= num_gates
         else:  # one pattern per image, each with k gates closed
             assert row["executed_gates"] == pytest.approx(num_gates - row["closed_target"])
     assert "not measured" in payload["meta"]["verdict"]["outcome"]  # the rule is at 6 closed gates
+    assert set(payload["meta"]["probe_test_accuracy"]) == {"stem", "stage1", "stage2"}
+    assert all(0.0 <= v <= 1.0 for v in payload["meta"]["probe_fit_accuracy"].values())
     assert "| class_oracle |" in (tmp_path / "oracle_patterns.md").read_text()
     # --reuse takes the patterns of that run and only evaluates: the same rows
     assert main(["--smoke", "--out", str(tmp_path / "again"), "--reuse", str(tmp_path / "oracle_patterns.json")]) == 0
     reused = json.loads((tmp_path / "again" / "oracle_patterns.json").read_text())
     assert reused["rows"] == payload["rows"] and reused["meta"]["reused"].endswith("oracle_patterns.json")
+
+
+@pytest.mark.parametrize("probe_stage2, expected", [
+    (0.805, "a later decision does not rescue it (rule 4)"),
+    (0.815, "probe_class_oracle_stage2 beats it by +1.50 pp: a later decision point has room (rule 4)"),
+])
+def test_oracle_rule_for_the_probe_decision_points(probe_stage2, expected) -> None:
+    from benchmarks.oracle_patterns import verdict
+
+    rows = [{"method": m, "closed_target": 6, "top1": v} for m, v in
+            (("fixed_subset", 0.80), ("predicted_class_oracle", 0.81), ("probe_class_oracle_stem", 0.70),
+             ("probe_class_oracle_stage2", probe_stage2))]
+    assert expected in verdict(rows)["outcome"]
 
 
 @pytest.mark.parametrize("fixed, class_oracle, predicted, difficulty_oracle, expected", [
