@@ -169,7 +169,7 @@ def test_cli_export_writes_a_loadable_file(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------- ONNX
-@pytest.mark.parametrize("spec, size", [("cifar:resnet8", (3, 16, 16)), ("timm:resnet26", (3, 32, 32))])
+@pytest.mark.parametrize("spec, size", [("cifar:resnet8", (3, 16, 16)), ("timm:resnet14t", (3, 32, 32))])
 def test_onnx_export_skips_for_real_and_matches_eager(tmp_path, spec, size):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
