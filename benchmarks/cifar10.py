@@ -9,7 +9,17 @@ Trains, with one fixed budget (flags), and evaluates on the test split:
   ``recipes/evaluate.py``, T chosen on the validation split carved from train (never on test);
 * ``early_exit``: BranchyNet-style exits after each stage (``benchmarks/baselines.py``), entropy thresholds;
 * ``static``: shallower plain ResNets (``cifar:resnet20/26/32``) trained with the same budget: the accuracy you
-  get by simply picking a smaller network of a given latency.
+  get by simply picking a smaller network of a given latency;
+* the controls of issue 10 at each seed's chosen T of the judged method (``ofas_rl``, or ``ofas_e2e`` with
+  ``--skip rl``): ``fixed_subset`` (the best fixed block subset at the same mean cost, chosen greedily on
+  validation images), ``random_rates`` (random gates at OFAS's per-gate open rates) and ``shuffled`` (OFAS's own
+  patterns permuted across images), each timed with its gates forced.
+
+OFAS (e2e and RL) is trained once per ``--seeds`` seed; the paper's e2e recipe, the backbone and the static networks
+once. The decision rule of issue 10 (``benchmarks/verdict.py``, written before the runs) is applied to the judged
+method's chosen rows and printed with the table, and recorded as ``meta.verdict``. No method is distilled (the
+issue allows distillation for all methods or for none; the static networks are trained without it, so the e2e
+flags must not add ``--distill-weight`` if the verdict is to be fair).
 
 Every run folder is reused when it is complete, so an interrupted benchmark continues where it stopped. Latency
 is batch 1, TorchScript, on this machine's CPU with ``--threads`` intra-op threads, the mean over
@@ -46,6 +56,8 @@ from benchmarks._runner import (  # noqa: E402
     work_folders,
     write_report,
 )
+from benchmarks._timing import latency_ms, set_threshold, timed_model  # noqa: E402
+from benchmarks.verdict import RULE, decide, sentence  # noqa: E402
 
 # the lossless copy: published CIFAR-10 numbers are comparable on it (the JPEG copy costs about 10 pp; old tables
 # used it: --data ../shared/data/cifar10-jpeg.tar.gz reproduces them)
@@ -87,6 +99,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--latency-samples", type=int, default=64)
     parser.add_argument("--latency-runs", type=int, default=5)
     parser.add_argument("--max-drop", type=float, default=1.0, help="accuracy points allowed when choosing T")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="seeds of the OFAS runs (e2e and RL) and of their controls (the rule needs 2 or more)")
+    parser.add_argument("--control-val-images", type=int, default=1000,
+                        help="validation images the greedy fixed_subset search uses")
     parser.add_argument("--skip", nargs="*", default=[], choices=["early_exit", "static", "rl", "paper_e2e"],
                         help="leave parts out")
     parser.add_argument("--smoke", action="store_true", help="a seconds-long budget that checks the pipeline")
@@ -95,6 +111,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         args.depth, args.static_depths, args.epochs, args.e2e_epochs, args.rl_epochs = 8, [8], 1, 1, 1
         args.train_subset, args.val_size, args.eval_subset = 64, 32, 32
         args.batch_size, args.latency_samples, args.latency_runs, args.thresholds = 32, 2, 1, "0.5"
+        args.control_val_images, args.seeds = 16, args.seeds[:1]
     return args
 
 
@@ -116,13 +133,18 @@ def _kept(args: argparse.Namespace, name: str) -> Optional[Path]:
 
 
 def _evaluate(run: Path, args: argparse.Namespace, baseline: Path, thresholds: str, log: Path,
-              out: Optional[Path] = None) -> dict[str, Any]:
+              out: Optional[Path] = None, control_seed: Optional[int] = None) -> dict[str, Any]:
+    """``recipes/evaluate.py`` over ``thresholds`` (reused when done); with ``control_seed``, the controls at the
+    chosen T too."""
     out = out or run / "eval"  # never inside a kept weights folder: the caller passes a work folder then
     if not (out / "results.json").is_file():
         command = [str(run), "--thresholds", thresholds,
                    "--baseline", str(baseline), "--threads", str(args.threads), "--max-drop", str(args.max_drop),
                    "--latency-samples", str(args.latency_samples), "--latency-runs", str(args.latency_runs),
                    "--output", str(out)]
+        if control_seed is not None:
+            command += ["--controls", "--control-seeds", str(control_seed),
+                        "--control-val-images", str(args.control_val_images)]
         if args.eval_subset:
             command += ["--eval-subset", str(args.eval_subset)]
         print(f"[cifar10] recipes/evaluate.py {' '.join(command)}", flush=True)
@@ -155,6 +177,62 @@ def _ofas_rows(method: str, result: dict[str, Any], seconds: float) -> list[dict
             "reference_latency_ms": result["baseline"]["latency_ms"],
         })
     return rows
+
+
+def _control_rows(result: dict[str, Any], seconds: float, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The controls of one seed's evaluation as table rows, each timed like the OFAS rows (batch 1, TorchScript)
+    with its gates forced: ``fixed_subset`` its one pattern, ``shuffled`` / ``random_rates`` OFAS's own patterns on
+    the timed images, permuted / redrawn with the control's seed."""
+    from ofas_wrap import OFASModel
+    from ofas_wrap.data import load_image_data
+    from ofas_wrap.training import random_rate_patterns, shuffled_patterns
+
+    model = OFASModel.from_pretrained(result["run"]).eval()
+    threshold = result["chosen_threshold"]
+    model.threshold = threshold
+    data = load_image_data(args.data, in_chans=model.config["input_size"][0], val_size=args.val_size,
+                           train_subset=args.train_subset, eval_subset=args.eval_subset, split_seed=0,
+                           augment=False, normalization=model.config.get("normalization"))
+    images = data.test.__getitems__(list(range(min(args.latency_samples, len(data.test)))))[0]
+    timed, kind = timed_model(model, args)
+    set_threshold(timed, threshold)
+    with torch.no_grad():
+        own = (model.gate_probabilities(images)[1] >= threshold).cpu()
+    seed = json.loads((Path(result["run"]) / "args.json").read_text()).get("seed", 0)
+    ungated = len(model.blocks) - model.num_gates
+    rows = []
+    for control in result.get("controls", []):
+        if control["method"] == "fixed_subset":
+            patterns = torch.tensor(control["pattern"]).expand(images.shape[0], -1)
+        elif control["method"] == "shuffled":
+            patterns = shuffled_patterns(own, control["seed"])
+        else:
+            patterns = random_rate_patterns(own, control["seed"])
+        rows.append({"method": control["method"], "threshold": threshold, "seed": seed, "top1": control["top1"],
+                     "val_top1": None, "executed_blocks": control["executed_gates"] + ungated,
+                     "mflops": control["mflops"], "latency_ms": latency_ms(timed, images, args, patterns),
+                     "timed_as": kind, "chosen": True, "train_seconds": seconds,
+                     "adaptive_gates": 0 if control["method"] == "fixed_subset" else None,
+                     "distinct_patterns": 1 if control["method"] == "fixed_subset" else None, "mi_bits": None})
+    return rows
+
+
+def judge(rows: list[dict[str, Any]], method: str) -> dict[str, Any]:
+    """Issue 10's rule on the table: ``method``'s chosen row of each seed against the static curve (the static
+    ResNets and the original, at their measured latency) and against the controls of the same seeds.
+
+    >>> static = [{"method": m, "latency_ms": l, "top1": a, "chosen": True} for m, l, a in
+    ...           (("static_resnet20", 1.0, 0.80), ("original", 2.0, 0.90))]
+    >>> ofas = [{"method": "ofas_rl", "seed": s, "threshold": 0.5, "latency_ms": 1.5, "top1": a,
+    ...          "adaptive_gates": 6, "chosen": True} for s, a in ((0, 0.90), (1, 0.91))]
+    >>> judge(static + ofas, "ofas_rl")["margin_pp"]
+    5.5
+    """
+    static = [(r["latency_ms"], r["top1"]) for r in rows if r["method"] == "original" or
+              r["method"].startswith("static")]
+    chosen = [r for r in rows if r["method"] == method and r["chosen"]]
+    controls = [r for r in rows if r["method"] in ("fixed_subset", "shuffled", "random_rates")]
+    return decide(static, chosen, controls, method)
 
 
 def _baseline_row(method: str, result: dict[str, Any], seconds: float, blocks: int) -> dict[str, Any]:
@@ -292,9 +370,9 @@ def _adaptivity_cell(row: dict[str, Any]) -> str:
 def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     original = next(r for r in rows if r["method"] == "original")
     lines = [
-        "| method | T | top-1 (%) | Δ top-1 (pp) | executed blocks | MFLOPs | latency (ms) | Δ latency | train time "
-        "| adaptive gates / patterns |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| method | seed | T | top-1 (%) | Δ top-1 (pp) | executed blocks | MFLOPs | latency (ms) | Δ latency "
+        "| train time | adaptive gates / patterns |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         at_half = row["method"].startswith("ofas") and abs((row["threshold"] or 0.0) - 0.5) < 1e-9  # the paper's T
@@ -302,15 +380,18 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         if not shown:
             continue
         threshold = "-" if row["threshold"] is None else f"{row['threshold']:.2f}"
+        seed = "-" if row.get("seed") is None else str(row["seed"])
         latency = row["latency_ms"]
         lines.append(
-            f"| {row['method']} | {threshold} | {100 * row['top1']:.2f} "
+            f"| {row['method']} | {seed} | {threshold} | {100 * row['top1']:.2f} "
             f"| {100 * (row['top1'] - original['top1']):+.2f} "
             f"| {row['executed_blocks']:.2f} | {row['mflops']:.2f} | {latency:.2f} "
             f"| {100 * (latency / (row.get('reference_latency_ms') or original['latency_ms']) - 1):+.1f} % "
             f"| {row['train_seconds'] / 60:.1f} min "
             f"| {_adaptivity_cell(row)} |"
         )
+    if meta.get("verdict"):
+        lines += ["", f"**Verdict**: {sentence(meta['verdict'])}", "", f"Rule (written before the runs): {RULE}"]
     lines += ["", "Adaptive gates: gates open for 5-95 % of the validation images at that T; patterns: distinct skip "
               "patterns over them (0 / 1 is a fixed sub-network, not input-adaptive inference).",
               "Δ latency of the OFAS rows is against the original timed in the same evaluation session; the "
@@ -328,12 +409,17 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     styles = {"ofas_e2e": ("tab:blue", "o-"), "ofas_rl": ("tab:red", "s-"), "ofas_e2e_paper": ("tab:purple", "v-"),
-              "early_exit": ("tab:green", "^-")}
+              "early_exit": ("tab:green", "^-"), "fixed_subset": ("tab:orange", "x"), "shuffled": ("tab:brown", "+"),
+              "random_rates": ("tab:olive", "1")}
     for axis, key, label in ((axes[0], "latency_ms", "batch-1 CPU latency (ms)"), (axes[1], "mflops", "MFLOPs")):
         for method, (color, style) in styles.items():
-            points = sorted((r[key], 100 * r["top1"]) for r in rows if r["method"] == method)
-            if points:
-                axis.plot(*zip(*points), style, color=color, label=method, markersize=4)
+            for seed in sorted({r.get("seed") for r in rows if r["method"] == method}, key=str):
+                points = sorted((r[key], 100 * r["top1"]) for r in rows
+                                if r["method"] == method and r.get("seed") == seed)
+                if points:
+                    axis.plot(*zip(*points), style, color=color, markersize=4,
+                              label=method if seed in (None, min(r.get("seed") or 0 for r in rows
+                                                                 if r["method"] == method)) else None)
         static = sorted((r[key], 100 * r["top1"], r["method"]) for r in rows
                         if r["method"].startswith("static") or r["method"] == "original")
         axis.plot([s[0] for s in static], [s[1] for s in static], "D--", color="gray", label="static ResNets")
@@ -364,27 +450,36 @@ def main(argv: Optional[list[str]] = None) -> int:
         seconds = {"original": _recipe("train_backbone", original, ["--model", spec, *data, *backbone_flags], log)}
     else:
         seconds = {"original": float(json.loads((original / "metrics.json").read_text()).get("wall_seconds", 0))}
-    seconds["ofas_e2e"] = _recipe("e2e_finetune", work / "e2e", ["--init", str(original), "--variant", "auto",
-                                                                  "--epochs", str(args.e2e_epochs), *data,
-                                                                  *args.e2e_args.split()], log)
-    results = {"ofas_e2e": _evaluate(work / "e2e", args, original, args.thresholds, log)}
-    if "paper_e2e" not in args.skip:
-        seconds["ofas_e2e_paper"] = _recipe("e2e_finetune", work / "e2e_paper",
-                                            ["--init", str(original), "--variant", "auto", "--epochs",
-                                             str(args.e2e_epochs), *data, *args.paper_e2e_args.split()], log)
-        results["ofas_e2e_paper"] = _evaluate(work / "e2e_paper", args, original, args.thresholds, log)
-    if "rl" not in args.skip:
-        # RL refines the decisions at the operating point: the T chosen for the e2e model on validation
-        rl_flags = ["--init", str(work / "e2e"), "--epochs", str(args.rl_epochs), *data]
-        if "--threshold" not in args.rl_args.split():
-            rl_flags += ["--threshold", f"{results['ofas_e2e']['chosen_threshold']:.2f}"]
-        seconds["ofas_rl"] = _recipe("rl_finetune", work / "rl", [*rl_flags, *args.rl_args.split()], log)
-        results["ofas_rl"] = _evaluate(work / "rl", args, original, args.thresholds, log)
+    judged = "ofas_e2e" if "rl" in args.skip else "ofas_rl"
+    results, seconds_of = {}, {}  # (method, seed) -> evaluate's results / wall seconds of the run
+    for seed in args.seeds:
+        e2e = work / f"e2e_seed{seed}"
+        seconds_of["ofas_e2e", seed] = _recipe("e2e_finetune", e2e, [
+            "--init", str(original), "--variant", "auto", "--epochs", str(args.e2e_epochs), "--seed", str(seed),
+            *data, *args.e2e_args.split()], log)
+        results["ofas_e2e", seed] = _evaluate(e2e, args, original, args.thresholds, log,
+                                              control_seed=seed if judged == "ofas_e2e" else None)
+        if "rl" not in args.skip:
+            # RL refines the decisions at the operating point: the T chosen for this seed's e2e model on validation
+            rl_flags = ["--init", str(e2e), "--epochs", str(args.rl_epochs), "--seed", str(seed), *data]
+            if "--threshold" not in args.rl_args.split():
+                rl_flags += ["--threshold", f"{results['ofas_e2e', seed]['chosen_threshold']:.2f}"]
+            rl = work / f"rl_seed{seed}"
+            seconds_of["ofas_rl", seed] = _recipe("rl_finetune", rl, [*rl_flags, *args.rl_args.split()], log)
+            results["ofas_rl", seed] = _evaluate(rl, args, original, args.thresholds, log, control_seed=seed)
+    if "paper_e2e" not in args.skip:  # a comparison, not judged: the first seed only
+        seed = args.seeds[0]
+        seconds_of["ofas_e2e_paper", seed] = _recipe("e2e_finetune", work / "e2e_paper", [
+            "--init", str(original), "--variant", "auto", "--epochs", str(args.e2e_epochs), "--seed", str(seed),
+            *data, *args.paper_e2e_args.split()], log)
+        results["ofas_e2e_paper", seed] = _evaluate(work / "e2e_paper", args, original, args.thresholds, log)
 
-    num_blocks = results["ofas_e2e"]["all_blocks"]["num_blocks"]
-    rows = [_baseline_row("original", results["ofas_e2e"], seconds["original"], num_blocks)]
-    for method, result in results.items():
-        rows += _ofas_rows(method, result, seconds[method])
+    first = results["ofas_e2e", args.seeds[0]]
+    rows = [_baseline_row("original", first, seconds["original"], first["all_blocks"]["num_blocks"])]
+    for (method, seed), result in results.items():
+        rows += _ofas_rows(method, result, seconds_of[method, seed])
+        if method == judged:
+            rows += _control_rows(result, seconds_of[method, seed], args)
     if "static" not in args.skip:
         for depth in args.static_depths:
             run = _kept(args, f"resnet{depth}")
@@ -397,25 +492,29 @@ def main(argv: Optional[list[str]] = None) -> int:
             result = _evaluate(run, args, run, "0.5", log, out=work / f"static_resnet{depth}_eval")
             rows.append(_baseline_row(f"static_resnet{depth}", result, took, 3 * (depth - 2) // 6))
     if "early_exit" not in args.skip:
-        rows += _early_exit(args, work)
+        for row in _early_exit(args, work):  # one model, no gates: the adaptivity keys are empty
+            rows.append({"seed": None, "adaptive_gates": None, "distinct_patterns": None, "mi_bits": None, **row})
 
-    original_row = rows[0]
-    for method in ("ofas_e2e", "ofas_e2e_paper", "ofas_rl", "early_exit"):
-        _choose([r for r in rows if r["method"] == method], original_row["val_top1"], args.max_drop)
+    # the OFAS rows keep evaluate's choice on validation (the T its controls were run at); early exit is chosen here
+    _choose([r for r in rows if r["method"] == "early_exit"], rows[0]["val_top1"], args.max_drop)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=REPO).stdout.strip()
     meta = {
         "budget": (f"backbone/static/early-exit {args.epochs} epochs, e2e {args.e2e_epochs} "
                    f"({args.e2e_args or 'paper recipe'}), RL {args.rl_epochs}, batch {args.batch_size}, "
                    f"train subset {args.train_subset or 'all'} after carving "
-                   f"{args.val_size} validation images; T chosen on validation (fewest MFLOPs within "
-                   f"{args.max_drop} pp of the original's validation accuracy)"),
+                   f"{args.val_size} validation images; T chosen on validation: for OFAS the largest T within "
+                   f"{args.max_drop} pp of the original's validation accuracy, else the most accurate "
+                   "(recipes/evaluate.py), for early exit the fewest MFLOPs within it; OFAS seeds "
+                   f"{' '.join(map(str, args.seeds))}; controls at the judged method's chosen T, fixed_subset chosen "
+                   f"on {args.control_val_images} validation images"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"latency with {args.threads} thread(s), batch 1, TorchScript, mean over "
                    f"{args.latency_samples} test images of each one's median over {args.latency_runs} runs",
         "command": "python benchmarks/cifar10.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "commit": commit,
+        "commit": commit, "seeds": list(args.seeds),
     }
+    meta["verdict"] = judge(rows, judged)
     write_report(out, "cifar10", rows, meta, _markdown, _plot)
     return 0
 

@@ -80,16 +80,47 @@ def test_cifar10_smoke_writes_every_method_and_the_documented_rows(tmp_path) -> 
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "cifar10.json").read_text())
     methods = {row["method"] for row in result["rows"]}
-    assert methods == {"original", "ofas_e2e", "ofas_e2e_paper", "ofas_rl", "early_exit", "static_resnet8"}
+    assert methods == {"original", "ofas_e2e", "ofas_e2e_paper", "ofas_rl", "early_exit", "static_resnet8",
+                       "fixed_subset", "shuffled", "random_rates"}
     for row in result["rows"]:
-        assert {"method", "threshold", "top1", "executed_blocks", "mflops", "latency_ms"} <= row.keys()
+        assert {"method", "threshold", "top1", "executed_blocks", "mflops", "latency_ms", "seed", "adaptive_gates",
+                "distinct_patterns", "mi_bits", "chosen"} <= row.keys()
         assert 0.0 <= row["top1"] <= 1.0 and row["mflops"] > 0 and row["latency_ms"] > 0
-    # T is chosen once per method, on validation
+    # T is chosen once per method (and seed), on validation; the controls run at the judged method's T (RL's)
     for method in ("ofas_e2e", "ofas_e2e_paper", "ofas_rl", "early_exit"):
         assert sum(row["chosen"] for row in result["rows"] if row["method"] == method) == 1
+    rl = next(row for row in result["rows"] if row["method"] == "ofas_rl" and row["chosen"])
+    for control in (row for row in result["rows"] if row["method"] in ("fixed_subset", "shuffled", "random_rates")):
+        assert control["threshold"] == rl["threshold"] and control["seed"] == rl["seed"] == 0
+    verdict = result["meta"]["verdict"]
+    assert {"beats_static", "margin_pp", "stderr_pp", "method", "threshold"} <= verdict.keys()
+    assert verdict["method"] == "ofas_rl" and verdict["beats_static"] is False  # one seed can never pass
+    text = (tmp_path / "out" / "cifar10.md").read_text()
+    assert "| original |" in text and "**Verdict**" in text and "| fixed_subset | 0 |" in text
     assert (tmp_path / "out" / "cifar10.png").stat().st_size > 0
-    assert "| original |" in (tmp_path / "out" / "cifar10.md").read_text()
 
+
+
+@pytest.mark.parametrize("ofas_top1, fixed_top1, beats", [
+    ((0.90, 0.91), 0.85, True),   # 5.5 pp above the curve, steady across seeds, above the controls
+    ((0.90, 0.91), 0.92, False),  # (b): the fixed subset is better at the same cost
+    ((0.80, 0.91), 0.85, False),  # (a): the seeds disagree too much for 2 standard errors
+])
+def test_cifar10_judges_the_chosen_row_of_each_seed_against_the_static_curve(ofas_top1, fixed_top1, beats) -> None:
+    from benchmarks.cifar10 import judge
+
+    rows = [{"method": m, "latency_ms": lat, "top1": a, "chosen": True, "seed": None} for m, lat, a in
+            (("static_resnet20", 1.0, 0.80), ("original", 2.0, 0.90))]
+    for seed, top1 in enumerate(ofas_top1):
+        rows.append({"method": "ofas_rl", "seed": seed, "threshold": 0.5, "latency_ms": 1.5, "top1": top1,
+                     "adaptive_gates": 6, "chosen": True})
+        rows.append({"method": "ofas_rl", "seed": seed, "threshold": 0.9, "latency_ms": 1.1, "top1": 0.1,
+                     "adaptive_gates": 6, "chosen": False})  # not chosen on validation: not judged
+        rows += [{"method": "fixed_subset", "seed": seed, "top1": fixed_top1, "chosen": True},
+                 {"method": "shuffled", "seed": seed, "top1": 0.5, "chosen": True}]
+    verdict = judge(rows, "ofas_rl")
+    assert verdict["beats_static"] is beats and verdict["seeds"] == [0, 1]
+    assert verdict["margin_pp"] == pytest.approx(100 * (sum(ofas_top1) / 2 - 0.85))
 
 
 def test_cifar10_weights_starts_from_kept_backbones_without_training(tmp_path) -> None:
@@ -114,7 +145,7 @@ def test_cifar10_weights_starts_from_kept_backbones_without_training(tmp_path) -
     assert sorted(p.name for p in (kept / "resnet8_sd").iterdir()) == sorted(
         ["README.md", "args.json", "config.json", "data.json", "metrics.json", "model.safetensors"])  # untouched
     rows = json.loads((tmp_path / "out" / "cifar10.json").read_text())["rows"]
-    assert {row["method"] for row in rows} == {"original", "ofas_e2e"}
+    assert {row["method"] for row in rows} == {"original", "ofas_e2e", "fixed_subset", "shuffled", "random_rates"}
     missing = subprocess.run([*command[:-7], "--backbone", "resnet8"], cwd=REPO_ROOT, env=env, capture_output=True,
                              text=True, timeout=300)
     assert missing.returncode != 0 and "not a complete run folder" in missing.stderr
