@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import torch
 
-__all__ = ["timed_model", "set_threshold", "latency_ms"]
+__all__ = ["InterleavedTimer", "timed_model", "set_threshold", "latency_ms"]
 
 
 def timed_model(model: torch.nn.Module, args: argparse.Namespace) -> tuple[Any, str]:
@@ -56,3 +56,57 @@ def latency_ms(model: Any, images: torch.Tensor, args: argparse.Namespace,
                 model.forced_gate_mask = None
         medians.append(result.median_ms)
     return statistics.fmean(medians)
+
+
+class InterleavedTimer:
+    """Batch-1 latency of many rows, timed in interleaved rounds instead of one row after the other.
+
+    Rows of one benchmark timed one after the other drift with the machine: eight timings of the same computation
+    on a paused 2-core machine spread over 9.7-11.8 ms (docs/results.md, "Four times the budget"). Here every
+    registered job is timed once per round (the mean over the images of each one's median over ``runs`` runs, as
+    :func:`latency_ms`), the order rotating from round to round, and a job's latency is the median over the rounds,
+    so a slow stretch of the machine falls on every job alike.
+
+    >>> timer = InterleavedTimer(torch.zeros(1, 3, 8, 8), runs=2, threads=1, rounds=2)
+    >>> row = {"method": "m", "latency_ms": None, "_timing": timer.add("m", torch.nn.Identity().eval())}
+    >>> _ = timer.run(); timer.fill([row]); row["latency_ms"] > 0 and "_timing" not in row
+    True
+    """
+
+    def __init__(self, images: torch.Tensor, runs: int, threads: int, rounds: int = 3) -> None:
+        if rounds < 1 or runs < 1:
+            raise ValueError(f"rounds and runs must be >= 1, got {rounds} and {runs}")
+        self.images, self.rounds = images, rounds
+        self.settings = argparse.Namespace(latency_runs=runs, threads=threads)
+        self.jobs: dict[str, tuple[Any, Optional[float], Optional[torch.Tensor]]] = {}
+        self.results: dict[str, float] = {}
+
+    def add(self, key: str, model: Any, threshold: Optional[float] = None,
+            patterns: Optional[torch.Tensor] = None) -> str:
+        """Register ``model`` (at ``threshold``, gates forced to ``patterns`` per image when given); returns the key
+        to store in a row's ``_timing``."""
+        if key in self.jobs:
+            raise ValueError(f"timing job {key!r} registered twice")
+        self.jobs[key] = (model, threshold, patterns)
+        return key
+
+    def run(self) -> dict[str, float]:
+        """Time every job in ``rounds`` rotated rounds; returns key -> median latency (ms) over the rounds."""
+        keys = list(self.jobs)
+        times: dict[str, list[float]] = {key: [] for key in keys}
+        for round_index in range(self.rounds):
+            shift = round_index % max(len(keys), 1)
+            for key in keys[shift:] + keys[:shift]:
+                model, threshold, patterns = self.jobs[key]
+                if threshold is not None:
+                    set_threshold(model, threshold)
+                times[key].append(latency_ms(model, self.images, self.settings, patterns))
+        self.results = {key: statistics.median(values) for key, values in times.items()}
+        return self.results
+
+    def fill(self, rows: list[dict[str, Any]]) -> None:
+        """Put each row's timed latency in ``latency_ms`` (rows that registered a job, by their ``_timing`` key)."""
+        for row in rows:
+            key = row.pop("_timing", None)
+            if key is not None:
+                row["latency_ms"] = self.results[key]

@@ -56,7 +56,7 @@ from benchmarks._runner import (  # noqa: E402
     work_folders,
     write_report,
 )
-from benchmarks._timing import latency_ms, set_threshold, timed_model  # noqa: E402
+from benchmarks._timing import InterleavedTimer, timed_model  # noqa: E402
 from benchmarks.verdict import RULE, decide, sentence  # noqa: E402
 
 # the lossless copy: published CIFAR-10 numbers are comparable on it (the JPEG copy costs about 10 pp; old tables
@@ -98,6 +98,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads while timing")
     parser.add_argument("--latency-samples", type=int, default=64)
     parser.add_argument("--latency-runs", type=int, default=5)
+    parser.add_argument("--latency-rounds", type=int, default=3,
+                        help="the rule's rows are timed again together, each once per round, the order rotating; "
+                             "their latency is the median over the rounds")
     parser.add_argument("--max-drop", type=float, default=1.0, help="accuracy points allowed when choosing T")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="seeds of the OFAS runs (e2e and RL) and of their controls (the rule needs 2 or more)")
@@ -179,42 +182,69 @@ def _ofas_rows(method: str, result: dict[str, Any], seconds: float) -> list[dict
     return rows
 
 
-def _control_rows(result: dict[str, Any], seconds: float, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The controls of one seed's evaluation as table rows, each timed like the OFAS rows (batch 1, TorchScript)
-    with its gates forced: ``fixed_subset`` its one pattern, ``shuffled`` / ``random_rates`` OFAS's own patterns on
-    the timed images, permuted / redrawn with the control's seed."""
-    from ofas_wrap import OFASModel
-    from ofas_wrap.data import load_image_data
+def _control_rows(result: dict[str, Any], seconds: float, model, timed, timer: InterleavedTimer) -> list[dict]:
+    """The controls of one seed's evaluation as table rows, each registered with ``timer`` like the OFAS rows (batch
+    1, TorchScript) with its gates forced: ``fixed_subset`` its one pattern, ``shuffled`` / ``random_rates`` OFAS's
+    own patterns on the timed images, permuted / redrawn with the control's seed."""
     from ofas_wrap.training import random_rate_patterns, shuffled_patterns
 
-    model = OFASModel.from_pretrained(result["run"]).eval()
     threshold = result["chosen_threshold"]
     model.threshold = threshold
-    data = load_image_data(args.data, in_chans=model.config["input_size"][0], val_size=args.val_size,
-                           train_subset=args.train_subset, eval_subset=args.eval_subset, split_seed=0,
-                           augment=False, normalization=model.config.get("normalization"))
-    images = data.test.__getitems__(list(range(min(args.latency_samples, len(data.test)))))[0]
-    timed, kind = timed_model(model, args)
-    set_threshold(timed, threshold)
     with torch.no_grad():
-        own = (model.gate_probabilities(images)[1] >= threshold).cpu()
+        own = (model.gate_probabilities(timer.images)[1] >= threshold).cpu()
     seed = json.loads((Path(result["run"]) / "args.json").read_text()).get("seed", 0)
     ungated = len(model.blocks) - model.num_gates
     rows = []
     for control in result.get("controls", []):
         if control["method"] == "fixed_subset":
-            patterns = torch.tensor(control["pattern"]).expand(images.shape[0], -1)
+            patterns = torch.tensor(control["pattern"]).expand(timer.images.shape[0], -1)
         elif control["method"] == "shuffled":
             patterns = shuffled_patterns(own, control["seed"])
         else:
             patterns = random_rate_patterns(own, control["seed"])
         rows.append({"method": control["method"], "threshold": threshold, "seed": seed, "top1": control["top1"],
                      "val_top1": None, "executed_blocks": control["executed_gates"] + ungated,
-                     "mflops": control["mflops"], "latency_ms": latency_ms(timed, images, args, patterns),
-                     "timed_as": kind, "chosen": True, "train_seconds": seconds,
+                     "mflops": control["mflops"], "latency_ms": None, "timed_in": "interleaved",
+                     "_timing": timer.add(f"{control['method']}/seed{seed}", timed, threshold, patterns),
+                     "chosen": True, "train_seconds": seconds,
                      "adaptive_gates": 0 if control["method"] == "fixed_subset" else None,
                      "distinct_patterns": 1 if control["method"] == "fixed_subset" else None, "mi_bits": None})
     return rows
+
+
+def _time_the_rules_rows(rows: list[dict[str, Any]], results: dict, judged: str, backbones: dict[str, Path],
+                         seconds_of: dict, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Time the rows the decision rule reads again, together, in interleaved rounds: the original and the static
+    networks (their plain backbones), the judged method's chosen row of each seed, and its controls (added here).
+    Each evaluate session timed its own models at its own time; the rule compares latencies across them."""
+    from ofas_wrap import OFASModel
+    from ofas_wrap.data import load_image_data
+
+    first = OFASModel.from_pretrained(results[judged, args.seeds[0]]["run"])
+    data = load_image_data(args.data, in_chans=first.config["input_size"][0], val_size=args.val_size,
+                           train_subset=args.train_subset, eval_subset=args.eval_subset, split_seed=0,
+                           augment=False, normalization=first.config.get("normalization"))
+    images = data.test.__getitems__(list(range(min(args.latency_samples, len(data.test)))))[0]
+    timer = InterleavedTimer(images, runs=args.latency_runs, threads=args.threads, rounds=args.latency_rounds)
+    for row in rows:
+        if row["method"] in backbones:
+            timed, _ = timed_model(OFASModel.from_pretrained(backbones[row["method"]]).unwrap().eval(), args)
+            row.update(_timing=timer.add(row["method"], timed), timed_in="interleaved")
+    controls = []
+    for (method, seed), result in results.items():
+        if method != judged:
+            continue
+        model = OFASModel.from_pretrained(result["run"]).eval()
+        timed, _ = timed_model(model, args)
+        chosen = next(r for r in rows if r["method"] == method and r["seed"] == seed and r["chosen"])
+        chosen.update(_timing=timer.add(f"{method}/seed{seed}", timed, threshold=result["chosen_threshold"]),
+                      timed_in="interleaved")
+        controls += _control_rows(result, seconds_of[method, seed], model, timed, timer)
+    print(f"[cifar10] timing {len(timer.jobs)} models for the rule in {args.latency_rounds} interleaved rounds",
+          flush=True)
+    timer.run()
+    timer.fill(rows + controls)
+    return controls
 
 
 def judge(rows: list[dict[str, Any]], method: str) -> dict[str, Any]:
@@ -367,6 +397,13 @@ def _adaptivity_cell(row: dict[str, Any]) -> str:
     return f"{row['adaptive_gates']} / {row['distinct_patterns']}"
 
 
+def _reference_latency(row: dict[str, Any], original: dict[str, Any]) -> float:
+    """What a row's latency is compared with: the original timed with it (interleaved, or in its evaluate session)."""
+    if row.get("timed_in") == "interleaved" or not row.get("reference_latency_ms"):
+        return original["latency_ms"]
+    return row["reference_latency_ms"]
+
+
 def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     original = next(r for r in rows if r["method"] == "original")
     lines = [
@@ -386,7 +423,7 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"| {row['method']} | {seed} | {threshold} | {100 * row['top1']:.2f} "
             f"| {100 * (row['top1'] - original['top1']):+.2f} "
             f"| {row['executed_blocks']:.2f} | {row['mflops']:.2f} | {latency:.2f} "
-            f"| {100 * (latency / (row.get('reference_latency_ms') or original['latency_ms']) - 1):+.1f} % "
+            f"| {100 * (latency / _reference_latency(row, original)) - 100:+.1f} % "
             f"| {row['train_seconds'] / 60:.1f} min "
             f"| {_adaptivity_cell(row)} |"
         )
@@ -394,8 +431,9 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         lines += ["", f"**Verdict**: {sentence(meta['verdict'])}", "", f"Rule (written before the runs): {RULE}"]
     lines += ["", "Adaptive gates: gates open for 5-95 % of the validation images at that T; patterns: distinct skip "
               "patterns over them (0 / 1 is a fixed sub-network, not input-adaptive inference).",
-              "Δ latency of the OFAS rows is against the original timed in the same evaluation session; the "
-              "other rows are against the original's own session (sessions differ by machine load).",
+              "Latency: the rule's rows (the original, the static networks, each seed's chosen row of the judged "
+              "method and its controls) are timed together in interleaved rounds; the other OFAS rows in their "
+              "evaluation session, their Δ latency against the original timed in that session.",
               f"Budget: {meta['budget']}", f"Machine: {meta['machine']}", f"Command: `{meta['command']}`",
               f"Commit: {meta['commit']}"]
     return "\n".join(lines)
@@ -478,8 +516,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = [_baseline_row("original", first, seconds["original"], first["all_blocks"]["num_blocks"])]
     for (method, seed), result in results.items():
         rows += _ofas_rows(method, result, seconds_of[method, seed])
-        if method == judged:
-            rows += _control_rows(result, seconds_of[method, seed], args)
+    backbones = {"original": original}
     if "static" not in args.skip:
         for depth in args.static_depths:
             run = _kept(args, f"resnet{depth}")
@@ -491,6 +528,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 took = float(json.loads((run / "metrics.json").read_text()).get("wall_seconds", 0))
             result = _evaluate(run, args, run, "0.5", log, out=work / f"static_resnet{depth}_eval")
             rows.append(_baseline_row(f"static_resnet{depth}", result, took, 3 * (depth - 2) // 6))
+            backbones[f"static_resnet{depth}"] = run
+    rows += _time_the_rules_rows(rows, results, judged, backbones, seconds_of, args)
     if "early_exit" not in args.skip:
         for row in _early_exit(args, work):  # one model, no gates: the adaptivity keys are empty
             rows.append({"seed": None, "adaptive_gates": None, "distinct_patterns": None, "mi_bits": None, **row})
@@ -510,7 +549,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                    f"on {args.control_val_images} validation images"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"latency with {args.threads} thread(s), batch 1, TorchScript, mean over "
-                   f"{args.latency_samples} test images of each one's median over {args.latency_runs} runs",
+                   f"{args.latency_samples} test images of each one's median over {args.latency_runs} runs (the "
+                   f"rule's rows: the median over {args.latency_rounds} interleaved rounds)",
         "command": "python benchmarks/cifar10.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "commit": commit, "seeds": list(args.seeds),
     }

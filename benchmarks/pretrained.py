@@ -53,7 +53,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from benchmarks._runner import run_or_reuse, run_recipe, save_figure, work_folders, write_report  # noqa: E402
-from benchmarks._timing import latency_ms, set_threshold, timed_model  # noqa: E402
+from benchmarks._timing import InterleavedTimer, timed_model  # noqa: E402
 from benchmarks.verdict import RULE, decide, sentence  # noqa: E402
 
 RELEASED = REPO.parent / "shared" / "data" / "pretrained" / "akamaster-cifar10"
@@ -97,6 +97,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--latency-samples", type=int, default=40)
     parser.add_argument("--latency-runs", type=int, default=15)
+    parser.add_argument("--latency-rounds", type=int, default=3,
+                        help="every model is timed once per round, the order rotating; a row's latency is the median "
+                             "over the rounds (slow stretches of the machine fall on every row alike)")
     parser.add_argument("--runtime", choices=["torchscript", "eager"], default="torchscript",
                         help="what is timed: the TorchScript export (a deployment's runtime) or the eager model")
     parser.add_argument("--skip", nargs="*", default=[], choices=["finetune_control"])
@@ -148,7 +151,7 @@ def accuracy(model: torch.nn.Module, split) -> float:
     return correct / max(count, 1)
 
 
-def static_rows(args: argparse.Namespace, data, images: torch.Tensor) -> list[dict[str, Any]]:
+def static_rows(args: argparse.Namespace, data, timer: InterleavedTimer) -> list[dict[str, Any]]:
     from ofas_wrap import adaptify
 
     rows = []
@@ -160,11 +163,10 @@ def static_rows(args: argparse.Namespace, data, images: torch.Tensor) -> list[di
             "method": "original" if depth == 56 else f"static_resnet{depth}", "threshold": None, "seed": None,
             "top1": accuracy(model, data.test), "val_top1": accuracy(model, data.val),
             "executed_blocks": float(3 * (depth - 2) // 6), "mflops": plan.backbone_flops / 1e6,
-            "latency_ms": latency_ms(timed, images, args), "timed_as": kind, "chosen": True, "train_seconds": 0.0,
-            "adaptive_gates": None, "distinct_patterns": None, "mi_bits": None,
+            "latency_ms": None, "_timing": timer.add(f"resnet{depth}", timed), "timed_as": kind, "chosen": True,
+            "train_seconds": 0.0, "adaptive_gates": None, "distinct_patterns": None, "mi_bits": None,
         })
-        print(f"[pretrained] released resnet{depth}: test {100 * rows[-1]['top1']:.2f} %, "
-              f"{rows[-1]['latency_ms']:.3f} ms", flush=True)
+        print(f"[pretrained] released resnet{depth}: test {100 * rows[-1]['top1']:.2f} %", flush=True)
     return rows
 
 
@@ -219,7 +221,7 @@ def operating_point(rows: list[dict[str, Any]], original_val_mflops: float, cut:
 
 
 def ofas_rows(args: argparse.Namespace, seed: int, run: Path, result: dict[str, Any], seconds: float,
-              original_val_mflops: float, data, images: torch.Tensor,
+              original_val_mflops: float, data, timer: InterleavedTimer,
               method: str = "ofas_e2e") -> tuple[list[dict[str, Any]], list[dict]]:
     from ofas_wrap import OFASModel
     from ofas_wrap.training import control_rows
@@ -228,12 +230,13 @@ def ofas_rows(args: argparse.Namespace, seed: int, run: Path, result: dict[str, 
     model = OFASModel.from_pretrained(run, trust_remote_code=True).eval()
     timed, kind = timed_model(model, args)
     rows = []
+    images = timer.images
     for row in result["rows"]:
-        set_threshold(timed, row["threshold"])
         rows.append({
             "method": method, "threshold": row["threshold"], "seed": seed, "top1": row["test_accuracy"],
             "val_top1": row["val_accuracy"], "executed_blocks": row["executed_blocks"], "mflops": row["mflops"],
-            "val_mflops": row["val_mflops"], "latency_ms": latency_ms(timed, images, args), "timed_as": kind,
+            "val_mflops": row["val_mflops"], "latency_ms": None, "timed_as": kind,
+            "_timing": timer.add(f"{method}/seed{seed}/T{row['threshold']}", timed, threshold=row["threshold"]),
             "chosen": row is chosen, "train_seconds": seconds, "adaptive_gates": row.get("adaptive_gates"),
             "distinct_patterns": row.get("distinct_patterns"), "mi_bits": row.get("mi_bits"),
             "difficulty_corr": row.get("difficulty_corr"),
@@ -244,7 +247,6 @@ def ofas_rows(args: argparse.Namespace, seed: int, run: Path, result: dict[str, 
     val_split = data.val.__getitems__(list(range(val_count)))
     controls = control_rows(model, threshold, test_split, val_split, seeds=(seed,))
     model.threshold = threshold
-    set_threshold(timed, threshold)
     with torch.no_grad():
         _, probs = model.gate_probabilities(images)
     own = (probs >= threshold).cpu()
@@ -257,8 +259,8 @@ def ofas_rows(args: argparse.Namespace, seed: int, run: Path, result: dict[str, 
             patterns = shuffled_patterns(own, seed)
         else:
             patterns = random_rate_patterns(own, seed)
-        control.update({"seed": seed, "val_top1": None, "latency_ms": latency_ms(timed, images, args, patterns),
-                        "timed_as": kind,
+        control.update({"seed": seed, "val_top1": None, "latency_ms": None, "timed_as": kind,
+                        "_timing": timer.add(f"{control['method']}/seed{seed}", timed, threshold, patterns),
                         "executed_blocks": control["executed_gates"] + (len(model.blocks) - model.num_gates),
                         "chosen": True, "train_seconds": seconds, "adaptive_gates": 0 if
                         control["method"] == "fixed_subset" else None, "distinct_patterns": None, "mi_bits": None})
@@ -362,7 +364,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     data = load_data(args)
     images = data.test.__getitems__(list(range(min(args.latency_samples, len(data.test)))))[0]
-    rows = static_rows(args, data, images)
+    timer = InterleavedTimer(images, runs=args.latency_runs, threads=args.threads, rounds=args.latency_rounds)
+    rows = static_rows(args, data, timer)
     original = next(r for r in rows if r["method"] == "original")
     from ofas_wrap import OFASModel
 
@@ -370,12 +373,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if "finetune_control" not in args.skip:
         tuned = OFASModel.from_pretrained(work / "finetuned", trust_remote_code=True).unwrap().eval()
         rows.append({**original, "method": "original_finetuned", "top1": accuracy(tuned, data.test),
-                     "val_top1": accuracy(tuned, data.val), "latency_ms": original["latency_ms"],
-                     "train_seconds": seconds["control"]})
+                     "val_top1": accuracy(tuned, data.val), "train_seconds": seconds["control"]})  # timed as it
     controls, chosen = [], []
     for seed in args.seeds:
         seed_rows, seed_controls = ofas_rows(args, seed, judged[seed], results[seed], seconds[seed],
-                                             original_val_mflops, data, images, method)
+                                             original_val_mflops, data, timer, method)
         rows += seed_rows + seed_controls
         controls += seed_controls
         chosen += [r for r in seed_rows if r["chosen"]]
@@ -387,6 +389,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             tuned = OFASModel.from_pretrained(run, trust_remote_code=True).unwrap().eval()
             rows.append({**released, "method": f"static_resnet{depth}_finetuned", "top1": accuracy(tuned, data.test),
                          "val_top1": accuracy(tuned, data.val), "train_seconds": spent})
+    print(f"[pretrained] timing {len(timer.jobs)} models in {args.latency_rounds} interleaved rounds", flush=True)
+    timer.run()
+    timer.fill(rows)  # the fine-tuned controls copied their released model's key: the same architecture
     static = [(r["latency_ms"], r["top1"]) for r in rows
               if released_static(r) or r is original]
     verdict = decide(static, chosen, controls, method)
@@ -411,7 +416,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         "machine": (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                     f"latency with {args.threads} thread(s), batch 1, {args.runtime} (a row that did not script: "
                     f"timed_as eager), mean over {len(images)} test images "
-                    f"of each one's median over {args.latency_runs} runs"),
+                    f"of each one's median over {args.latency_runs} runs, the median over "
+                    f"{args.latency_rounds} rounds in which every model is timed in turn"),
         "command": "python benchmarks/pretrained.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "commit": commit,
     }

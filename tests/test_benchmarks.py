@@ -247,6 +247,36 @@ def test_train_parity_trains_each_configuration_and_judges_it_against_the_baseli
     assert train_parity.verdicts({"baseline": 0.5, "x": 0.504})["x"]["parity"] is False
 
 
+def test_the_interleaved_timer_rotates_the_jobs_every_round_and_fills_the_rows() -> None:
+    import itertools
+
+    import torch
+
+    from benchmarks._timing import InterleavedTimer
+
+    calls = []
+
+    class Named(torch.nn.Module):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        def forward(self, x):
+            calls.append(self.name)
+            return x
+
+    timer = InterleavedTimer(torch.zeros(2, 3, 4, 4), runs=1, threads=1, rounds=3)
+    rows = [{"method": name, "latency_ms": None, "_timing": timer.add(name, Named(name).eval())} for name in "abc"]
+    rows.append({"method": "copy of a", "latency_ms": None, "_timing": "a"})  # a copied row shares its model's key
+    with pytest.raises(ValueError, match="twice"):
+        timer.add("a", Named("a"))
+    results = timer.run()
+    assert [name for name, _ in itertools.groupby(calls)] == list("abcbcacab")
+    timer.fill(rows)
+    assert [row["latency_ms"] for row in rows] == [results["a"], results["b"], results["c"], results["a"]]
+    assert all("_timing" not in row for row in rows) and all(value > 0 for value in results.values())
+
+
 def test_head_probe_separates_what_is_separable_and_not_noise() -> None:
     import torch
 
