@@ -69,15 +69,13 @@ def _write_tiny_imagefolder(root, per_class_train=60, per_class_test=20) -> None
                 Image.fromarray(pixels).save(folder / f"{i}.png")
 
 
-def test_cifar10_smoke_writes_every_method_and_the_documented_rows(tmp_path) -> None:
+def test_cifar10_smoke_writes_every_method_and_the_documented_rows(tmp_path, monkeypatch) -> None:
+    from benchmarks import cifar10  # in this process: a subprocess would spend 6 s on imports
+
     _write_tiny_imagefolder(tmp_path / "data")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OFAS_WRAP_CACHE": str(tmp_path / "cache")}
-    completed = subprocess.run(
-        [sys.executable, os.path.join("benchmarks", "cifar10.py"), "--smoke", "--data", str(tmp_path / "data"),
-         "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900,
-    )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    monkeypatch.setenv("OFAS_WRAP_CACHE", str(tmp_path / "cache"))
+    assert cifar10.main(["--smoke", "--data", str(tmp_path / "data"), "--work", str(tmp_path / "work"),
+                         "--out", str(tmp_path / "out")]) == 0
     result = json.loads((tmp_path / "out" / "cifar10.json").read_text())
     methods = {row["method"] for row in result["rows"]}
     assert methods == {"original", "ofas_e2e", "ofas_e2e_paper", "ofas_rl", "early_exit", "static_resnet8",
@@ -123,32 +121,28 @@ def test_cifar10_judges_the_chosen_row_of_each_seed_against_the_static_curve(ofa
     assert verdict["margin_pp"] == pytest.approx(100 * (sum(ofas_top1) / 2 - 0.85))
 
 
-def test_cifar10_weights_starts_from_kept_backbones_without_training(tmp_path) -> None:
+def test_cifar10_weights_starts_from_kept_backbones_without_training(tmp_path, monkeypatch, capsys) -> None:
+    from benchmarks import cifar10
     from ofas_wrap.training import train_backbone
 
     _write_tiny_imagefolder(tmp_path / "data")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OFAS_WRAP_CACHE": str(tmp_path / "cache")}
-    kept = tmp_path / "weights"
-    os.environ["OFAS_WRAP_CACHE"] = env["OFAS_WRAP_CACHE"]
-    try:  # a kept backbone as benchmarks/weights/cifar10 holds them: a run folder without checkpoints
-        train_backbone(["--model", "cifar:resnet8", "--dataset", str(tmp_path / "data"), "--max-steps", "1",
-                        "--val-size", "8", "--batch-size", "8", "--no-progress", "--output", str(kept / "resnet8_sd")])
-    finally:
-        os.environ.pop("OFAS_WRAP_CACHE")
+    monkeypatch.setenv("OFAS_WRAP_CACHE", str(tmp_path / "cache"))
+    kept = tmp_path / "weights"  # a kept backbone as benchmarks/weights/cifar10 holds them: no checkpoints
+    train_backbone(["--model", "cifar:resnet8", "--dataset", str(tmp_path / "data"), "--max-steps", "1",
+                    "--val-size", "8", "--batch-size", "8", "--no-progress", "--output", str(kept / "resnet8_sd")])
     shutil.rmtree(kept / "resnet8_sd" / "checkpoints")
-    command = [sys.executable, os.path.join("benchmarks", "cifar10.py"), "--smoke", "--data", str(tmp_path / "data"),
-               "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--weights", str(kept),
-               "--backbone", "resnet8_sd", "--skip", "early_exit", "rl", "paper_e2e", "static"]
-    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    assert "train_backbone" not in completed.stdout and "e2e_finetune" in completed.stdout  # nothing retrained
+    capsys.readouterr()
+    flags = ["--smoke", "--data", str(tmp_path / "data"), "--work", str(tmp_path / "work"), "--out",
+             str(tmp_path / "out"), "--weights", str(kept), "--skip", "early_exit", "rl", "paper_e2e", "static"]
+    assert cifar10.main([*flags, "--backbone", "resnet8_sd"]) == 0
+    printed = capsys.readouterr().out
+    assert "train_backbone" not in printed and "e2e_finetune" in printed  # nothing retrained
     assert sorted(p.name for p in (kept / "resnet8_sd").iterdir()) == sorted(
         ["README.md", "args.json", "config.json", "data.json", "metrics.json", "model.safetensors"])  # untouched
     rows = json.loads((tmp_path / "out" / "cifar10.json").read_text())["rows"]
     assert {row["method"] for row in rows} == {"original", "ofas_e2e", "fixed_subset", "shuffled", "random_rates"}
-    missing = subprocess.run([*command[:-7], "--backbone", "resnet8"], cwd=REPO_ROOT, env=env, capture_output=True,
-                             text=True, timeout=300)
-    assert missing.returncode != 0 and "not a complete run folder" in missing.stderr
+    with pytest.raises(SystemExit, match="not a complete run folder"):
+        cifar10.main([*flags, "--backbone", "resnet8"])
 
 
 def test_cifar10_backbones_trains_resumably_and_keeps_the_finished_run(tmp_path) -> None:
