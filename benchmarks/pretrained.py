@@ -103,17 +103,21 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--runtime", choices=["torchscript", "eager"], default="torchscript",
                         help="what is timed: the TorchScript export (a deployment's runtime) or the eager model")
     parser.add_argument("--skip", nargs="*", default=[], choices=["finetune_control"])
+    parser.add_argument("--static-depths", type=int, nargs="+", default=[20, 32, 44], choices=[20, 32, 44],
+                        help="the released shallower ResNets on the static curve (fine-tuned too with "
+                             "--static-finetune)")
     parser.add_argument("--static-finetune", action="store_true",
                         help="also give the released ResNet-20/32/44 the control's fine-tune (every gate open): rows "
                              "static_resnetN_finetuned beside the released ones (the rule's curve stays the released "
                              "models', as written before the runs)")
     parser.add_argument("--smoke", action="store_true",
-                        help="a seconds-long plumbing check: 2 steps, 64 images, 1 seed, 2 thresholds (and "
-                             "--static-finetune for the ResNet-20 only)")
+                        help="a seconds-long plumbing check: 2 steps, 64 images, 1 seed, 1 threshold, the "
+                             "ResNet-20 alone on the static curve (and alone fine-tuned with --static-finetune)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.seeds, args.train_subset, args.eval_subset = args.seeds[:1], 64, 64
         args.thresholds, args.latency_samples, args.latency_runs, args.control_val_images = "0.5", 2, 2, 16
+        args.static_depths, args.latency_rounds = [20], 1  # one static network: the plumbing is the same
         args.common_args += " --max-steps 2 --batch-size 32"
         if args.rl_args:
             args.rl_args += " --max-steps 2 --batch-size 32"
@@ -155,7 +159,7 @@ def static_rows(args: argparse.Namespace, data, timer: InterleavedTimer) -> list
     from ofas_wrap import adaptify
 
     rows = []
-    for depth in (20, 32, 44, 56):
+    for depth in (*args.static_depths, 56):
         model = released_model(args, depth)
         plan = adaptify(model, input_size=(3, 32, 32)).plan  # FLOPs at the 32 px the model is fed
         timed, kind = timed_model(model, args)
@@ -382,7 +386,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         controls += seed_controls
         chosen += [r for r in seed_rows if r["chosen"]]
     if args.static_finetune:
-        for depth in (20,) if args.smoke else (20, 32, 44):
+        for depth in args.static_depths:
             released = next(r for r in rows if r["method"] == f"static_resnet{depth}")
             run = work / f"finetuned_resnet{depth}"
             spent = finetune(args, run, CONTROL_ARGS, 0, log, depth)
