@@ -123,3 +123,16 @@ def test_the_calibrated_head_saves_and_scripts(tmp_path):
     scripted, _ = ofas_wrap.load_torchscript(tmp_path / "m.pt")
     with torch.no_grad():
         assert torch.allclose(scripted(images), model(images), atol=1e-5)
+
+
+@pytest.mark.parametrize("percentiles, expected", [
+    ({"5": 0.99998, "25": 1.0, "50": 1.0, "75": 1.0, "95": 1.0}, "saturated open"),  # the 2-epoch ResNet-56 head
+    ({"5": 0.0, "25": 0.0, "50": 0.0001, "75": 0.0005, "95": 0.0009}, "saturated closed"),
+    ({"5": 0.71, "25": 0.8, "50": 0.85, "75": 0.9, "95": 0.95}, None),  # narrow, but T still reaches into it
+    ({}, None),  # no gates
+])
+def test_evaluate_warns_when_the_heads_outputs_have_saturated(percentiles, expected):
+    from ofas_wrap.training import saturation_note
+
+    note = saturation_note(percentiles)
+    assert (note is None) if expected is None else (expected in note and "--head-lr" in note)

@@ -227,6 +227,7 @@ def test_evaluate_python(env, rl_run):
     assert payload["chosen_threshold"] in (0.4, 0.5, 0.6)
     spread = payload["head_output_percentiles"]  # the head's outputs on validation, also a panel of the plot
     assert list(spread) == ["5", "25", "50", "75", "95"] and "head outputs S_L" in result.stdout
+    assert "head_saturation" in payload  # a note when they have saturated (tests/test_calibration.py)
     assert 0.0 <= spread["5"] <= spread["25"] <= spread["50"] <= spread["75"] <= spread["95"] <= 1.0
     for row in payload["rows"]:
         assert 0 <= row["executed_blocks"] <= row["num_blocks"] and row["latency_ms"] > 0 and row["mflops"] > 0

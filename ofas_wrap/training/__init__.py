@@ -37,6 +37,7 @@ from ._evaluate import (
     evaluate_run,
     format_table,
     parse_thresholds,
+    saturation_note,
 )
 from ._flags import build_parser
 from ._objectives import bernoulli_entropy, distillation_loss, gate_information, rate_hinge_loss, target_rate_loss
@@ -99,6 +100,7 @@ __all__ = [
     "evaluate_run",
     "format_table",
     "choose_threshold",
+    "saturation_note",
     # speed
     "MIXED_PRECISION_CHOICES",
     "bf16_supported",

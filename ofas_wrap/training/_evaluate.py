@@ -38,7 +38,7 @@ from ._errors import RunError
 from ._runs import _write_json, read_run
 
 __all__ = ["evaluate_classifier", "parse_thresholds", "evaluate_parser", "evaluate_run", "format_table",
-           "choose_threshold"]
+           "choose_threshold", "saturation_note"]
 
 
 @torch.no_grad()
@@ -273,6 +273,32 @@ def output_percentiles(outputs: torch.Tensor) -> dict[str, float]:
         return {}
     flat = outputs.flatten()
     return {str(q): float(flat.quantile(q / 100)) for q in (5, 25, 50, 75, 95)}
+
+
+SATURATED = 0.999
+
+
+def saturation_note(percentiles: dict[str, float]) -> Optional[str]:
+    """A warning when the head's outputs are saturated (its 5th percentile above ``SATURATED``, or its 95th below
+    ``1 - SATURATED``): every T inside the sweep's range then runs every block, or none, for 90 % of the outputs or
+    more, and the gradients that would move them have vanished. None otherwise.
+
+    >>> saturation_note({"5": 0.99998, "95": 1.0}).split(":")[0]
+    'the head has saturated open'
+    >>> saturation_note({"5": 0.2, "95": 0.9}) is None
+    True
+    """
+    if not percentiles:
+        return None
+    if percentiles["5"] >= SATURATED:
+        state, effect = "open", f"every T up to {SATURATED} runs every block for 95 % of the gate decisions"
+    elif percentiles["95"] <= 1.0 - SATURATED:
+        state, effect = "closed", f"every T down to {1.0 - SATURATED:.3f} skips 95 % of the gates"
+    else:
+        return None
+    return (f"the head has saturated {state}: {effect}, and the sigmoid's gradient there is about zero, so neither "
+            "more training of this head nor RL will move it much. Retrain the head with a smaller --head-lr or fewer "
+            "steps; --calibrate-head rescales the outputs so that T reaches into them (it keeps their order)")
 
 
 def pattern_information(gates: torch.Tensor, labels: torch.Tensor) -> float:
@@ -530,6 +556,7 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "choice_rule": f"largest T with validation accuracy >= {reference_name} - {args.max_drop} points, else the "
                        "most accurate T", "export_threshold": export_t,
         "head_output_percentiles": output_percentiles(outputs), "timed_as": timed_as,
+        "head_saturation": saturation_note(output_percentiles(outputs)),
     }
     if args.controls:
         if accelerator.num_processes > 1:
@@ -570,6 +597,8 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             spread = ", ".join(f"p{q} {v:.3f}" for q, v in result["head_output_percentiles"].items())
             print(f"head outputs S_L: {spread}"
                   + (f" (after the head temperature {temperature:.4g})" if temperature is not None else ""))
+        if result["head_saturation"]:
+            print(f"warning: {result['head_saturation']}")
         if result["exported_model"]:
             print(f"exported TorchScript model (T = {export_t:.2f}): {export_path}")
         else:
