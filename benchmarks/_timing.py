@@ -1,8 +1,7 @@
 """Batch-1 latency of the benchmarks' rows: the module to time (TorchScript, or eager when the user's code does not
 script), its threshold, and the mean over images of each one's median time, gates forced for the controls.
 
-``args`` carries ``latency_runs``, ``threads`` and optionally ``runtime`` (``torchscript``, the default, or
-``eager``).
+``timed_model``'s ``args`` carries ``runtime`` (``torchscript``, the default, or ``eager``).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from typing import Any, Optional
 
 import torch
 
-__all__ = ["InterleavedTimer", "timed_model", "set_threshold", "latency_ms"]
+__all__ = ["InterleavedTimer", "timed_model", "set_threshold", "latency_ms", "control_patterns"]
 
 
 def timed_model(model: torch.nn.Module, args: argparse.Namespace) -> tuple[Any, str]:
@@ -39,7 +38,7 @@ def set_threshold(model: Any, threshold: float) -> None:
         model.threshold = threshold
 
 
-def latency_ms(model: Any, images: torch.Tensor, args: argparse.Namespace,
+def latency_ms(model: Any, images: torch.Tensor, runs: int, threads: int,
                patterns: Optional[torch.Tensor] = None) -> float:
     """Mean over the images of each one's median batch-1 time; ``patterns`` forces image i's gates (controls)."""
     from ofas_wrap import measure_latency
@@ -50,12 +49,25 @@ def latency_ms(model: Any, images: torch.Tensor, args: argparse.Namespace,
         if patterns is not None:  # the eager context manager, or the scripted module's attribute
             model.forced_gate_mask = patterns[index:index + 1]
         try:
-            result = measure_latency(model, example, runs=args.latency_runs, warmup=3, threads=args.threads)
+            result = measure_latency(model, example, runs=runs, warmup=3, threads=threads)
         finally:
             if patterns is not None:
                 model.forced_gate_mask = None
         medians.append(result.median_ms)
     return statistics.fmean(medians)
+
+
+def control_patterns(control: dict[str, Any], own: torch.Tensor) -> torch.Tensor:
+    """The gates a control row of ``ofas_wrap.training.control_rows`` forces on the timed images, one row per image:
+    ``fixed_subset`` its one pattern, ``shuffled`` / ``random_rates`` OFAS's own patterns ``own`` on those images
+    (bool, images x gates), permuted / redrawn with the control's seed."""
+    from ofas_wrap.training import random_rate_patterns, shuffled_patterns
+
+    if control["method"] == "fixed_subset":
+        return torch.tensor(control["pattern"]).expand(own.shape[0], -1)
+    if control["method"] == "shuffled":
+        return shuffled_patterns(own, control["seed"])
+    return random_rate_patterns(own, control["seed"])
 
 
 class InterleavedTimer:
@@ -76,8 +88,7 @@ class InterleavedTimer:
     def __init__(self, images: torch.Tensor, runs: int, threads: int, rounds: int = 3) -> None:
         if rounds < 1 or runs < 1:
             raise ValueError(f"rounds and runs must be >= 1, got {rounds} and {runs}")
-        self.images, self.rounds = images, rounds
-        self.settings = argparse.Namespace(latency_runs=runs, threads=threads)
+        self.images, self.runs, self.threads, self.rounds = images, runs, threads, rounds
         self.jobs: dict[str, tuple[Any, Optional[float], Optional[torch.Tensor]]] = {}
         self.results: dict[str, float] = {}
 
@@ -100,7 +111,7 @@ class InterleavedTimer:
                 model, threshold, patterns = self.jobs[key]
                 if threshold is not None:
                     set_threshold(model, threshold)
-                times[key].append(latency_ms(model, self.images, self.settings, patterns))
+                times[key].append(latency_ms(model, self.images, self.runs, self.threads, patterns))
         self.results = {key: statistics.median(values) for key, values in times.items()}
         return self.results
 

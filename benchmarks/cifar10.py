@@ -56,7 +56,7 @@ from benchmarks._runner import (  # noqa: E402
     work_folders,
     write_report,
 )
-from benchmarks._timing import InterleavedTimer, timed_model  # noqa: E402
+from benchmarks._timing import InterleavedTimer, control_patterns, timed_model  # noqa: E402
 from benchmarks.verdict import RULE, decide, sentence  # noqa: E402
 
 # the lossless copy: published CIFAR-10 numbers are comparable on it (the JPEG copy costs about 10 pp; old tables
@@ -186,8 +186,6 @@ def _control_rows(result: dict[str, Any], seconds: float, model, timed, timer: I
     """The controls of one seed's evaluation as table rows, each registered with ``timer`` like the OFAS rows (batch
     1, TorchScript) with its gates forced: ``fixed_subset`` its one pattern, ``shuffled`` / ``random_rates`` OFAS's
     own patterns on the timed images, permuted / redrawn with the control's seed."""
-    from ofas_wrap.training import random_rate_patterns, shuffled_patterns
-
     threshold = result["chosen_threshold"]
     model.threshold = threshold
     with torch.no_grad():
@@ -196,12 +194,7 @@ def _control_rows(result: dict[str, Any], seconds: float, model, timed, timer: I
     ungated = len(model.blocks) - model.num_gates
     rows = []
     for control in result.get("controls", []):
-        if control["method"] == "fixed_subset":
-            patterns = torch.tensor(control["pattern"]).expand(timer.images.shape[0], -1)
-        elif control["method"] == "shuffled":
-            patterns = shuffled_patterns(own, control["seed"])
-        else:
-            patterns = random_rate_patterns(own, control["seed"])
+        patterns = control_patterns(control, own)
         rows.append({"method": control["method"], "threshold": threshold, "seed": seed, "top1": control["top1"],
                      "val_top1": None, "executed_blocks": control["executed_gates"] + ungated,
                      "mflops": control["mflops"], "latency_ms": None, "timed_in": "interleaved",

@@ -53,7 +53,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from benchmarks._runner import run_or_reuse, run_recipe, save_figure, work_folders, write_report  # noqa: E402
-from benchmarks._timing import InterleavedTimer, timed_model  # noqa: E402
+from benchmarks._timing import InterleavedTimer, control_patterns, timed_model  # noqa: E402
 from benchmarks.verdict import RULE, decide, sentence  # noqa: E402
 
 RELEASED = REPO.parent / "shared" / "data" / "pretrained" / "akamaster-cifar10"
@@ -254,15 +254,8 @@ def ofas_rows(args: argparse.Namespace, seed: int, run: Path, result: dict[str, 
     with torch.no_grad():
         _, probs = model.gate_probabilities(images)
     own = (probs >= threshold).cpu()
-    from ofas_wrap.training import random_rate_patterns, shuffled_patterns
-
     for control in controls:
-        if control["method"] == "fixed_subset":
-            patterns = torch.tensor(control["pattern"]).expand(images.shape[0], -1)
-        elif control["method"] == "shuffled":
-            patterns = shuffled_patterns(own, seed)
-        else:
-            patterns = random_rate_patterns(own, seed)
+        patterns = control_patterns(control, own)
         control.update({"seed": seed, "val_top1": None, "latency_ms": None, "timed_as": kind,
                         "_timing": timer.add(f"{control['method']}/seed{seed}", timed, threshold, patterns),
                         "executed_blocks": control["executed_gates"] + (len(model.blocks) - model.num_gates),

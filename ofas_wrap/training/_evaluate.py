@@ -280,8 +280,8 @@ SATURATED = 0.999
 
 def saturation_note(percentiles: dict[str, float]) -> Optional[str]:
     """A warning when the head's outputs are saturated (its 5th percentile above ``SATURATED``, or its 95th below
-    ``1 - SATURATED``): every T inside the sweep's range then runs every block, or none, for 90 % of the outputs or
-    more, and the gradients that would move them have vanished. None otherwise.
+    ``1 - SATURATED``): every T inside the sweep's range then opens, or closes, 95 % of the gates or more, and the
+    gradients that would move them have vanished. None otherwise.
 
     >>> saturation_note({"5": 0.99998, "95": 1.0}).split(":")[0]
     'the head has saturated open'
@@ -547,6 +547,7 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                                                             val_loader if val_loader is not None else test_loader)
     for row in rows_sweep:
         row.update(adaptivity(outputs, row["threshold"], labels, difficulty))
+    percentiles = output_percentiles(outputs)
     result = {
         "run": str(run["path"]), "dataset": info.source, "test_images": reference["test_count"],
         "val_images": len(data.val), "val_from": info.val_from,
@@ -555,8 +556,7 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "chosen_threshold": chosen, "head_temperature": temperature,
         "choice_rule": f"largest T with validation accuracy >= {reference_name} - {args.max_drop} points, else the "
                        "most accurate T", "export_threshold": export_t,
-        "head_output_percentiles": output_percentiles(outputs), "timed_as": timed_as,
-        "head_saturation": saturation_note(output_percentiles(outputs)),
+        "head_output_percentiles": percentiles, "timed_as": timed_as, "head_saturation": saturation_note(percentiles),
     }
     if args.controls:
         if accelerator.num_processes > 1:
