@@ -183,7 +183,7 @@ def probe_classes(model, train: tuple[Tensor, Tensor], test_x: Tensor, batch_siz
                   l2: float = 1e-3) -> tuple[dict[str, Tensor], dict[str, float]]:
     """Each decision point's linear-probe class for every test image (head_probe's probe, fitted on ``train``),
     and the probes' fitting accuracy on ``train``."""
-    from benchmarks.head_probe import fit_probe
+    from benchmarks.head_probe import fit_probe, score
 
     train_x, train_y = train
     classes = int(train_y.max()) + 1
@@ -194,8 +194,7 @@ def probe_classes(model, train: tuple[Tensor, Tensor], test_x: Tensor, batch_siz
         probe, (mean, std) = fit_probe(fit_features[point], train_y, classes, l2)
         with torch.no_grad():
             predicted[point] = probe((test_features[point] - mean) / std).argmax(1)
-            fit_accuracy[point] = float((probe((fit_features[point] - mean) / std).argmax(1) == train_y)
-                                        .float().mean())
+            fit_accuracy[point] = score(probe, (mean, std), fit_features[point], train_y, classes)["accuracy"]
     return predicted, fit_accuracy
 
 
