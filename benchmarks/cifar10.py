@@ -213,7 +213,9 @@ def _time_the_rules_rows(rows: list[dict[str, Any]], results: dict, judged: str,
     from ofas_wrap import OFASModel
     from ofas_wrap.data import load_image_data
 
-    first = OFASModel.from_pretrained(results[judged, args.seeds[0]]["run"])
+    models = {seed: OFASModel.from_pretrained(result["run"]).eval()
+              for (method, seed), result in results.items() if method == judged}
+    first = models[args.seeds[0]]
     data = load_image_data(args.data, in_chans=first.config["input_size"][0], val_size=args.val_size,
                            train_subset=args.train_subset, eval_subset=args.eval_subset, split_seed=0,
                            augment=False, normalization=first.config.get("normalization"))
@@ -227,7 +229,7 @@ def _time_the_rules_rows(rows: list[dict[str, Any]], results: dict, judged: str,
     for (method, seed), result in results.items():
         if method != judged:
             continue
-        model = OFASModel.from_pretrained(result["run"]).eval()
+        model = models[seed]
         timed, _ = timed_model(model, args)
         chosen = next(r for r in rows if r["method"] == method and r["seed"] == seed and r["chosen"])
         chosen.update(_timing=timer.add(f"{method}/seed{seed}", timed, threshold=result["chosen_threshold"]),
