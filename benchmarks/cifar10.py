@@ -182,7 +182,8 @@ def _ofas_rows(method: str, result: dict[str, Any], seconds: float) -> list[dict
     return rows
 
 
-def _control_rows(result: dict[str, Any], seconds: float, model, timed, timer: InterleavedTimer) -> list[dict]:
+def _control_rows(result: dict[str, Any], seed: int, seconds: float, model, timed,
+                  timer: InterleavedTimer) -> list[dict]:
     """The controls of one seed's evaluation as table rows, each registered with ``timer`` like the OFAS rows (batch
     1, TorchScript) with its gates forced: ``fixed_subset`` its one pattern, ``shuffled`` / ``random_rates`` OFAS's
     own patterns on the timed images, permuted / redrawn with the control's seed."""
@@ -190,7 +191,6 @@ def _control_rows(result: dict[str, Any], seconds: float, model, timed, timer: I
     model.threshold = threshold
     with torch.no_grad():
         own = (model.gate_probabilities(timer.images)[1] >= threshold).cpu()
-    seed = json.loads((Path(result["run"]) / "args.json").read_text()).get("seed", 0)
     ungated = len(model.blocks) - model.num_gates
     rows = []
     for control in result.get("controls", []):
@@ -234,7 +234,7 @@ def _time_the_rules_rows(rows: list[dict[str, Any]], results: dict, judged: str,
         chosen = next(r for r in rows if r["method"] == method and r["seed"] == seed and r["chosen"])
         chosen.update(_timing=timer.add(f"{method}/seed{seed}", timed, threshold=result["chosen_threshold"]),
                       timed_in="interleaved")
-        controls += _control_rows(result, seconds_of[method, seed], model, timed, timer)
+        controls += _control_rows(result, seed, seconds_of[method, seed], model, timed, timer)
     print(f"[cifar10] timing {len(timer.jobs)} models for the rule in {args.latency_rounds} interleaved rounds",
           flush=True)
     timer.run()
