@@ -25,10 +25,28 @@ RECIPES = {
 }
 
 
-def run_recipe(name: str, argv: Sequence[str], log: Path) -> float:
-    """``recipes/NAME.py ARGV`` in this process, stdout and stderr into ``log``; returns the wall seconds."""
+def run_recipe(name: str, argv: Sequence[str], log: Path, fresh_process: bool = False) -> float:
+    """``recipes/NAME.py ARGV`` in this process, stdout and stderr into ``log``; returns the wall seconds.
+
+    ``fresh_process``: in a new interpreter instead, for runs whose Accelerate settings differ from an earlier run's
+    in this process (its ``AcceleratorState`` is set once per process: another ``--mixed-precision`` is refused).
+    """
     from ofas_wrap.training import main_guard
 
+    if fresh_process:
+        import subprocess
+        import sys
+
+        started = time.time()
+        with open(log, "a") as handle:
+            handle.write(f"$ recipes/{name}.py {' '.join(map(str, argv))}\n")
+            handle.flush()
+            code = subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "recipes" /
+                                                       f"{name}.py"), *map(str, argv)],
+                                  stdout=handle, stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            raise SystemExit(f"recipes/{name}.py stopped with exit code {code}; its output is in {log}")
+        return time.time() - started
     module, function = RECIPES[name]
     run = getattr(importlib.import_module(module), function)
     started = time.time()
@@ -45,9 +63,10 @@ def complete_run(run: Path) -> bool:
     return (run / "metrics.json").is_file() and (run / "model.safetensors").is_file()
 
 
-def run_or_reuse(name: str, run: Path, flags: Sequence[str], log: Path, tag: str) -> float:
-    """``recipes/NAME.py FLAGS --output RUN`` in this process, resuming a partial run; a complete run is reused.
-    Returns the run's wall seconds (the recorded ones when reused); ``tag`` prefixes the printed command."""
+def run_or_reuse(name: str, run: Path, flags: Sequence[str], log: Path, tag: str, fresh_process: bool = False) -> float:
+    """``recipes/NAME.py FLAGS --output RUN`` in this process (or a new one, see ``run_recipe``), resuming a partial
+    run; a complete run is reused. Returns the run's wall seconds (the recorded ones when reused); ``tag`` prefixes
+    the printed command."""
     import json
     import math
 
@@ -58,7 +77,7 @@ def run_or_reuse(name: str, run: Path, flags: Sequence[str], log: Path, tag: str
     if (run / "checkpoints").is_dir():
         command.append("--resume")
     print(f"[{tag}] recipes/{name}.py {' '.join(map(str, command))}", flush=True)
-    return run_recipe(name, command, log)
+    return run_recipe(name, command, log, fresh_process=fresh_process)
 
 
 def work_folders(work: str, out: str) -> tuple[Path, Path, Path]:

@@ -4,11 +4,13 @@
     python benchmarks/cifar10_backbones.py --dry-run                                 # the commands, nothing run
     python benchmarks/cifar10_backbones.py --only resnet38 resnet20                  # some of them
 
-Each backbone is ``recipes/train_backbone.py`` into ``RUNS/c10-<short name>`` (outside the checkout), continued
-with ``--resume`` when a checkpoint exists, so a stopped session loses at most the steps since the last
+Each backbone is ``recipes/train_backbone.py`` into ``RUNS/c10-<short name>`` (outside the checkout), in bf16
+autocast where the CPU has native bf16 kernels (``--mixed-precision``; the recipe trains in fp32 and says so where
+it has not), continued with ``--resume`` when a checkpoint exists, so a stopped session loses at most the steps since the last
 checkpoint: rerun the same command. A finished run is evaluated on the test split (every block, T = 0) and kept as
 ``benchmarks/weights/cifar10/<name>/`` (the run folder without checkpoints and logs: about 2 MB of safetensors),
-with its command, wall time and test accuracy in ``benchmarks/weights/cifar10/backbones.json``.
+with its command, wall time and test accuracy in ``benchmarks/weights/cifar10/backbones.json``. A backbone that
+is already kept is not trained again (a new machine has no run folders): delete its folder to retrain it.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def command_for(name: str, args: argparse.Namespace) -> list[str]:
     spec, extra, folder = BACKBONES[name]
     command = [sys.executable, str(REPO / "recipes" / "train_backbone.py"), "--model", spec, "--dataset", args.data,
                "--epochs", str(args.epochs), *extra, "--output", str(Path(args.runs) / folder), "--no-progress",
-               *args.extra.split()]
+               "--mixed-precision", args.mixed_precision, *args.extra.split()]
     if (Path(args.runs) / folder / "checkpoints").is_dir():
         command.append("--resume")
     return command
@@ -86,6 +88,7 @@ def keep(name: str, run: Path, command: list[str], keep_root: Path, dataset: str
         shutil.rmtree(target)
     os.replace(staging, target)
     metrics = json.loads((run / "metrics.json").read_text())
+    recorded = json.loads((run / "args.json").read_text()) if (run / "args.json").is_file() else {}
     record = {
         "model": BACKBONES[name][0] if name in BACKBONES else None,
         "command": " ".join(["python", *[str(Path(c).relative_to(REPO)) if c.startswith(str(REPO)) else c
@@ -93,6 +96,8 @@ def keep(name: str, run: Path, command: list[str], keep_root: Path, dataset: str
         "epochs": metrics.get("epochs_completed"), "train_seconds": metrics.get("train_seconds"),
         "samples_per_second": metrics.get("samples_per_second"), "world_size": metrics.get("world_size"),
         "resumed_from_steps": metrics.get("resumed_from_steps"),
+        "mixed_precision": recorded.get("mixed_precision"),
+        "channels_last": recorded.get("channels_last"),
         "val_accuracy": (metrics.get("final_val") or {}).get("accuracy"),
         "test_accuracy": accuracy, "test_images": count,
     }
@@ -113,6 +118,8 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", default=str(KEEP), help="where finished backbones are kept")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--only", nargs="+", choices=list(BACKBONES), default=list(BACKBONES))
+    parser.add_argument("--mixed-precision", choices=("no", "bf16"), default="bf16",
+                        help="train_backbone's --mixed-precision (bf16 falls back to fp32 where not native)")
     parser.add_argument("--extra", default="", help="more train_backbone flags, e.g. '--max-steps 2' for a smoke run")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
@@ -120,6 +127,9 @@ def main(argv=None) -> int:
     for name in args.only:
         run = Path(args.runs) / BACKBONES[name][2]
         command = command_for(name, args)
+        if (keep_root / name / "model.safetensors").is_file():
+            print(f"[backbones] {name} is kept in {keep_root / name}: not trained again", flush=True)
+            continue
         if args.dry_run:
             print(" ".join(command))
             continue
@@ -131,8 +141,7 @@ def main(argv=None) -> int:
                 print(f"[backbones] {name} stopped with exit code {code} after {time.time() - started:.0f} s; rerun "
                       "this command to continue it", flush=True)
                 return code
-        if not (keep_root / name / "model.safetensors").is_file():
-            keep(name, run, command, keep_root, args.data)
+        keep(name, run, command, keep_root, args.data)
     return 0
 
 

@@ -166,6 +166,20 @@ def test_cifar10_backbones_trains_resumably_and_keeps_the_finished_run(tmp_path)
     record = json.loads((tmp_path / "kept" / "backbones.json").read_text())["resnet20"]
     assert record["model"] == "cifar:resnet20" and 0.0 <= record["test_accuracy"] <= 1.0
     assert record["command"].startswith("python recipes/train_backbone.py --model cifar:resnet20")
+    assert record["mixed_precision"] in ("no", "bf16") and "--mixed-precision bf16" in record["command"]
+
+
+def test_cifar10_backbones_does_not_retrain_a_kept_backbone_on_a_machine_without_its_run(tmp_path, capsys) -> None:
+    from benchmarks import cifar10_backbones
+
+    kept = tmp_path / "kept" / "resnet20"
+    kept.mkdir(parents=True)
+    (kept / "model.safetensors").write_bytes(b"kept")
+    flags = ["--data", str(tmp_path / "no-data"), "--runs", str(tmp_path / "runs"), "--keep", str(tmp_path / "kept"),
+             "--only", "resnet20"]
+    assert cifar10_backbones.main(flags) == 0
+    assert "not trained again" in capsys.readouterr().out
+    assert not (tmp_path / "runs").exists() and (kept / "model.safetensors").read_bytes() == b"kept"
 
 
 def test_pretrained_smoke_runs_the_released_resnet56_journey_and_writes_the_verdict(tmp_path) -> None:
@@ -237,6 +251,8 @@ def test_train_parity_trains_each_configuration_and_judges_it_against_the_baseli
                 for name in result["rows"]}
     assert recorded["baseline"]["channels_last"] is False and recorded["baseline"]["drop_path"] == 0.0
     assert recorded["recommended"]["channels_last"] is True and recorded["recommended"]["drop_path"] == 0.5
+    assert result["rows"]["baseline"]["mixed_precision"] == "no"
+    assert result["rows"]["recommended"]["mixed_precision"] in ("no", "bf16")  # bf16 only where native
     assert "within 0.3 pp" in (tmp_path / "out" / "train_parity.md").read_text()
     assert train_parity.verdicts({"baseline": 0.5, "x": 0.504})["x"]["parity"] is False
 
@@ -350,3 +366,16 @@ def test_oracle_rule(fixed, class_oracle, predicted, difficulty_oracle, expected
     result = verdict(rows)
     assert expected in result["outcome"]
     assert ("(rule 1)" in result["outcome"]) == (class_oracle - fixed < 0.01)
+
+
+@pytest.mark.parametrize("bf16_native, fast", [(True, "channels_last+bf16"), (False, "channels_last")])
+def test_train_speed_times_the_fast_recipe_without_stochastic_depth_and_recommends_it_apart(bf16_native, fast) -> None:
+    from benchmarks.train_speed import configurations, recommend
+
+    configs = configurations(bf16_native)
+    assert configs[fast] == {name: True for name in fast.split("+")}
+    assert any("bf16" in name for name in configs if name != "bf16") is bf16_native
+    rates = {name: 100.0 + 10 * index for index, name in enumerate(configs)}
+    checks = {name: {"ok": True} for name in configs}
+    same = recommend(rates, checks, allowed=[n for n, options in configs.items() if not options.get("drop_path")])
+    assert "drop_path" in configs[recommend(rates, checks)] and "drop_path" not in configs[same]
