@@ -6,11 +6,12 @@
 
 Each backbone is ``recipes/train_backbone.py`` into ``RUNS/c10-<short name>`` (outside the checkout), in bf16
 autocast where the CPU has native bf16 kernels (``--mixed-precision``; the recipe trains in fp32 and says so where
-it has not), continued with ``--resume`` when a checkpoint exists, so a stopped session loses at most the steps since the last
-checkpoint: rerun the same command. A finished run is evaluated on the test split (every block, T = 0) and kept as
-``benchmarks/weights/cifar10/<name>/`` (the run folder without checkpoints and logs: about 2 MB of safetensors),
-with its command, wall time and test accuracy in ``benchmarks/weights/cifar10/backbones.json``. A backbone that
-is already kept is not trained again (a new machine has no run folders): delete its folder to retrain it.
+it has not), continued with ``--resume`` when a checkpoint exists, so a stopped session loses at most the steps
+since the last checkpoint: rerun the same command. A finished run is evaluated on the test split (every block, T =
+0) and kept as ``benchmarks/weights/cifar10/<name>/`` (the run folder without checkpoints and logs: about 2 MB of
+safetensors), with its command, wall time and test accuracy in ``benchmarks/weights/cifar10/backbones.json``. A
+backbone that is already kept is not trained again (a new machine has no run folders): delete its folder to retrain
+it.
 """
 
 from __future__ import annotations
