@@ -42,12 +42,14 @@ def test_latency_smoke_writes_the_documented_json(tmp_path) -> None:
     results = json.loads(json_path.read_text())
     assert list(results) == ["cifar:resnet20"]
     for entry in results.values():
-        values = [entry["overhead_ratio"], entry["skipnet_over_ofas"]]
         assert set(entry["skip_efficiency"]) == {"0.25", "0.5", "0.75"}
         assert set(entry["routing_vs_ideal"]) == {"32", "256"}
-        values += list(entry["skip_efficiency"].values()) + list(entry["routing_vs_ideal"].values())
-        for value in values:
-            assert isinstance(value, float) and math.isfinite(value) and value > 0, values
+        # ratios of two latencies are positive; a skip efficiency is a difference of latencies over a FLOP
+        # saving, which a smoke budget's noise can make negative (a timing, not a property: not asserted here)
+        ratios = [entry["overhead_ratio"], entry["skipnet_over_ofas"], *entry["routing_vs_ideal"].values()]
+        for value in [*ratios, *entry["skip_efficiency"].values()]:
+            assert isinstance(value, float) and math.isfinite(value), entry
+        assert all(value > 0 for value in ratios), ratios
         assert entry["details"]["threads"] == 1
     for name in ("latency.md", "latency.csv", "latency.json"):
         assert (out_dir / name).stat().st_size > 0
