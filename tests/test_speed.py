@@ -186,3 +186,18 @@ def test_bad_drop_path_is_refused_before_anything_is_written(tmp_path, capsys):
     out = tmp_path / "bad"
     assert main_guard(train_backbone, ["--dataset", "fashion-mnist", "--drop-path", "1.5", "--output", str(out)]) == 2
     assert "--drop-path" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_second_precision_in_one_process_is_refused_with_what_to_do(tmp_path, monkeypatch, capsys):
+    import accelerate
+
+    def initialized(**kwargs):  # what Accelerate raises when an earlier run in the process fixed other settings
+        raise ValueError("AcceleratorState has already been initialized and cannot be changed, restart your runtime "
+                         f"completely and pass `mixed_precision='{kwargs['mixed_precision']}'` to `Accelerator()`.")
+
+    monkeypatch.setattr(accelerate, "Accelerator", initialized)
+    out = tmp_path / "second"
+    code = main_guard(train_backbone, ["--dataset", "fashion-mnist", "--mixed-precision", "no", "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code != 0 and "new process" in err and "--mixed-precision no" in err
+    assert not out.exists() or not any(out.iterdir())

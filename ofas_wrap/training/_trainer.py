@@ -151,9 +151,17 @@ class Trainer:
                                                                   "cpu" if cpu else "cuda")
         # routing in Python (stochastic depth) leaves some parameters without a gradient in a step
         handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else None
-        self.accelerator = Accelerator(cpu=cpu, log_with=log_with, project_dir=str(self.run_dir / "logs"),
-                                       mixed_precision=mixed_precision, kwargs_handlers=handlers,
-                                       gradient_accumulation_steps=getattr(args, "gradient_accumulation_steps", 1))
+        try:
+            self.accelerator = Accelerator(cpu=cpu, log_with=log_with, project_dir=str(self.run_dir / "logs"),
+                                           mixed_precision=mixed_precision, kwargs_handlers=handlers,
+                                           gradient_accumulation_steps=getattr(args, "gradient_accumulation_steps", 1))
+        except ValueError as err:
+            if "already been initialized" not in str(err):
+                raise
+            raise RunError(f"--mixed-precision {mixed_precision}: an earlier run in this Python process used other "
+                           "Accelerate settings, and Accelerate fixes them once per process. Run this training in a "
+                           "new process (python recipes/<recipe>.py ...), or keep the earlier --mixed-precision "
+                           f"(Accelerate said: {err})") from None
         self.is_main = self.accelerator.is_main_process
         args.mixed_precision = mixed_precision  # recorded in args.json as what ran
         if precision_note:
