@@ -41,20 +41,10 @@ def set_threshold(model: Any, threshold: float) -> None:
 def latency_ms(model: Any, images: torch.Tensor, runs: int, threads: int,
                patterns: Optional[torch.Tensor] = None) -> float:
     """Mean over the images of each one's median batch-1 time; ``patterns`` forces image i's gates (controls)."""
-    from ofas_wrap import measure_latency
+    from ofas_wrap import per_image_latency
 
-    medians = []
-    for index in range(images.shape[0]):
-        example = images[index:index + 1]
-        if patterns is not None:  # the eager context manager, or the scripted module's attribute
-            model.forced_gate_mask = patterns[index:index + 1]
-        try:
-            result = measure_latency(model, example, runs=runs, warmup=3, threads=threads)
-        finally:
-            if patterns is not None:
-                model.forced_gate_mask = None
-        medians.append(result.median_ms)
-    return statistics.fmean(medians)
+    return statistics.fmean(per_image_latency(model, images, runs=runs, warmup=3, threads=threads,
+                                              forced_gates=patterns))
 
 
 def control_patterns(control: dict[str, Any], own: torch.Tensor) -> torch.Tensor:

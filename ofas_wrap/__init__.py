@@ -8,7 +8,7 @@ Example:
 """
 
 from . import data, models
-from ._bench import LatencyResult, SweepResult, format_sweep, measure_latency, sweep_thresholds
+from ._bench import LatencyResult, SweepResult, format_sweep, measure_latency, per_image_latency, sweep_thresholds
 from ._calibration import calibrate_head, fold_head_temperature, head_temperature
 from ._config import OFASConfig
 from ._costs import gate_costs, measure_block_table
@@ -58,6 +58,7 @@ __all__ = [
     "load_torchscript",
     "export_program",
     "export_onnx",
+    "per_image_latency",
     "set_onnx_threshold",
     "measure_latency",
     "sweep_thresholds",

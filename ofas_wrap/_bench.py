@@ -22,8 +22,8 @@ from ._config import check_threshold
 from ._export import ONNX_CONFIG_KEY, ONNX_THRESHOLD_NAME
 from ._plan import FLOPS_NOTE
 
-__all__ = ["LatencyResult", "SweepResult", "OnnxRuntimeModel", "measure_latency", "sweep_thresholds",
-           "format_sweep"]
+__all__ = ["LatencyResult", "SweepResult", "OnnxRuntimeModel", "measure_latency", "per_image_latency",
+           "sweep_thresholds", "format_sweep"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,36 @@ def measure_latency(module: Callable[[Tensor], Any], example_input: Tensor, runs
         min_ms=ordered[0], runs=runs, warmup=warmup, threads=num_threads, batch_size=int(x.shape[0]),
         device=str(device), times_ms=times_ms,
     )
+
+
+def per_image_latency(module: Any, images: Tensor, runs: int = 5, warmup: int = 3, threads: Optional[int] = None,
+                      forced_gates: Optional[Tensor] = None) -> list[float]:
+    """Each image's median batch-1 latency in ms (``measure_latency`` on ``images[i:i+1]``).
+
+    An OFAS model takes its own decisions per image, so its latency is a distribution over images: the benchmarks
+    report the mean of these medians. ``forced_gates`` (images x gates, bool) forces image i's gates through the
+    model's ``forced_gate_mask`` (eager or TorchScript), as the controls of issue 10 need; it is cleared after.
+
+    Example:
+        >>> import torch, ofas_wrap
+        >>> model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16)).eval()
+        >>> times = ofas_wrap.per_image_latency(model, torch.randn(2, 3, 16, 16), runs=2, warmup=1)
+        >>> len(times), all(t > 0 for t in times)
+        (2, True)
+    """
+    if forced_gates is not None and forced_gates.shape[0] != images.shape[0]:
+        raise ValueError(f"forced_gates has {forced_gates.shape[0]} rows for {images.shape[0]} images: one per image")
+    medians = []
+    for index in range(images.shape[0]):
+        if forced_gates is not None:
+            module.forced_gate_mask = forced_gates[index:index + 1]
+        try:
+            result = measure_latency(module, images[index:index + 1], runs=runs, warmup=warmup, threads=threads)
+        finally:
+            if forced_gates is not None:
+                module.forced_gate_mask = None
+        medians.append(result.median_ms)
+    return medians
 
 
 def sweep_thresholds(model: Any, example_input: Tensor, thresholds: Sequence[float], runs: int = 50,

@@ -235,3 +235,25 @@ def test_cli_bench_times_an_onnx_file(tmp_path, capsys):
     assert full["mean_executed_blocks"] == len(model.blocks) and full["latency"]["median_ms"] > 0
     assert skipped["mean_executed_gates"] == 0 and skipped["mean_mflops"] < full["mean_mflops"]
     assert main(["bench", str(path), "--batch-size", "2"]) == 2  # an ONNX If routes one input
+
+
+def test_per_image_latency_forces_each_images_gates_and_clears_them_after() -> None:
+    class Recorder(torch.nn.Module):
+        forced_gate_mask = None
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen = []
+
+        def forward(self, x):
+            self.seen.append(None if self.forced_gate_mask is None else self.forced_gate_mask.tolist())
+            return x
+
+    module = Recorder().eval()
+    gates = torch.tensor([[True, False], [False, True]])
+    times = ofas_wrap.per_image_latency(module, torch.randn(2, 3), runs=2, warmup=1, forced_gates=gates)
+    assert len(times) == 2 and all(t > 0 for t in times)
+    in_order = [mask for i, mask in enumerate(module.seen) if i == 0 or mask != module.seen[i - 1]]
+    assert in_order == [[[True, False]], [[False, True]]] and module.forced_gate_mask is None
+    with pytest.raises(ValueError, match="one per image"):
+        ofas_wrap.per_image_latency(module, torch.randn(3, 3), forced_gates=gates)
