@@ -90,6 +90,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--eval-subset", type=int, default=None, help="validation / test images used")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.1, help="backbone / static / early-exit learning rate")
+    parser.add_argument("--mixed-precision", choices=("no", "bf16"), default="bf16",
+                        help="the training recipes' --mixed-precision (backbone, static, e2e, RL); bf16 becomes fp32 "
+                             "where the CPU has no native bf16, as the recipes say (the early-exit exits train in fp32)")
     parser.add_argument("--e2e-args", default=E2E_ARGS, help="flags for the e2e_finetune.py run RL starts from")
     parser.add_argument("--paper-e2e-args", default="",
                         help="flags for the comparison e2e run (ofas_e2e_paper; by default the paper's recipe)")
@@ -115,6 +118,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         args.train_subset, args.val_size, args.eval_subset = 64, 32, 32
         args.batch_size, args.latency_samples, args.latency_runs, args.thresholds = 32, 2, 1, "0.5"
         args.control_val_images, args.seeds = 16, args.seeds[:1]
+        # fp32: a smoke run checks the pipeline, and in a process that trained before (the test suite) Accelerate
+        # keeps the first run's precision
+        args.mixed_precision = "no"
     return args
 
 
@@ -156,7 +162,9 @@ def _evaluate(run: Path, args: argparse.Namespace, baseline: Path, thresholds: s
 
 
 def _data_flags(args: argparse.Namespace) -> list[str]:
-    flags = ["--dataset", args.data, "--val-size", str(args.val_size), "--batch-size", str(args.batch_size)]
+    """The data flags every training recipe gets (and the training precision, the same for every run)."""
+    flags = ["--dataset", args.data, "--val-size", str(args.val_size), "--batch-size", str(args.batch_size),
+             "--mixed-precision", args.mixed_precision]
     if args.train_subset:
         flags += ["--train-subset", str(args.train_subset)]
     if args.eval_subset:
@@ -536,6 +544,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     meta = {
         "budget": (f"backbone/static/early-exit {args.epochs} epochs, e2e {args.e2e_epochs} "
                    f"({args.e2e_args or 'paper recipe'}), RL {args.rl_epochs}, batch {args.batch_size}, "
+                   f"--mixed-precision {args.mixed_precision} (fp32 where bf16 is not native), "
                    f"train subset {args.train_subset or 'all'} after carving "
                    f"{args.val_size} validation images; T chosen on validation: for OFAS the largest T within "
                    f"{args.max_drop} pp of the original's validation accuracy, else the most accurate "

@@ -381,3 +381,11 @@ def test_train_speed_times_the_fast_recipe_without_stochastic_depth_and_recommen
     checks = {name: {"ok": True} for name in configs}
     same = recommend(rates, checks, allowed=[n for n, options in configs.items() if not options.get("drop_path")])
     assert "drop_path" in configs[recommend(rates, checks)] and "drop_path" not in configs[same]
+
+
+@pytest.mark.parametrize("flags, precision", [([], "bf16"), (["--mixed-precision", "no"], "no"), (["--smoke"], "no")])
+def test_cifar10_hands_one_training_precision_to_every_recipe(flags, precision) -> None:
+    from benchmarks.cifar10 import _data_flags, parse_args
+
+    data = _data_flags(parse_args(flags))
+    assert data[data.index("--mixed-precision") + 1] == precision
