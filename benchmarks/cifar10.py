@@ -92,7 +92,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=0.1, help="backbone / static / early-exit learning rate")
     parser.add_argument("--mixed-precision", choices=("no", "bf16"), default="bf16",
                         help="the training recipes' --mixed-precision (backbone, static, e2e, RL); bf16 becomes fp32 "
-                             "where the CPU has no native bf16, as the recipes say (the early-exit exits train in fp32)")
+                             "where the CPU has no native bf16, as the recipes say (early-exit heads: fp32)")
     parser.add_argument("--e2e-args", default=E2E_ARGS, help="flags for the e2e_finetune.py run RL starts from")
     parser.add_argument("--paper-e2e-args", default="",
                         help="flags for the comparison e2e run (ofas_e2e_paper; by default the paper's recipe)")
