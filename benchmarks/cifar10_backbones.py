@@ -12,6 +12,14 @@ since the last checkpoint: rerun the same command. A finished run is evaluated o
 safetensors), with its command, wall time and test accuracy in ``benchmarks/weights/cifar10/backbones.json``. A
 backbone that is already kept is not trained again (a new machine has no run folders): delete its folder to retrain
 it.
+
+A new machine loses ``RUNS`` too, and with it an unfinished run. ``--stash-only`` copies each unfinished run's latest
+checkpoint (with its ``args.json`` / ``data.json``: about 4-5 MB) into ``benchmarks/weights/cifar10/partial/<name>/``,
+to be committed at the end of a session; a later run of this script on a machine without the run folder restores it
+from there and resumes (exactly: weights, optimizer, schedule, data order and random states are in the checkpoint),
+and deletes the stash once the backbone is kept.
+
+    python benchmarks/cifar10_backbones.py --stash-only          # before a session ends, then commit partial/
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
 KEEP = REPO / "benchmarks" / "weights" / "cifar10"
@@ -38,6 +47,7 @@ BACKBONES = {
     "resnet38": ("cifar:resnet38", [], "c10-r38"),
 }
 KEPT_FILES = ("config.json", "model.safetensors", "README.md", "args.json", "data.json", "metrics.json")
+RUN_FILES = ("args.json", "data.json")  # what a run folder holds before it finishes, beside checkpoints/
 
 
 def complete(run: Path) -> bool:
@@ -52,6 +62,53 @@ def command_for(name: str, args: argparse.Namespace) -> list[str]:
     if (Path(args.runs) / folder / "checkpoints").is_dir():
         command.append("--resume")
     return command
+
+
+def latest_checkpoint(run: Path) -> Optional[Path]:
+    """The checkpoint ``checkpoints/LATEST`` names (the trainer writes it after the step folder, atomically)."""
+    pointer = run / "checkpoints" / "LATEST"
+    if not pointer.is_file():
+        return None
+    step = run / "checkpoints" / pointer.read_text().strip()
+    return step if step.is_dir() else None
+
+
+def stash(run: Path, target: Path) -> Optional[Path]:
+    """Copy an unfinished run's latest checkpoint and its run files into ``target`` (replaced atomically); None when
+    the run has no checkpoint. The trainer keeps the previous checkpoint until the next save, so a copy taken
+    while it trains is whole unless a save lands in between: then it is taken again."""
+    for _ in range(3):
+        step = latest_checkpoint(run)
+        if step is None:
+            return None
+        staging = target.with_name(f".{target.name}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / "checkpoints").mkdir(parents=True)
+        try:
+            for file in RUN_FILES:
+                if (run / file).is_file():
+                    shutil.copy2(run / file, staging / file)
+            shutil.copytree(step, staging / "checkpoints" / step.name)
+        except (FileNotFoundError, shutil.Error):  # the step was pruned while being copied: take the newer one
+            continue
+        (staging / "checkpoints" / "LATEST").write_text(step.name + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+        return target / "checkpoints" / step.name
+    raise RuntimeError(f"could not copy a whole checkpoint of {run}: it kept changing; try again")
+
+
+def restore(stashed: Path, run: Path) -> bool:
+    """Put a stashed checkpoint back as ``run`` when this machine has no checkpoint of it; True when restored."""
+    if latest_checkpoint(stashed) is None or (run / "checkpoints").is_dir():
+        return False
+    run.mkdir(parents=True, exist_ok=True)
+    for file in RUN_FILES:
+        if (stashed / file).is_file() and not (run / file).exists():
+            shutil.copy2(stashed / file, run / file)
+    shutil.copytree(stashed / "checkpoints", run / "checkpoints")
+    return True
 
 
 def test_accuracy(run: Path, dataset: str) -> tuple[float, int]:
@@ -122,15 +179,28 @@ def main(argv=None) -> int:
     parser.add_argument("--mixed-precision", choices=("no", "bf16"), default="bf16",
                         help="train_backbone's --mixed-precision (bf16 falls back to fp32 where not native)")
     parser.add_argument("--extra", default="", help="more train_backbone flags, e.g. '--max-steps 2' for a smoke run")
+    parser.add_argument("--stash", default=None,
+                        help="where unfinished runs' latest checkpoints are stashed (default: KEEP/partial)")
+    parser.add_argument("--stash-only", action="store_true",
+                        help="stash every unfinished run's latest checkpoint and exit (commit the stash after)")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
     keep_root = Path(args.keep)
+    stash_root = Path(args.stash) if args.stash else keep_root / "partial"
     for name in args.only:
         run = Path(args.runs) / BACKBONES[name][2]
-        command = command_for(name, args)
         if (keep_root / name / "model.safetensors").is_file():
             print(f"[backbones] {name} is kept in {keep_root / name}: not trained again", flush=True)
             continue
+        if args.stash_only:
+            if not complete(run):
+                copied = stash(run, stash_root / name)
+                print(f"[backbones] {name}: " + (f"stashed {copied}" if copied else "no checkpoint to stash"),
+                      flush=True)
+            continue
+        if not args.dry_run and restore(stash_root / name, run):
+            print(f"[backbones] {name}: restored the stashed checkpoint {latest_checkpoint(run)}", flush=True)
+        command = command_for(name, args)
         if args.dry_run:
             print(" ".join(command))
             continue
@@ -143,6 +213,7 @@ def main(argv=None) -> int:
                       "this command to continue it", flush=True)
                 return code
         keep(name, run, command, keep_root, args.data)
+        shutil.rmtree(stash_root / name, ignore_errors=True)
     return 0
 
 

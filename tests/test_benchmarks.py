@@ -147,28 +147,30 @@ def test_cifar10_weights_starts_from_kept_backbones_without_training(tmp_path, m
         cifar10.main([*flags, "--backbone", "resnet8"])
 
 
-def test_cifar10_backbones_trains_resumably_and_keeps_the_finished_run(tmp_path) -> None:
+def test_cifar10_backbones_resumes_a_stashed_run_on_a_new_machine_and_keeps_it(tmp_path, monkeypatch) -> None:
+    import shutil
+
     from benchmarks import cifar10_backbones
 
     _write_tiny_imagefolder(tmp_path / "data")
-    previous = os.environ.get("OFAS_WRAP_CACHE")
-    os.environ["OFAS_WRAP_CACHE"] = str(tmp_path / "cache")
-    try:
-        flags = ["--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--keep", str(tmp_path / "kept"),
-                 "--only", "resnet20", "--epochs", "1",
-                 "--extra", "--max-steps 1 --val-size 8 --batch-size 8 --eval-batch-size 16"]
-        assert cifar10_backbones.main(flags) == 0
-    finally:
-        if previous is None:
-            os.environ.pop("OFAS_WRAP_CACHE")
-        else:
-            os.environ["OFAS_WRAP_CACHE"] = previous
+    monkeypatch.setenv("OFAS_WRAP_CACHE", str(tmp_path / "cache"))
+    tiny = "--max-steps 2 --checkpoint-every 1 --val-size 8 --batch-size 8 --eval-batch-size 16"
+    flags = ["--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--keep", str(tmp_path / "kept"),
+             "--only", "resnet20", "--epochs", "1", "--mixed-precision", "no"]
+    assert cifar10_backbones.main([*flags, "--extra", f"{tiny} --stop-at-step 1"]) != 0  # a session ends mid-run
+    assert cifar10_backbones.main([*flags, "--stash-only"]) == 0
+    stashed = tmp_path / "kept" / "partial" / "resnet20"
+    assert (stashed / "checkpoints" / "LATEST").read_text().strip() == "step-00000001"
+    shutil.rmtree(tmp_path / "runs")  # a new machine
+    assert cifar10_backbones.main([*flags, "--extra", tiny]) == 0
     kept = tmp_path / "kept" / "resnet20"
     assert sorted(p.name for p in kept.iterdir()) == sorted(cifar10_backbones.KEPT_FILES)
     record = json.loads((tmp_path / "kept" / "backbones.json").read_text())["resnet20"]
-    assert record["model"] == "cifar:resnet20" and 0.0 <= record["test_accuracy"] <= 1.0
+    assert record["resumed_from_steps"] == [1] and record["epochs"] == 1 and 0.0 <= record["test_accuracy"] <= 1.0
     assert record["command"].startswith("python recipes/train_backbone.py --model cifar:resnet20")
-    assert record["mixed_precision"] in ("no", "bf16") and "--mixed-precision bf16" in record["command"]
+    assert record["mixed_precision"] == "no" and "--mixed-precision no" in record["command"]
+    assert "--resume" not in record["command"] and "--stop-at-step" not in record["command"]
+    assert not stashed.exists()  # kept: the stash is gone
 
 
 def test_cifar10_backbones_does_not_retrain_a_kept_backbone_on_a_machine_without_its_run(tmp_path, capsys) -> None:
@@ -179,8 +181,9 @@ def test_cifar10_backbones_does_not_retrain_a_kept_backbone_on_a_machine_without
     (kept / "model.safetensors").write_bytes(b"kept")
     flags = ["--data", str(tmp_path / "no-data"), "--runs", str(tmp_path / "runs"), "--keep", str(tmp_path / "kept"),
              "--only", "resnet20"]
-    assert cifar10_backbones.main(flags) == 0
-    assert "not trained again" in capsys.readouterr().out
+    assert cifar10_backbones.main([*flags[:-1], "resnet20", "resnet32", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "not trained again" in out and "--model cifar:resnet32" in out and "--mixed-precision bf16" in out
     assert not (tmp_path / "runs").exists() and (kept / "model.safetensors").read_bytes() == b"kept"
 
 
