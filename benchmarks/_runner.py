@@ -31,28 +31,24 @@ def run_recipe(name: str, argv: Sequence[str], log: Path, fresh_process: bool = 
     ``fresh_process``: in a new interpreter instead, for runs whose Accelerate settings differ from an earlier run's
     in this process (its ``AcceleratorState`` is set once per process: another ``--mixed-precision`` is refused).
     """
+    import subprocess
+    import sys
+
     from ofas_wrap.training import main_guard
 
-    if fresh_process:
-        import subprocess
-        import sys
-
-        started = time.time()
-        with open(log, "a") as handle:
-            handle.write(f"$ recipes/{name}.py {' '.join(map(str, argv))}\n")
-            handle.flush()
-            code = subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "recipes" /
-                                                       f"{name}.py"), *map(str, argv)],
-                                  stdout=handle, stderr=subprocess.STDOUT).returncode
-        if code != 0:
-            raise SystemExit(f"recipes/{name}.py stopped with exit code {code}; its output is in {log}")
-        return time.time() - started
-    module, function = RECIPES[name]
-    run = getattr(importlib.import_module(module), function)
     started = time.time()
-    with open(log, "a") as handle, contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
-        print(f"$ recipes/{name}.py {' '.join(map(str, argv))}", flush=True)
-        code = main_guard(run, list(map(str, argv)))
+    with open(log, "a") as handle:
+        handle.write(f"$ recipes/{name}.py {' '.join(map(str, argv))}\n")
+        handle.flush()
+        if fresh_process:
+            script = Path(__file__).resolve().parent.parent / "recipes" / f"{name}.py"
+            code = subprocess.run([sys.executable, str(script), *map(str, argv)], stdout=handle,
+                                  stderr=subprocess.STDOUT).returncode
+        else:
+            module, function = RECIPES[name]
+            run = getattr(importlib.import_module(module), function)
+            with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+                code = main_guard(run, list(map(str, argv)))
     if code != 0:
         raise SystemExit(f"recipes/{name}.py stopped with exit code {code}; its output is in {log}")
     return time.time() - started

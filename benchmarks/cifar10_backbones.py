@@ -64,19 +64,12 @@ def command_for(name: str, args: argparse.Namespace) -> list[str]:
     return command
 
 
-def latest_checkpoint(run: Path) -> Optional[Path]:
-    """The checkpoint ``checkpoints/LATEST`` names (the trainer writes it after the step folder, atomically)."""
-    pointer = run / "checkpoints" / "LATEST"
-    if not pointer.is_file():
-        return None
-    step = run / "checkpoints" / pointer.read_text().strip()
-    return step if step.is_dir() else None
-
-
 def stash(run: Path, target: Path) -> Optional[Path]:
     """Copy an unfinished run's latest checkpoint and its run files into ``target`` (replaced atomically); None when
     the run has no checkpoint. The trainer keeps the previous checkpoint until the next save, so a copy taken
     while it trains is whole unless a save lands in between: then it is taken again."""
+    from ofas_wrap.training import latest_checkpoint
+
     for _ in range(3):
         step = latest_checkpoint(run)
         if step is None:
@@ -101,6 +94,8 @@ def stash(run: Path, target: Path) -> Optional[Path]:
 
 def restore(stashed: Path, run: Path) -> bool:
     """Put a stashed checkpoint back as ``run`` when this machine has no checkpoint of it; True when restored."""
+    from ofas_wrap.training import latest_checkpoint
+
     if latest_checkpoint(stashed) is None or (run / "checkpoints").is_dir():
         return False
     run.mkdir(parents=True, exist_ok=True)
@@ -199,7 +194,7 @@ def main(argv=None) -> int:
                       flush=True)
             continue
         if not args.dry_run and restore(stash_root / name, run):
-            print(f"[backbones] {name}: restored the stashed checkpoint {latest_checkpoint(run)}", flush=True)
+            print(f"[backbones] {name}: restored the stashed checkpoint into {run}", flush=True)
         command = command_for(name, args)
         if args.dry_run:
             print(" ".join(command))

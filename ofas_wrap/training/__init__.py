@@ -52,7 +52,7 @@ from ._phases import (
     rl_parser,
     train_backbone,
 )
-from ._runs import DATA_KEYS, read_run
+from ._runs import DATA_KEYS, latest_checkpoint, read_run
 from ._schedule import LRSchedule, make_scheduler
 from ._speed import (
     MIXED_PRECISION_CHOICES,
@@ -76,6 +76,7 @@ __all__ = [
     "LRSchedule",
     "make_scheduler",
     "read_run",
+    "latest_checkpoint",
     "DATA_KEYS",
     "Trainer",
     "TrainState",

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ._errors import RunError
 
-__all__ = ["read_run", "DATA_KEYS"]
+__all__ = ["read_run", "latest_checkpoint", "DATA_KEYS"]
 
 ARGS_NAME = "args.json"
 DATA_NAME = "data.json"
@@ -42,6 +42,19 @@ def read_run(path: Union[str, os.PathLike]) -> dict[str, Any]:
         if (run / name).is_file():
             out[key] = json.loads((run / name).read_text())
     return out
+
+
+def latest_checkpoint(run: Union[str, os.PathLike]) -> Optional[Path]:
+    """The newest checkpoint of a run folder: the one ``checkpoints/LATEST`` names (written after the step folder,
+    atomically), else the last ``checkpoints/step-*`` folder; None when there is none."""
+    root = Path(run) / CHECKPOINTS
+    pointer = root / LATEST
+    if pointer.is_file():
+        candidate = root / pointer.read_text().strip()
+        if candidate.is_dir():
+            return candidate
+    found = sorted(p for p in root.glob("step-*") if p.is_dir()) if root.is_dir() else []
+    return found[-1] if found else None
 
 
 def _write_json(path: Path, payload: Any) -> None:

@@ -64,6 +64,7 @@ from ._runs import (
     _check_replaceable,
     _fill_data_args,
     _write_json,
+    latest_checkpoint,
 )
 from ._schedule import make_scheduler
 from ._speed import (
@@ -220,14 +221,7 @@ class Trainer:
         self.accelerator.print(*parts)
 
     def latest_checkpoint(self) -> Optional[Path]:
-        root = self.checkpoint_root
-        pointer = root / LATEST
-        if pointer.is_file():
-            candidate = root / pointer.read_text().strip()
-            if candidate.is_dir():
-                return candidate
-        found = sorted(p for p in root.glob("step-*") if p.is_dir()) if root.is_dir() else []
-        return found[-1] if found else None
+        return latest_checkpoint(self.run_dir)
 
     def save_checkpoint(self) -> Path:
         """``save_state`` into a hidden folder, then rename it to ``checkpoints/step-NNNNNNNN`` (atomic)."""
