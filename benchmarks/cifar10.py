@@ -277,35 +277,59 @@ def _baseline_row(method: str, result: dict[str, Any], seconds: float, blocks: i
 
 
 # ------------------------------------------------------------------------------------------------ early exit
-def _train_early_exit(args: argparse.Namespace, work: Path, data) -> tuple[Any, float]:
-    """Train the BranchyNet-style baseline (or load it from ``WORK/early_exit``); returns (model, train seconds)."""
+def _early_exit_budget(args: argparse.Namespace, kept: Optional[Path]) -> tuple[int, float]:
+    """(epochs, learning rate) of the early-exit training: from scratch, the backbone's budget; from a kept backbone,
+    the e2e fine-tune's (``--e2e-epochs`` and the e2e learning rate), so both methods start from the same weights
+    and train as long."""
+    if kept is None:
+        return args.epochs, args.lr
+    from ofas_wrap.training._phases import e2e_parser
+
+    e2e = e2e_parser().parse_known_args(["--dataset", "x", "--output", "x", *args.e2e_args.split()])[0]
+    return args.e2e_epochs, e2e.lr
+
+
+def _train_early_exit(args: argparse.Namespace, work: Path, data, kept: Optional[Path] = None) -> tuple[Any, float]:
+    """Train the BranchyNet-style baseline (or load it from ``WORK/early_exit``); returns (model, train seconds).
+
+    Without ``kept`` it trains a ResNet with exits from scratch for the backbone's budget; with a kept backbone's
+    run folder it starts from those weights and trains the exits and the backbone together for the e2e budget (a
+    30-epoch backbone is not compared with a 5-epoch one). bf16 autocast where ``--mixed-precision bf16`` and the
+    CPU has it natively, as the recipes do."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     from baselines import EarlyExitResNet, early_exit_loss
     from safetensors.torch import load_file, save_file
 
+    from ofas_wrap import OFASModel
     from ofas_wrap.data import make_loader
     from ofas_wrap.models import cifar_resnet
+    from ofas_wrap.training import bf16_supported
 
     folder = work / "early_exit"
     weights, summary = folder / "model.safetensors", folder / "train.json"
     torch.manual_seed(0)
-    model = EarlyExitResNet(cifar_resnet(args.depth, num_classes=len(data.info.class_names)))
+    backbone = (OFASModel.from_pretrained(kept).unwrap() if kept is not None
+                else cifar_resnet(args.depth, num_classes=len(data.info.class_names)))
+    model = EarlyExitResNet(backbone)
     if weights.is_file() and summary.is_file():
         print(f"[cifar10] reuse {weights}", flush=True)
         model.load_state_dict(load_file(str(weights)))
         return model.eval(), json.loads(summary.read_text())["train_seconds"]
+    epochs, lr = _early_exit_budget(args, kept)
+    bf16 = args.mixed_precision == "bf16" and bf16_supported()
     loader = make_loader(data.train, args.batch_size, shuffle=True, seed=0, drop_last=True)
-    steps = max(1, args.epochs * len(loader))
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.15)
+    steps = max(1, epochs * len(loader))
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.15)
     started = time.time()
     model.train()
     step = 0
-    for epoch in range(args.epochs):
+    for epoch in range(epochs):
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         for images, labels in loader:
-            loss = early_exit_loss(model.forward_all(images), labels)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = early_exit_loss(model.forward_all(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -318,12 +342,14 @@ def _train_early_exit(args: argparse.Namespace, work: Path, data) -> tuple[Any, 
     tmp = folder / ".model.safetensors.tmp"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     os.replace(tmp, weights)
-    summary.write_text(json.dumps({"train_seconds": seconds, "epochs": args.epochs, "steps": steps}))
+    summary.write_text(json.dumps({"train_seconds": seconds, "epochs": epochs, "steps": steps, "lr": lr,
+                                   "init": str(kept) if kept is not None else None, "bf16": bf16}))
     return model.eval(), seconds
 
 
-def _early_exit(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
-    """Train (or reuse) the BranchyNet-style baseline and sweep its entropy threshold."""
+def _early_exit(args: argparse.Namespace, work: Path, kept: Optional[Path] = None) -> list[dict[str, Any]]:
+    """Train (or reuse) the BranchyNet-style baseline (from ``kept``, a kept backbone, when given) and sweep its
+    entropy threshold."""
     from ofas_wrap import measure_latency
     from ofas_wrap.data import load_image_data, make_loader
 
@@ -331,9 +357,12 @@ def _early_exit(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     if result_path.is_file():
         print(f"[cifar10] reuse {result_path}", flush=True)
         return json.loads(result_path.read_text())["rows"]
+    normalization = None
+    if kept is not None:  # the kept backbone's own input statistics
+        normalization = json.loads((kept / "config.json").read_text()).get("normalization")
     data = load_image_data(args.data, val_size=args.val_size, train_subset=args.train_subset,
-                           eval_subset=args.eval_subset, split_seed=0)
-    model, seconds = _train_early_exit(args, work, data)
+                           eval_subset=args.eval_subset, split_seed=0, normalization=normalization)
+    model, seconds = _train_early_exit(args, work, data, kept)
 
     def sweep(split) -> dict[float, dict[str, float]]:
         out = {}
@@ -534,15 +563,19 @@ def main(argv: Optional[list[str]] = None) -> int:
             backbones[f"static_resnet{depth}"] = run
     rows += _time_the_rules_rows(rows, results, judged, backbones, seconds_of, args)
     if "early_exit" not in args.skip:
-        for row in _early_exit(args, work):  # one model, no gates: the adaptivity keys are empty
+        kept = _kept(args, args.backbone or f"resnet{args.depth}")
+        for row in _early_exit(args, work, kept):  # one model, no gates: the adaptivity keys are empty
             rows.append({"seed": None, "adaptive_gates": None, "distinct_patterns": None, "mi_bits": None, **row})
 
     # the OFAS rows keep evaluate's choice on validation (the T its controls were run at); early exit is chosen here
     _choose([r for r in rows if r["method"] == "early_exit"], rows[0]["val_top1"], args.max_drop)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=REPO).stdout.strip()
+    trained = (f"original and static ResNets: the kept backbones of {args.weights} (their budget in backbones.json); "
+               f"early exit: from the kept original for the e2e budget" if args.weights
+               else f"backbone/static/early-exit {args.epochs} epochs")
     meta = {
-        "budget": (f"backbone/static/early-exit {args.epochs} epochs, e2e {args.e2e_epochs} "
+        "budget": (f"{trained}, e2e {args.e2e_epochs} epochs "
                    f"({args.e2e_args or 'paper recipe'}), RL {args.rl_epochs}, batch {args.batch_size}, "
                    f"--mixed-precision {args.mixed_precision} (fp32 where bf16 is not native), "
                    f"train subset {args.train_subset or 'all'} after carving "

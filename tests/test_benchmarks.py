@@ -135,14 +135,18 @@ def test_cifar10_weights_starts_from_kept_backbones_without_training(tmp_path, m
     shutil.rmtree(kept / "resnet8_sd" / "checkpoints")
     capsys.readouterr()
     flags = ["--smoke", "--data", str(tmp_path / "data"), "--work", str(tmp_path / "work"), "--out",
-             str(tmp_path / "out"), "--weights", str(kept), "--skip", "early_exit", "rl", "paper_e2e", "static"]
+             str(tmp_path / "out"), "--weights", str(kept), "--skip", "rl", "paper_e2e", "static"]
     assert cifar10.main([*flags, "--backbone", "resnet8_sd"]) == 0
     printed = capsys.readouterr().out
     assert "train_backbone" not in printed and "e2e_finetune" in printed  # nothing retrained
     assert sorted(p.name for p in (kept / "resnet8_sd").iterdir()) == sorted(
         ["README.md", "args.json", "config.json", "data.json", "metrics.json", "model.safetensors"])  # untouched
     rows = json.loads((tmp_path / "out" / "cifar10.json").read_text())["rows"]
-    assert {row["method"] for row in rows} == {"original", "ofas_e2e", "fixed_subset", "shuffled", "random_rates"}
+    assert {row["method"] for row in rows} == {"original", "ofas_e2e", "fixed_subset", "shuffled", "random_rates",
+                                               "early_exit"}
+    # early exit starts from the same kept backbone and trains for the e2e budget (lr 0.01), not from scratch
+    early_exit = json.loads((tmp_path / "work" / "early_exit" / "train.json").read_text())
+    assert early_exit["init"] == str(kept / "resnet8_sd") and early_exit["lr"] == 0.01
     with pytest.raises(SystemExit, match="not a complete run folder"):
         cifar10.main([*flags, "--backbone", "resnet8"])
 
