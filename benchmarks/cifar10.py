@@ -141,6 +141,17 @@ def _kept(args: argparse.Namespace, name: str) -> Optional[Path]:
     return folder
 
 
+def _kept_seconds(folder: Path) -> float:
+    """A kept backbone's training time: over all its sessions as ``backbones.json`` beside it records it (a resumed
+    run's own metrics.json counts only its last segment), else its metrics.json's wall time."""
+    record = folder.parent / "backbones.json"
+    if record.is_file():
+        seconds = json.loads(record.read_text()).get(folder.name, {}).get("train_seconds")
+        if seconds is not None:
+            return float(seconds)
+    return float(json.loads((folder / "metrics.json").read_text()).get("wall_seconds", 0))
+
+
 def _evaluate(run: Path, args: argparse.Namespace, baseline: Path, thresholds: str, log: Path,
               out: Optional[Path] = None, control_seed: Optional[int] = None) -> dict[str, Any]:
     """``recipes/evaluate.py`` over ``thresholds`` (reused when done); with ``control_seed``, the controls at the
@@ -519,7 +530,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         original = work / "original"
         seconds = {"original": _recipe("train_backbone", original, ["--model", spec, *data, *backbone_flags], log)}
     else:
-        seconds = {"original": float(json.loads((original / "metrics.json").read_text()).get("wall_seconds", 0))}
+        seconds = {"original": _kept_seconds(original)}
     judged = "ofas_e2e" if "rl" in args.skip else "ofas_rl"
     results, seconds_of = {}, {}  # (method, seed) -> evaluate's results / wall seconds of the run
     for seed in args.seeds:
@@ -557,7 +568,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 took = _recipe("train_backbone", run, ["--model", f"cifar:resnet{depth}", *data, *backbone_flags],
                                log)
             else:
-                took = float(json.loads((run / "metrics.json").read_text()).get("wall_seconds", 0))
+                took = _kept_seconds(run)
             result = _evaluate(run, args, run, "0.5", log, out=work / f"static_resnet{depth}_eval")
             rows.append(_baseline_row(f"static_resnet{depth}", result, took, 3 * (depth - 2) // 6))
             backbones[f"static_resnet{depth}"] = run

@@ -133,6 +133,8 @@ def test_cifar10_weights_starts_from_kept_backbones_without_training(tmp_path, m
     train_backbone(["--model", "cifar:resnet8", "--dataset", str(tmp_path / "data"), "--max-steps", "1",
                     "--val-size", "8", "--batch-size", "8", "--no-progress", "--output", str(kept / "resnet8_sd")])
     shutil.rmtree(kept / "resnet8_sd" / "checkpoints")
+    # the driver's record: training time over every session (a resumed run's metrics.json has only the last one)
+    (kept / "backbones.json").write_text(json.dumps({"resnet8_sd": {"train_seconds": 1234.5}}))
     capsys.readouterr()
     flags = ["--smoke", "--data", str(tmp_path / "data"), "--work", str(tmp_path / "work"), "--out",
              str(tmp_path / "out"), "--weights", str(kept), "--skip", "rl", "paper_e2e", "static"]
@@ -144,6 +146,7 @@ def test_cifar10_weights_starts_from_kept_backbones_without_training(tmp_path, m
     rows = json.loads((tmp_path / "out" / "cifar10.json").read_text())["rows"]
     assert {row["method"] for row in rows} == {"original", "ofas_e2e", "fixed_subset", "shuffled", "random_rates",
                                                "early_exit"}
+    assert next(row for row in rows if row["method"] == "original")["train_seconds"] == 1234.5
     # early exit starts from the same kept backbone and trains for the e2e budget (lr 0.01), not from scratch
     early_exit = json.loads((tmp_path / "work" / "early_exit" / "train.json").read_text())
     assert early_exit["init"] == str(kept / "resnet8_sd") and early_exit["lr"] == 0.01
