@@ -45,7 +45,10 @@ BACKBONES = {
     "resnet32": ("cifar:resnet32", [], "c10-r32"),
     "resnet26": ("cifar:resnet26", [], "c10-r26"),
     "resnet38": ("cifar:resnet38", [], "c10-r38"),
+    # issue 9's accuracy goal (>= 91.5 %): the 30-epoch plain ResNet-38 reached 90.97 %, its validation still rising
+    "resnet38_e60": ("cifar:resnet38", [], "c10-r38-e60"),
 }
+EPOCHS = {"resnet38_e60": 60}  # backbones whose budget is part of their name; the others train for --epochs
 KEPT_FILES = ("config.json", "model.safetensors", "README.md", "args.json", "data.json", "metrics.json")
 RUN_FILES = ("args.json", "data.json")  # what a run folder holds before it finishes, beside checkpoints/
 
@@ -57,8 +60,8 @@ def complete(run: Path) -> bool:
 def command_for(name: str, args: argparse.Namespace) -> list[str]:
     spec, extra, folder = BACKBONES[name]
     command = [sys.executable, str(REPO / "recipes" / "train_backbone.py"), "--model", spec, "--dataset", args.data,
-               "--epochs", str(args.epochs), *extra, "--output", str(Path(args.runs) / folder), "--no-progress",
-               "--mixed-precision", args.mixed_precision, *args.extra.split()]
+               "--epochs", str(EPOCHS.get(name, args.epochs)), *extra, "--output", str(Path(args.runs) / folder),
+               "--no-progress", "--mixed-precision", args.mixed_precision, *args.extra.split()]
     if (Path(args.runs) / folder / "checkpoints").is_dir():
         command.append("--resume")
     return command
@@ -169,7 +172,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--runs", default=str(REPO.parent / "runs"), help="where the run folders go (outside)")
     parser.add_argument("--keep", default=str(KEEP), help="where finished backbones are kept")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=30, help="every backbone's budget but resnet38_e60's (60)")
     parser.add_argument("--only", nargs="+", choices=list(BACKBONES), default=list(BACKBONES))
     parser.add_argument("--mixed-precision", choices=("no", "bf16"), default="bf16",
                         help="train_backbone's --mixed-precision (bf16 falls back to fp32 where not native)")

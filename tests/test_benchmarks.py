@@ -194,6 +194,16 @@ def test_cifar10_backbones_does_not_retrain_a_kept_backbone_on_a_machine_without
     assert not (tmp_path / "runs").exists() and (kept / "model.safetensors").read_bytes() == b"kept"
 
 
+def test_cifar10_backbones_trains_resnet38_e60_for_60_epochs_whatever_epochs_says(tmp_path, capsys) -> None:
+    from benchmarks import cifar10_backbones
+
+    flags = ["--data", str(tmp_path / "no-data"), "--runs", str(tmp_path / "runs"), "--keep", str(tmp_path / "kept"),
+             "--epochs", "30", "--dry-run", "--only"]
+    assert cifar10_backbones.main([*flags, "resnet38_e60", "resnet38"]) == 0
+    e60, e30 = capsys.readouterr().out.strip().splitlines()
+    assert "--epochs 60" in e60 and "c10-r38-e60" in e60 and "--epochs 30" in e30 and "--epochs 60" not in e30
+
+
 def test_pretrained_smoke_runs_the_released_resnet56_journey_and_writes_the_verdict(tmp_path) -> None:
     shared = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
     released = os.path.join(shared, "pretrained", "akamaster-cifar10", "resnet.py")
