@@ -300,18 +300,18 @@ def _early_exit_budget(args: argparse.Namespace, kept: Optional[Path]) -> tuple[
     return args.e2e_epochs, e2e.lr
 
 
-def _train_early_exit(args: argparse.Namespace, work: Path, data, kept: Optional[Path] = None) -> tuple[Any, float]:
+def _train_early_exit(args: argparse.Namespace, work: Path, data, kept: Optional[Path] = None,
+                      start: Optional[torch.nn.Module] = None) -> tuple[Any, float]:
     """Train the BranchyNet-style baseline (or load it from ``WORK/early_exit``); returns (model, train seconds).
 
     Without ``kept`` it trains a ResNet with exits from scratch for the backbone's budget; with a kept backbone's
-    run folder it starts from those weights and trains the exits and the backbone together for the e2e budget (a
-    30-epoch backbone is not compared with a 5-epoch one). bf16 autocast where ``--mixed-precision bf16`` and the
-    CPU has it natively, as the recipes do."""
+    run folder and ``start``, its plain backbone loaded, it starts from those weights and trains the exits and the
+    backbone together for the e2e budget (a 30-epoch backbone is not compared with a 5-epoch one). bf16 autocast
+    where ``--mixed-precision bf16`` and the CPU has it natively, as the recipes do."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     from baselines import EarlyExitResNet, early_exit_loss
     from safetensors.torch import load_file, save_file
 
-    from ofas_wrap import OFASModel
     from ofas_wrap.data import make_loader
     from ofas_wrap.models import cifar_resnet
     from ofas_wrap.training import bf16_supported
@@ -319,9 +319,8 @@ def _train_early_exit(args: argparse.Namespace, work: Path, data, kept: Optional
     folder = work / "early_exit"
     weights, summary = folder / "model.safetensors", folder / "train.json"
     torch.manual_seed(0)
-    backbone = (OFASModel.from_pretrained(kept).unwrap() if kept is not None
-                else cifar_resnet(args.depth, num_classes=len(data.info.class_names)))
-    model = EarlyExitResNet(backbone)
+    model = EarlyExitResNet(start if start is not None
+                            else cifar_resnet(args.depth, num_classes=len(data.info.class_names)))
     if weights.is_file() and summary.is_file():
         print(f"[cifar10] reuse {weights}", flush=True)
         model.load_state_dict(load_file(str(weights)))
@@ -368,12 +367,14 @@ def _early_exit(args: argparse.Namespace, work: Path, kept: Optional[Path] = Non
     if result_path.is_file():
         print(f"[cifar10] reuse {result_path}", flush=True)
         return json.loads(result_path.read_text())["rows"]
-    normalization = None
-    if kept is not None:  # the kept backbone's own input statistics
-        normalization = json.loads((kept / "config.json").read_text()).get("normalization")
+    from ofas_wrap import OFASModel
+
+    source = OFASModel.from_pretrained(kept) if kept is not None else None
     data = load_image_data(args.data, val_size=args.val_size, train_subset=args.train_subset,
-                           eval_subset=args.eval_subset, split_seed=0, normalization=normalization)
-    model, seconds = _train_early_exit(args, work, data, kept)
+                           eval_subset=args.eval_subset, split_seed=0,
+                           # a kept backbone's own input statistics
+                           normalization=source.config.get("normalization") if source is not None else None)
+    model, seconds = _train_early_exit(args, work, data, kept, source.unwrap() if source is not None else None)
 
     def sweep(split) -> dict[float, dict[str, float]]:
         out = {}
@@ -525,7 +526,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     spec = f"cifar:resnet{args.depth}"
     backbone_flags = ["--lr", str(args.lr), "--weight-decay", "5e-4", "--epochs", str(args.epochs)]
 
-    original = _kept(args, args.backbone or f"resnet{args.depth}")
+    kept = original = _kept(args, args.backbone or f"resnet{args.depth}")
     if original is None:
         original = work / "original"
         seconds = {"original": _recipe("train_backbone", original, ["--model", spec, *data, *backbone_flags], log)}
@@ -574,7 +575,6 @@ def main(argv: Optional[list[str]] = None) -> int:
             backbones[f"static_resnet{depth}"] = run
     rows += _time_the_rules_rows(rows, results, judged, backbones, seconds_of, args)
     if "early_exit" not in args.skip:
-        kept = _kept(args, args.backbone or f"resnet{args.depth}")
         for row in _early_exit(args, work, kept):  # one model, no gates: the adaptivity keys are empty
             rows.append({"seed": None, "adaptive_gates": None, "distinct_patterns": None, "mi_bits": None, **row})
 
