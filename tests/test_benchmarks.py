@@ -273,10 +273,47 @@ def test_train_parity_trains_each_configuration_and_judges_it_against_the_baseli
                 for name in result["rows"]}
     assert recorded["baseline"]["channels_last"] is False and recorded["baseline"]["drop_path"] == 0.0
     assert recorded["recommended"]["channels_last"] is True and recorded["recommended"]["drop_path"] == 0.5
-    assert result["rows"]["baseline"]["mixed_precision"] == "no"
-    assert result["rows"]["recommended"]["mixed_precision"] in ("no", "bf16")  # bf16 only where native
+    assert result["runs"]["0"]["baseline"]["mixed_precision"] == "no"
+    assert result["runs"]["0"]["recommended"]["mixed_precision"] in ("no", "bf16")  # bf16 only where native
     assert "within 0.3 pp" in (tmp_path / "out" / "train_parity.md").read_text()
     assert train_parity.verdicts({"baseline": 0.5, "x": 0.504})["x"]["parity"] is False
+
+
+def test_train_parity_adds_seeds_to_an_earlier_report_without_retraining_its_seed(tmp_path, monkeypatch) -> None:
+    from benchmarks import train_parity
+
+    _write_tiny_imagefolder(tmp_path / "data")
+    monkeypatch.setenv("OFAS_WRAP_CACHE", str(tmp_path / "cache"))
+    earlier = tmp_path / "earlier.json"  # a one-seed report of the session-9 format, its run folders gone
+    earlier.write_text(json.dumps({"meta": {"seed": 0}, "rows": {"baseline": {
+        "test_accuracy": 0.5, "test_images": 16, "flags": [], "mixed_precision": "no", "train_seconds": 1.0,
+        "samples_per_second": 1.0}}}))
+    flags = ["--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+             "--model", "cifar:resnet8", "--only", "baseline", "--seed", "0", "1", "--reuse", str(earlier),
+             "--extra", "--max-steps 1 --val-size 8 --batch-size 8 --eval-batch-size 16"]
+    assert train_parity.main(flags) == 0
+    assert not (tmp_path / "runs" / "parity-baseline").exists()  # seed 0 came from the earlier report
+    assert json.loads((tmp_path / "runs" / "parity-baseline-seed1" / "args.json").read_text())["seed"] == 1
+    result = json.loads((tmp_path / "out" / "train_parity.json").read_text())
+    assert result["meta"]["seeds"] == [0, 1] and result["meta"]["reused_seeds"] == [0]
+    assert result["runs"]["0"]["baseline"]["test_accuracy"] == 0.5
+    values = [100 * result["runs"][seed]["baseline"]["test_accuracy"] for seed in ("0", "1")]
+    assert result["rows"]["baseline"]["accuracy_std_pp"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5,
+                                                                        abs=0.01)
+    assert "seed 1 (%)" in (tmp_path / "out" / "train_parity.md").read_text()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seed", "1", "1"], "names a seed twice"),
+    (["--reuse", "no-such-report.json"], "no such report"),
+])
+def test_train_parity_refuses_bad_seeds_and_reports_before_training(tmp_path, capsys, flags, message) -> None:
+    from benchmarks import train_parity
+
+    with pytest.raises(SystemExit):
+        train_parity.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), *flags])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_the_interleaved_timer_rotates_the_jobs_every_round_and_fills_the_rows() -> None:
