@@ -24,8 +24,9 @@ noise is not measured, so a miss by less than about 0.5 pp says little either wa
 
 Run folders go to ``RUNS/parity-<name>`` (seed 0) and ``RUNS/parity-<name>-seed<N>`` (outside the checkout; the
 recipes' output in ``RUNS/parity.log``) and continue with ``--resume`` after a stop; ``--reuse JSON`` takes the
-rows of an earlier report for the seeds it holds instead of training them again (its runs' folders may be gone
-with their machine). The report is ``OUT/train_parity.{md,json}``, written when every run has finished.
+rows of an earlier report for the seeds and configurations it holds instead of training them again (its runs'
+folders may be gone with their machine); the others are trained. The report is ``OUT/train_parity.{md,json}``,
+written when every run has finished.
 """
 
 from __future__ import annotations
@@ -147,8 +148,8 @@ def markdown(result: dict) -> str:
             "(10,000 images, every block)")
     rule += (", applied to the mean of the paired differences (each seed against the same seed's baseline)."
              if several else ". One seed.")
-    reused = (f" Seeds {', '.join(map(str, meta['reused_seeds']))} reused from {meta['reused']} (not retrained)."
-              if meta.get("reused_seeds") else "")
+    reused = (f" Reused from {meta['reused']} (not retrained): {', '.join(meta['reused_runs'])}."
+              if meta.get("reused_runs") else "")
     return "\n".join([
         f"# Accuracy parity of the training configurations ({meta['model']}, {meta['epochs']} epochs)", "",
         *lines, "", rule,
@@ -169,7 +170,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", default=str(REPO / "docs" / "results"))
     parser.add_argument("--only", nargs="+", choices=list(CONFIGS), default=DEFAULT_ONLY)
     parser.add_argument("--reuse", default=None,
-                        help="an earlier train_parity.json: its rows stand for the seeds it holds (not retrained)")
+                        help="an earlier train_parity.json: its rows stand for the seeds and configurations it holds "
+                             "(not retrained); the others are trained")
     parser.add_argument("--extra", default="", help="more train_backbone flags, e.g. '--max-steps 2' for a smoke run")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
@@ -180,15 +182,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.reuse and not Path(args.reuse).is_file():
         parser.error(f"--reuse {args.reuse}: no such report (an earlier run's train_parity.json)")
     reused = load_reused(args.reuse)
-    if reused and any(name not in rows for seed, rows in reused.items() if seed in args.seed for name in args.only):
-        parser.error(f"--reuse {args.reuse} lacks a configuration of --only {' '.join(args.only)} for its seeds")
     runs_root = Path(args.runs)
     runs_root.mkdir(parents=True, exist_ok=True)
     runs: dict[int, dict[str, dict]] = {}
     for seed in args.seed:
         runs[seed] = {}
         for name in args.only:
-            if seed in reused:
+            if name in reused.get(seed, {}):
                 runs[seed][name] = reused[seed][name]
                 print(f"[parity] {name} seed {seed}: reused from {args.reuse}", flush=True)
                 continue
@@ -213,7 +213,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     result = {"rows": rows, "runs": {str(seed): by_name for seed, by_name in runs.items()}, "meta": {
         "model": args.model, "epochs": args.epochs, "seeds": args.seed, "data": args.data,
         "tolerance_pp": TOLERANCE_PP, "reused": args.reuse,
-        "reused_seeds": [seed for seed in args.seed if seed in reused],
+        "reused_runs": [f"{name} seed {seed}" for seed in args.seed for name in args.only
+                        if name in reused.get(seed, {})],
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "command": "python benchmarks/train_parity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }}

@@ -295,7 +295,7 @@ def test_train_parity_adds_seeds_to_an_earlier_report_without_retraining_its_see
     assert not (tmp_path / "runs" / "parity-baseline").exists()  # seed 0 came from the earlier report
     assert json.loads((tmp_path / "runs" / "parity-baseline-seed1" / "args.json").read_text())["seed"] == 1
     result = json.loads((tmp_path / "out" / "train_parity.json").read_text())
-    assert result["meta"]["seeds"] == [0, 1] and result["meta"]["reused_seeds"] == [0]
+    assert result["meta"]["seeds"] == [0, 1] and result["meta"]["reused_runs"] == ["baseline seed 0"]
     assert result["runs"]["0"]["baseline"]["test_accuracy"] == 0.5
     values = [100 * result["runs"][seed]["baseline"]["test_accuracy"] for seed in ("0", "1")]
     assert result["rows"]["baseline"]["accuracy_std_pp"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5,
