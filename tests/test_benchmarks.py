@@ -446,3 +446,16 @@ def test_cifar10_hands_one_training_precision_to_every_recipe(flags, precision) 
 
     data = _data_flags(parse_args(flags))
     assert data[data.index("--mixed-precision") + 1] == precision
+
+
+def test_layout_numerics_measures_each_layouts_gradient_against_float64(tmp_path) -> None:
+    from benchmarks import layout_numerics
+
+    out = tmp_path / "numerics.json"
+    assert layout_numerics.main(["--model", "cifar:resnet8", "--batch-size", "4", "--threads", "1",
+                                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    errors = result["gradient_relative_error"]
+    assert set(errors) == {"contiguous, 1 thread", "channels_last, 1 thread"}
+    assert all(0.0 < error < 1e-2 for error in errors.values())  # float32 against float64: small, not zero
+    assert all(error < 1e-5 for error in result["conv_forward_relative_error"].values())
