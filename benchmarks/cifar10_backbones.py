@@ -47,8 +47,13 @@ BACKBONES = {
     "resnet38": ("cifar:resnet38", [], "c10-r38"),
     # issue 9's accuracy goal (>= 91.5 %): the 30-epoch plain ResNet-38 reached 90.97 %, its validation still rising
     "resnet38_e60": ("cifar:resnet38", [], "c10-r38-e60"),
+    # the static curve at the same 60 epochs: what an OFAS model started from resnet38_e60 must beat
+    "resnet20_e60": ("cifar:resnet20", [], "c10-r20-e60"),
+    "resnet26_e60": ("cifar:resnet26", [], "c10-r26-e60"),
+    "resnet32_e60": ("cifar:resnet32", [], "c10-r32-e60"),
 }
-EPOCHS = {"resnet38_e60": 60}  # backbones whose budget is part of their name; the others train for --epochs
+# backbones whose budget is part of their name; the others train for --epochs
+EPOCHS = {name: 60 for name in BACKBONES if name.endswith("_e60")}
 KEPT_FILES = ("config.json", "model.safetensors", "README.md", "args.json", "data.json", "metrics.json")
 RUN_FILES = ("args.json", "data.json")  # what a run folder holds before it finishes, beside checkpoints/
 
@@ -172,7 +177,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--runs", default=str(REPO.parent / "runs"), help="where the run folders go (outside)")
     parser.add_argument("--keep", default=str(KEEP), help="where finished backbones are kept")
-    parser.add_argument("--epochs", type=int, default=30, help="every backbone's budget but resnet38_e60's (60)")
+    parser.add_argument("--epochs", type=int, default=30, help="every backbone's budget but the *_e60 ones' (60)")
     parser.add_argument("--only", nargs="+", choices=list(BACKBONES), default=list(BACKBONES))
     parser.add_argument("--mixed-precision", choices=("no", "bf16"), default="bf16",
                         help="train_backbone's --mixed-precision (bf16 falls back to fp32 where not native)")
