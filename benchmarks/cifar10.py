@@ -78,7 +78,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="folder of kept trained backbones (benchmarks/weights/cifar10): resnetD, resnetD_sd, ... "
                              "are used instead of training the original and the static ResNets")
     parser.add_argument("--backbone", default=None,
-                        help="which kept backbone is the original (default resnetDEPTH; e.g. resnet38_sd)")
+                        help="which kept backbone is the original (default resnetDEPTH+SUFFIX; e.g. resnet38_sd)")
+    parser.add_argument("--weights-suffix", default="",
+                        help="with --weights: the kept backbones' name suffix, for the original's default name and "
+                             "the static ResNets (e.g. _e60: resnet38_e60 against resnet20_e60, resnet26_e60, ...)")
     parser.add_argument("--out", default="docs/results", help="where cifar10.json / .md / .png go")
     parser.add_argument("--depth", type=int, default=38, help="the OFAS backbone, cifar:resnetDEPTH")
     parser.add_argument("--static-depths", type=int, nargs="*", default=[20, 26, 32])
@@ -113,6 +116,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="leave parts out")
     parser.add_argument("--smoke", action="store_true", help="a seconds-long budget that checks the pipeline")
     args = parser.parse_args(argv)
+    if args.weights_suffix and not args.weights:
+        parser.error("--weights-suffix names kept backbones: give --weights too (e.g. --weights "
+                     "benchmarks/weights/cifar10 --weights-suffix _e60)")
     if args.smoke:
         args.depth, args.static_depths, args.epochs, args.e2e_epochs, args.rl_epochs = 8, [8], 1, 1, 1
         args.train_subset, args.val_size, args.eval_subset = 64, 32, 32
@@ -526,7 +532,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     spec = f"cifar:resnet{args.depth}"
     backbone_flags = ["--lr", str(args.lr), "--weight-decay", "5e-4", "--epochs", str(args.epochs)]
 
-    kept = original = _kept(args, args.backbone or f"resnet{args.depth}")
+    kept = original = _kept(args, args.backbone or f"resnet{args.depth}{args.weights_suffix}")
     if original is None:
         original = work / "original"
         seconds = {"original": _recipe("train_backbone", original, ["--model", spec, *data, *backbone_flags], log)}
@@ -563,7 +569,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     backbones = {"original": original}
     if "static" not in args.skip:
         for depth in args.static_depths:
-            run = _kept(args, f"resnet{depth}")
+            run = _kept(args, f"resnet{depth}{args.weights_suffix}")
             if run is None:
                 run = work / f"static_resnet{depth}"
                 took = _recipe("train_backbone", run, ["--model", f"cifar:resnet{depth}", *data, *backbone_flags],

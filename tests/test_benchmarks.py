@@ -152,6 +152,8 @@ def test_cifar10_weights_starts_from_kept_backbones_without_training(tmp_path, m
     assert early_exit["init"] == str(kept / "resnet8_sd") and early_exit["lr"] == 0.01
     with pytest.raises(SystemExit, match="not a complete run folder"):
         cifar10.main([*flags, "--backbone", "resnet8"])
+    with pytest.raises(SystemExit, match="resnet8_e60 is not a complete run folder"):  # the suffix names them
+        cifar10.main([*flags, "--depth", "8", "--weights-suffix", "_e60"])
 
 
 def test_cifar10_backbones_resumes_a_stashed_run_on_a_new_machine_and_keeps_it(tmp_path, monkeypatch) -> None:
@@ -247,6 +249,14 @@ def test_pretrained_fine_tune_flags_are_ones_the_recipe_accepts(budget) -> None:
     parsed = e2e_parser().parse_args([*finetune_command(args, "--skip-weight 0", seed=1), "--output", "runs/x"])
     assert (parsed.epochs, parsed.max_steps) == ((2, None) if "--epochs" in budget else (parsed.epochs, 5))
     assert parsed.seed == 1 and parsed.skip_weight == 0
+
+
+def test_cifar10_refuses_a_weights_suffix_without_weights(capsys) -> None:
+    from benchmarks.cifar10 import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--weights-suffix", "_e60"])
+    assert "give --weights too" in capsys.readouterr().err
 
 
 def test_pretrained_refuses_a_fractional_epoch_count(capsys) -> None:
