@@ -51,6 +51,10 @@ BACKBONES = {
     "resnet20_e60": ("cifar:resnet20", [], "c10-r20-e60"),
     "resnet26_e60": ("cifar:resnet26", [], "c10-r26-e60"),
     "resnet32_e60": ("cifar:resnet32", [], "c10-r32-e60"),
+    # issue 26: the paper's deep row (Table III's ResNet-110) and the static network with half its blocks, at the
+    # 30-epoch budget of the kept static curve
+    "resnet110": ("cifar:resnet110", [], "c10-r110"),
+    "resnet56": ("cifar:resnet56", [], "c10-r56"),
 }
 # backbones whose budget is part of their name; the others train for --epochs
 EPOCHS = {name: 60 for name in BACKBONES if name.endswith("_e60")}
