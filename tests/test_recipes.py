@@ -181,6 +181,30 @@ def test_e2e_bernoulli_gates_follow_the_expected_cost_penalty(env, base_run):
     assert probs.mean() < 0.3  # sigmoid(0) = 0.5 before training
 
 
+def test_e2e_from_random_initialisation_ramps_the_penalty_in(env):
+    """OFAS from the first step (issue 26): --model without weights, the gate terms annealed from 0."""
+    out = env["root"] / "e2e-scratch"
+    args = ["--dataset", env["dataset"], "--model", "cifar:resnet8", "--max-steps", "8", "--val-size", "16",
+            "--penalty-ramp", "0.25", "0.75", "--target-rate", "0.5", "--output", str(out), *TINY]
+    assert main_guard(e2e_finetune, args) == 0
+    assert_run_folder(out, 8, 1)
+    ramp = [row["penalty_ramp"] for row in metrics(out)["history"]]
+    assert ramp[0] == 0.0 and ramp[-1] == 1.0 and ramp == sorted(ramp)
+    assert 0.0 < ramp[len(ramp) // 2] < 1.0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--penalty-ramp", "0.6", "0.2"], "--penalty-ramp must satisfy"),
+    (["--distill-weight", "1"], "starts from random weights"),
+])
+def test_e2e_from_random_initialisation_refuses_bad_flags(env, flags, message):
+    out = env["root"] / "e2e-scratch-bad"
+    with pytest.raises(ofas_wrap.training.RunError, match=message):
+        e2e_finetune(["--dataset", env["dataset"], "--model", "cifar:resnet8", "--max-steps", "2",
+                      "--output", str(out), *flags, *TINY])
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_e2e_accelerate(env, base_run):
     out = env["root"] / "acc-e2e"

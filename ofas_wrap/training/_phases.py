@@ -42,6 +42,7 @@ from ._evaluate import evaluate_classifier
 from ._flags import build_parser
 from ._objectives import distillation_loss, gate_information, rate_hinge_loss, target_rate_loss
 from ._runs import read_run
+from ._schedule import ramp_factor
 from ._speed import StochasticDepth, recalibrate_batchnorm
 from ._trainer import Trainer
 
@@ -177,6 +178,11 @@ def e2e_parser() -> argparse.ArgumentParser:
     extra.add_argument("--distill-weight", type=float, default=0.0,
                        help="distillation from the frozen full-depth starting backbone (KL at --distill-tau)")
     extra.add_argument("--distill-tau", type=float, default=4.0)
+    extra.add_argument("--penalty-ramp", type=float, nargs=2, default=None, metavar=("START", "END"),
+                       help="switch the gate terms (skip penalty, rate terms, information) on over training: weight 0 before START, "
+                            "rising linearly to full at END (fractions of the steps). For OFAS trained from random "
+                            "initialisation (--model without --weights), e.g. 0.1 0.5: the network learns as a "
+                            "whole before the gates are asked to save")
     extra.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=DEFAULT_FREEZE_BN,
                        help="keep the backbone's BatchNorm layers in eval mode: the running statistics of a trained "
                             "backbone are neither used per batch nor shifted by sampled skip patterns (affine "
@@ -413,6 +419,12 @@ def e2e_finetune(argv: Optional[Sequence[str]] = None, model: Optional[nn.Module
         raise RunError(f"--rate-bounds must satisfy 0 <= R_MIN <= R_MAX <= 1, got {args.rate_bounds}")
     if min(args.rate_weight, args.info_weight, args.distill_weight) < 0 or args.distill_tau <= 0:
         raise RunError("--rate-weight, --info-weight and --distill-weight must be >= 0 and --distill-tau > 0")
+    if args.penalty_ramp is not None and not 0.0 <= args.penalty_ramp[0] <= args.penalty_ramp[1] <= 1.0:
+        raise RunError(f"--penalty-ramp must satisfy 0 <= START <= END <= 1 (fractions of training), got "
+                       f"{args.penalty_ramp[0]} {args.penalty_ramp[1]}")
+    if args.distill_weight > 0 and not (args.init or args.weights or user_model is not None):
+        raise RunError("--distill-weight distils from the starting backbone, but --model without --weights starts "
+                       "from random weights: give --init RUN or --weights FILE, or leave out --distill-weight")
     cost_table = _cost_table_arg(args)
     base, init = (None, None)
     if user_model is not None and (args.init or args.model):
@@ -469,21 +481,25 @@ def e2e_finetune(argv: Optional[Sequence[str]] = None, model: Optional[nn.Module
         metrics = {"ce": float(ce.detach())}
         # bernoulli: the expected cost (exact gradient); threshold: the executed cost, straight-through
         gates = probs if sampled else straight_through_gates(model.last_probs, model.gate_threshold)
+        ramp = 1.0
+        if args.penalty_ramp is not None:
+            ramp = ramp_factor(trainer.state.global_step, trainer.total_steps, *args.penalty_ramp)
+            metrics["penalty_ramp"] = ramp
         if args.skip_weight > 0:
             cost = (gates * costs.to(gates.device)).sum(dim=1).mean()
-            loss = loss + args.skip_weight * cost
+            loss = loss + ramp * args.skip_weight * cost
             metrics["cost"] = float(cost.detach())
         if args.target_rate is not None:
             rate = target_rate_loss(gates, args.target_rate)
-            loss = loss + args.rate_weight * rate
+            loss = loss + ramp * args.rate_weight * rate
             metrics["rate_loss"] = float(rate.detach())
         if args.rate_bounds is not None:
             hinge = rate_hinge_loss(gates, *args.rate_bounds)
-            loss = loss + args.rate_weight * hinge
+            loss = loss + ramp * args.rate_weight * hinge
             metrics["rate_hinge"] = float(hinge.detach())
         if args.info_weight > 0:
             info = gate_information(probs if sampled else model.last_probs)
-            loss = loss - args.info_weight * info
+            loss = loss - ramp * args.info_weight * info
             metrics["gate_info_bits"] = float(info.detach())
         if teacher is not None:
             with torch.no_grad():

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LRSchedule", "make_scheduler"]
+__all__ = ["LRSchedule", "make_scheduler", "ramp_factor"]
 
 SCHEDULES = ("cosine", "linear", "step", "constant")
 
@@ -50,3 +50,29 @@ def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int
     """A ``LambdaLR`` stepped once per optimizer step; its ``last_epoch`` is the global step (checkpointed)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, LRSchedule(kind, total_steps, warmup_steps,
                                                                    tuple(milestones)))
+
+
+def ramp_factor(step: int, total_steps: int, start: float, end: float) -> float:
+    """The weight factor of a penalty switched on over training: 0 before ``start`` (a fraction of ``total_steps``),
+    rising linearly to 1 at ``end``, 1 after. ``start == end`` is a step at ``start``.
+
+    Used by ``e2e_finetune --penalty-ramp`` to train OFAS from random initialisation: the network first learns as a
+    whole, then the skip cost and rate terms come in (annealed from 0), so a gate is not closed before its block has
+    learned anything.
+
+    Example:
+        >>> [ramp_factor(s, 100, 0.2, 0.6) for s in (0, 20, 40, 60, 100)]
+        [0.0, 0.0, 0.5, 1.0, 1.0]
+        >>> ramp_factor(30, 100, 0.3, 0.3)
+        1.0
+    """
+    if not 0.0 <= start <= end <= 1.0:
+        raise ValueError(f"a ramp needs 0 <= start <= end <= 1 (fractions of training), got {start}, {end}")
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be > 0, got {total_steps}")
+    progress = step / total_steps
+    if progress < start:
+        return 0.0
+    if progress >= end:
+        return 1.0
+    return (progress - start) / (end - start)

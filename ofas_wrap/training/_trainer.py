@@ -333,6 +333,7 @@ class Trainer:
         steps_per_epoch = math.ceil(batches_per_epoch / acc.gradient_accumulation_steps)
         total_steps = args.max_steps or args.epochs * steps_per_epoch
         num_epochs = math.ceil(total_steps / steps_per_epoch)
+        self.total_steps = total_steps  # read by step functions whose terms follow the progress (--penalty-ramp)
         scheduler = make_scheduler(optimizer.optimizer, args.schedule, total_steps, args.warmup_steps,
                                    args.milestones)
         acc.register_for_checkpointing(scheduler, state, *extra_state)
