@@ -61,7 +61,7 @@ def ramp_factor(step: int, total_steps: int, start: float, end: float) -> float:
     learned anything.
 
     Example:
-        >>> [ramp_factor(s, 100, 0.2, 0.6) for s in (0, 20, 40, 60, 100)]
+        >>> [round(ramp_factor(s, 100, 0.2, 0.6), 3) for s in (0, 20, 40, 60, 100)]
         [0.0, 0.0, 0.5, 1.0, 1.0]
         >>> ramp_factor(30, 100, 0.3, 0.3)
         1.0
