@@ -324,7 +324,7 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman's rank correlation of two 1-d tensors (average ranks for ties); 0 when either is constant.
 
     Example:
-        >>> rank_correlation(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 30.0, 20.0]))
+        >>> round(rank_correlation(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 30.0, 20.0])), 6)
         0.5
     """
     def ranks(x: torch.Tensor) -> torch.Tensor:

@@ -272,8 +272,8 @@ def bounded_probabilities(probs: Tensor, alpha: float = 0.8) -> Tensor:
     ``alpha = 1`` is no bound.
 
     Example:
-        >>> bounded_probabilities(torch.tensor([[1.0, 0.0, 0.5]]), 0.8).tolist()
-        [[0.800000011920929, 0.19999998807907104, 0.5]]
+        >>> [[round(p, 4) for p in row] for row in bounded_probabilities(torch.tensor([[1.0, 0.0, 0.5]]), 0.8).tolist()]
+        [[0.8, 0.2, 0.5]]
     """
     if not 0.5 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0.5, 1] (1 = no bound), got {alpha}")
