@@ -27,6 +27,7 @@ from ._head import OFASHead
 from ._hub import CheckpointError
 from ._model import GatedBlock, OFASModel, adaptify
 from ._plan import BlockPlan, SurgeryPlan, count_flops
+from ._prune import prune_blocks
 from ._version import __version__
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "rl",
     "CheckpointError",
     "export_torchscript",
+    "prune_blocks",
     "script_with_fx_fallback",
     "load_torchscript",
     "export_program",

@@ -36,12 +36,16 @@ PathLike = Union[str, os.PathLike]
 
 
 def export_torchscript(model: nn.Module, path: PathLike, example_input: Optional[Tensor] = None, *,
-                       atol: float = 1e-5, rtol: float = 1e-4) -> Path:
+                       prune: Optional[Any] = None, atol: float = 1e-5, rtol: float = 1e-4) -> Path:
     """Script ``model`` (eval mode), check it against eager mode, and save it atomically to ``path``.
 
     The check runs ``example_input`` (default: a seeded random batch of 2 at the model's input size) through
     both at the model's threshold and at T = 0, and compares outputs and gate decisions; a mismatch is an
     error and nothing is written. The file is written to a temporary name beside ``path`` and renamed.
+
+    ``prune=keep`` writes the depth-pruned network instead (:func:`ofas_wrap.prune_blocks`: the plain backbone with
+    the gated blocks ``keep`` removes taken out; no head, no gates, no threshold). It is checked against ``model``
+    with ``model.forced_gates(keep)`` in eval mode, and its config (``ofas_config.json``) has a ``pruned`` section.
 
     Returns ``path``. Load it with ``torch.jit.load`` (no ofas-wrap needed) or :func:`load_torchscript`.
 
@@ -72,6 +76,8 @@ def export_torchscript(model: nn.Module, path: PathLike, example_input: Optional
     if not isinstance(example_input, Tensor) or example_input.dim() < 1:
         raise TypeError("example_input must be a batched input tensor, e.g. torch.randn(1, 3, 32, 32)")
     example_input = example_input.to(device)
+    if prune is not None:
+        return _export_pruned(model, path, example_input, prune, atol, rtol)
     config = build_config(model)
     config["export"] = {"format": "torchscript", "torch_version": torch.__version__.split("+")[0],
                         "example_input_shape": list(example_input.shape)}
@@ -87,6 +93,40 @@ def export_torchscript(model: nn.Module, path: PathLike, example_input: Optional
         model.threshold = threshold
         model.train(was_training)
     scripted.gate_threshold.fill_(threshold)
+    _atomic_jit_save(scripted, path, {EXTRA_CONFIG_NAME: json.dumps(config, indent=2)})
+    return path
+
+
+def _export_pruned(model: Any, path: Path, example_input: Tensor, keep: Any, atol: float, rtol: float) -> Path:
+    """``export_torchscript(model, path, prune=keep)``: script the pruned network, check it against the OFAS model
+    with ``keep`` forced (eval mode), then write it atomically with its config."""
+    from ._prune import check_keep, prune_blocks, pruned_config
+
+    pattern = check_keep(keep, model.gated_block_names)
+    network = prune_blocks(model, pattern).eval()
+    for module in network.modules():  # a projection kept from a user's option-A shortcut: F.pad's fill as a float
+        if isinstance(module, torch.fx.GraphModule):
+            _scriptable_constants(module)
+    config = pruned_config(model, pattern, build_config(model))
+    config["export"] = {"format": "torchscript", "torch_version": torch.__version__.split("+")[0],
+                        "example_input_shape": list(example_input.shape)}
+    scripted, traced = script_with_fx_fallback(network)
+    if traced:
+        config["export"]["fx_traced_modules"] = traced
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), model.forced_gates(torch.tensor(pattern, dtype=torch.bool)):
+            expected = model(example_input)
+            got = scripted(example_input)
+    finally:
+        model.train(was_training)
+    if not torch.allclose(expected, got, atol=atol, rtol=rtol):
+        raise RuntimeError(
+            f"the scripted pruned network differs from the OFAS model with its pattern forced (max |difference| "
+            f"{(expected - got).abs().max().item():.3g}); nothing was written. Please report this with the backbone "
+            "name."
+        )
     _atomic_jit_save(scripted, path, {EXTRA_CONFIG_NAME: json.dumps(config, indent=2)})
     return path
 
@@ -175,7 +215,8 @@ def load_torchscript(path: PathLike, map_location: Union[str, torch.device, None
     """Load a file written by :func:`export_torchscript`: returns ``(scripted_module, config)``.
 
     Raises :class:`CheckpointError` for a file that is not TorchScript or is TorchScript without the
-    OFAS config (another model), and for a config from a newer ofas-wrap.
+    OFAS config (another model), and for a config from a newer ofas-wrap. A depth-pruned network
+    (``export_torchscript(..., prune=keep)``) loads too: a plain module, whose config has a ``pruned`` section.
 
     Example:
         >>> import tempfile, ofas_wrap
@@ -205,6 +246,10 @@ def load_torchscript(path: PathLike, map_location: Union[str, torch.device, None
             "model with ofas_wrap.export_torchscript"
         )
     config = read_config(f"{path}:{EXTRA_CONFIG_NAME}", text=text)
+    from ._prune import read_pruned
+
+    if read_pruned(config, f"{path}:{EXTRA_CONFIG_NAME}") is not None:
+        return module, config  # a depth-pruned network (export_torchscript(prune=...)): no gates, no threshold
     if not hasattr(module, "gate_threshold"):
         raise CheckpointError(f"{path}: the module has no gate_threshold buffer; it is not an OFAS model")
     return module, config

@@ -74,6 +74,9 @@ PathLike = Union[str, os.PathLike]
 
 CARD_TAGS = ["ofas", "ofas-wrap", "adaptive-inference", "dynamic-depth", "resnet", "image-classification",
              "safetensors", "pytorch"]
+# a depth-pruned network's card (save_pretrained(prune=...)): static, so not adaptive
+PRUNED_DROPPED_TAGS = ("adaptive-inference", "dynamic-depth")
+PRUNED_TAGS = ["depth-pruning"]
 # what save_pretrained / push_to_hub accept besides the descriptions: the mixin's own arguments
 PUSH_KWARGS = ("commit_message", "private", "token", "branch", "create_pr", "allow_patterns", "ignore_patterns",
                "delete_patterns", "revision")
@@ -460,16 +463,22 @@ def model_card(config: dict[str, Any], model_name: Optional[str] = None, repo_id
     spec = config.get("backbone")
     backbone = f"{spec['source']}:{spec['name']}" if spec else config.get("backbone_class", "custom")
     ofas = config["ofas"]
-    tags = list(CARD_TAGS)
+    pruned = config.get("pruned")
+    tags = list(CARD_TAGS) if not pruned else [t for t in CARD_TAGS if t not in PRUNED_DROPPED_TAGS] + PRUNED_TAGS
     if spec:
         tags.append(spec["source"])
-    title = model_name or f"OFAS-{ofas['variant']} {backbone}"
+    title = model_name or (f"OFAS-{ofas['variant']} {backbone}" if not pruned else
+                           f"{backbone}, depth-pruned to {len(ofas['blocks']) - len(pruned['removed_blocks'])} "
+                           f"of {len(ofas['blocks'])} blocks")
     results = eval_results(config)
     data = ModelCardData(library_name="ofas-wrap", tags=tags, datasets=list(config.get("datasets") or []) or None,
                          license=config.get("license"), pipeline_tag="image-classification",
                          base_model=base_model_id(spec), model_name=title if results else None,
                          eval_results=results or None)
     where = repo_id or "path/to/this/folder"
+    if pruned:
+        return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(_pruned_card_lines(config, title,
+                                                                                                where))))
     lines = [
         f"# {title}",
         "",
@@ -520,7 +529,51 @@ def model_card(config: dict[str, Any], model_name: Optional[str] = None, repo_id
         lines += [f"| {b['name']} | {b['flops'] / 1e6:.2f} | {b['skip_flops'] / 1e6:.2f} |"
                   for b in flops["blocks"] if b["gated"]]
         lines.append("")
-    lines += ["## Input", "", f"- size: {'x'.join(str(s) for s in ofas['input_size'])} (channels x height x width)"]
+    lines += _input_lines(config)
+    content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)
+    return str(ModelCard(content))
+
+
+def _pruned_card_lines(config: dict[str, Any], title: str, where: str) -> list[str]:
+    """The description of a depth-pruned network's card (``save_pretrained(dir, prune=keep)``)."""
+    spec, ofas, pruned = config.get("backbone"), config["ofas"], config["pruned"]
+    backbone = f"{spec['source']}:{spec['name']}" if spec else config.get("backbone_class", "custom")
+    removed = pruned["removed_blocks"]
+    lines = [
+        f"# {title}",
+        "",
+        f"A static {backbone} with {len(removed)} of its {len(ofas['blocks'])} residual blocks removed, made with "
+        f"[ofas-wrap](https://pypi.org/project/ofas-wrap/) {config['ofas_wrap_version']} from an OFAS model with "
+        "that skip pattern forced: a plain network of the backbone's own class, no head and no gates. A removed "
+        "block with a projection shortcut keeps its projection only.",
+        "",
+        f"Removed blocks: {', '.join(removed) if removed else 'none'}.",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "import torch",
+        "from ofas_wrap import OFASModel",
+        "",
+        f'network = OFASModel.from_pretrained("{where}"' + (")" if spec else ", backbone=MyResNet(...))")
+        + "  # the pruned backbone, a plain nn.Module" + ("" if spec else " (MyResNet: your own backbone class)"),
+        f"logits = network(torch.randn(1, {', '.join(str(s) for s in ofas['input_size'])}))",
+        "```",
+        "",
+    ]
+    flops, full = pruned.get("flops"), pruned.get("backbone_flops")
+    if flops and full:
+        size = "x".join(str(s) for s in ofas["input_size"])
+        lines += ["## Compute", "",
+                  f"{flops / 1e6:.2f} MFLOPs per {size} input, {flops / full:.2f}x the full backbone's "
+                  f"{full / 1e6:.2f} (counted with `torch.utils.flop_counter`, FLOPs = 2 x multiply-adds).", ""]
+    return lines + _input_lines(config)
+
+
+def _input_lines(config: dict[str, Any]) -> list[str]:
+    """The card's "Input" section: size, normalisation, classes."""
+    lines = ["## Input", "", f"- size: {'x'.join(str(s) for s in config['ofas']['input_size'])} (channels x height x "
+             "width)"]
     norm = config.get("normalization")
     if norm:
         lines.append(f"- normalisation: mean {_floats(norm['mean'])}, std {_floats(norm['std'])} "
@@ -530,8 +583,7 @@ def model_card(config: dict[str, Any], model_name: Optional[str] = None, repo_id
         shown = ", ".join(names[:20]) + (f", ... ({len(names)} classes)" if len(names) > 20 else "")
         lines.append(f"- classes: {shown}")
     lines.append("")
-    content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)
-    return str(ModelCard(content))
+    return lines
 
 
 def base_model_id(spec: Optional[dict[str, Any]]) -> Optional[str]:

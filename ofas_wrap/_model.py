@@ -46,6 +46,7 @@ from ._hub import (
     model_card,
     read_config,
 )
+from ._prune import PrunedWeights, check_keep, prune_blocks, pruned_config, read_pruned
 from ._surgery import cut_backbone
 from .models._user import FACTORY_SOURCE, build_from_factory
 
@@ -78,7 +79,7 @@ class OFASHubMixin(ModelHubMixin, library_name="ofas-wrap", tags=CARD_TAGS):
                         license: Optional[str] = None, model_name: Optional[str] = None,
                         config: Optional[dict[str, Any]] = None, repo_id: Optional[str] = None,
                         push_to_hub: bool = False, model_card_kwargs: Optional[dict[str, Any]] = None,
-                        **push_to_hub_kwargs: Any) -> Any:
+                        prune: Optional[Any] = None, **push_to_hub_kwargs: Any) -> Any:
         """Write ``model.safetensors``, ``config.json`` and a ``README.md`` model card to ``save_directory``.
 
         The write is atomic: everything goes to a hidden temporary folder beside ``save_directory``, which
@@ -98,6 +99,13 @@ class OFASHubMixin(ModelHubMixin, library_name="ofas-wrap", tags=CARD_TAGS):
         :meth:`push_to_hub`, which takes ``push_to_hub_kwargs`` (``private``, ``token``, ``branch``, ...), and returns
         its commit info; otherwise the folder is returned. ``model_card_kwargs`` may hold ``model_name`` (the
         card's title) and ``repo_id`` (the id the card's usage example loads).
+
+        ``prune=keep`` saves the depth-pruned network instead (:func:`ofas_wrap.prune_blocks`: one bool per gated
+        block, True = keep, or the names of the blocks to keep): only the weights it still uses, under the
+        backbone's own names, and a ``config.json`` whose ``pruned`` section records the pattern and the removed
+        blocks. :meth:`from_pretrained` returns that plain network. The OFAS model's per-threshold ``metrics`` are
+        not carried over (they do not describe it), and the folder is not uploaded (``push_to_hub=True`` is refused:
+        upload the saved folder with ``huggingface_hub.HfApi().upload_folder``).
 
         Example:
             >>> import tempfile, ofas_wrap
@@ -124,10 +132,22 @@ class OFASHubMixin(ModelHubMixin, library_name="ofas-wrap", tags=CARD_TAGS):
             given = sorted(push_to_hub_kwargs) + (["repo_id"] if repo_id is not None else [])
             raise TypeError(f"save_pretrained got {given}, which only an upload uses; pass push_to_hub=True to "
                             "upload the model as well, or leave them out")
-        built = build_config(self, **overrides)
+        pruned = None
+        if prune is not None:
+            if push_to_hub:
+                raise TypeError("save_pretrained(prune=...) writes a local folder only; save it, then upload the "
+                                "folder with huggingface_hub.HfApi().upload_folder")
+            if overrides.get("metrics") is not None:
+                raise TypeError("metrics= rows are per threshold, and a pruned network has none; leave metrics out "
+                                "with prune=")
+            keep = check_keep(prune, self.gated_block_names)
+            built = pruned_config(self, keep, build_config(self, **overrides))
+            pruned = PrunedWeights(prune_blocks(self, keep))
+        else:
+            built = build_config(self, **overrides)
         users_card = _users_card(target)
         with _staging_folder(target) as staging:
-            self._save_pretrained(staging, config=built, card_text=users_card, **card_kwargs)
+            self._save_pretrained(staging, config=built, card_text=users_card, pruned=pruned, **card_kwargs)
         if push_to_hub:
             return self.push_to_hub(repo_id, config=overrides or None, model_card_kwargs=card_kwargs,
                                     **push_to_hub_kwargs)
@@ -136,15 +156,17 @@ class OFASHubMixin(ModelHubMixin, library_name="ofas-wrap", tags=CARD_TAGS):
     @torch.jit.unused
     def _save_pretrained(self, save_directory: Path, *, config: Optional[dict[str, Any]] = None,
                          card_text: Optional[str] = None, model_name: Optional[str] = None,
-                         repo_id: Optional[str] = None) -> None:
+                         repo_id: Optional[str] = None, pruned: Optional[PrunedWeights] = None) -> None:
         """The mixin's hook: write the model's three files (and a factory's ``.py`` file) into ``save_directory``.
 
         ``config`` is :func:`build_config`'s output (built from the model when None); ``card_text`` a README.md to
-        keep instead of generating the card. :meth:`save_pretrained` calls this on its staging folder."""
+        keep instead of generating the card; ``pruned`` the depth-pruned network whose weights are written instead
+        (``config`` then is :func:`pruned_config`'s). :meth:`save_pretrained` calls this on its staging folder."""
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
         config = _bundle_factory_code(build_config(self) if config is None else config, folder)
-        _write_folder(self, config, folder, model_name=model_name, repo_id=repo_id, card_text=card_text)
+        _write_folder(self if pruned is None else pruned, config, folder, model_name=model_name, repo_id=repo_id,
+                      card_text=card_text)
 
     @torch.jit.unused
     def generate_model_card(self, *args: Any, **kwargs: Any) -> Any:
@@ -173,6 +195,11 @@ class OFASHubMixin(ModelHubMixin, library_name="ofas-wrap", tags=CARD_TAGS):
         loaded strictly: a missing or unexpected weight, a shape mismatch, other residual blocks or another
         backbone are errors naming the offending entries. For your own backbone class, which no registry can
         rebuild, build it yourself and pass it as ``backbone=`` (it is adapted and the weights loaded into it).
+
+        A folder written by ``save_pretrained(dir, prune=keep)`` returns the depth-pruned network instead of an
+        OFASModel: the backbone is rebuilt (or ``backbone=`` copied) and adapted as above, the blocks its
+        ``config.json`` records as removed are taken out (:func:`ofas_wrap.prune_blocks`) and its weights loaded
+        strictly; a plain ``nn.Module`` of the backbone's class, in eval mode. ``threshold=`` is refused for it.
 
         Args:
             dir_or_repo_id: a folder written by ``save_pretrained``, or a Hub repo id (``"user/name"``).
@@ -225,9 +252,17 @@ class OFASHubMixin(ModelHubMixin, library_name="ofas-wrap", tags=CARD_TAGS):
         config = read_config(config_path)
         if threshold is not None:
             check_threshold(threshold)
+        keep = read_pruned(config, config_path)
+        if keep is not None and threshold is not None:
+            raise ValueError(f"{folder} holds a depth-pruned network, which has no gates and no threshold; leave "
+                             "threshold= out")
         model = _rebuild(config, config_path, backbone, leaf_modules, trust_remote_code)
         if not isinstance(model, cls):
             raise TypeError(f"{cls.__name__}.from_pretrained built a {type(model).__name__}")
+        if keep is not None:
+            network = prune_blocks(model, keep)
+            _load_weights(PrunedWeights(network), weights_path, config)
+            return network.eval().to(device)
         _load_weights(model, weights_path, config)
         model.threshold = float(config["ofas"]["threshold"] if threshold is None else threshold)
         model.config["backbone"] = _absolute_factory(config["backbone"], folder) or infer_backbone_spec(model.unwrap())

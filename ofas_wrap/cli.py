@@ -128,20 +128,53 @@ def _add_export(subparsers) -> None:
         description="Script an OFAS model (a save_pretrained folder, a Hub repo id, or a backbone spec with "
                     "random weights), check it against eager mode and write OUTPUT atomically. With "
                     "--format export: torch.export with torch.cond gates, batch of one (a .pt2 file). With "
-                    "--format onnx: an ONNX If per gated block, batch of one (a .onnx file).",
+                    "--format onnx: an ONNX If per gated block, batch of one (a .onnx file). With --prune PATTERN: "
+                    "the depth-pruned network instead, the plain backbone with the blocks PATTERN removes taken "
+                    "out (TorchScript, no gates), checked against the model with PATTERN forced.",
     )
     parser.add_argument("model", help="save_pretrained folder, Hub repo id, or backbone spec (cifar:resnet20)")
     parser.add_argument("output", help="the file to write, e.g. model.pt")
     parser.add_argument("--format", default="torchscript", choices=["torchscript", "export", "onnx"])
     parser.add_argument("--batch-size", type=int, default=2, help="batch of the example input used for the check")
+    parser.add_argument("--prune", type=_keep_pattern, default=None, metavar="PATTERN",
+                        help="write the depth-pruned network: one 1 (keep) or 0 (remove) per gated block, in the "
+                             "order `ofas-wrap inspect` lists them, e.g. 1,1,0,1 (commas optional)")
     _add_source_arguments(parser)
     parser.set_defaults(func=_run_export)
+
+
+def _keep_pattern(text: str) -> list[bool]:
+    """``--prune`` values: 1 (keep) or 0 (remove) per gated block, comma-separated or written together."""
+    digits = text.replace(",", "").replace(" ", "")
+    if not digits or set(digits) - {"0", "1"}:
+        raise argparse.ArgumentTypeError(f"--prune takes one 1 (keep) or 0 (remove) per gated block, e.g. 1,1,0,1; "
+                                         f"got {text!r}")
+    return [digit == "1" for digit in digits]
 
 
 def _run_export(args: argparse.Namespace) -> int:
     import torch
 
+    if args.prune is not None and (args.format != "torchscript" or args.threshold):
+        raise ValueError("--prune writes a TorchScript file of the pruned network, which has no gates and no "
+                         "threshold: leave out --format and --threshold")
     model, config, _ = _load_source(args, allow_torchscript=False)
+    if args.prune is not None:
+        from ._export import export_torchscript
+        from ._prune import check_keep
+
+        if len(args.prune) != model.num_gates:
+            raise ValueError(f"--prune has {len(args.prune)} values, but {args.model} has {model.num_gates} gated "
+                             f"blocks ({', '.join(model.gated_block_names)}); give one 1 (keep) or 0 (remove) each")
+        keep = check_keep(args.prune, model.gated_block_names)
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+        example = torch.randn(args.batch_size, *model.config["input_size"], generator=torch.Generator().manual_seed(0))
+        export_torchscript(model, args.output, example, prune=keep)
+        removed = [name for name, kept in zip(model.gated_block_names, keep) if not kept]
+        print(f"wrote {args.output} (torchscript, depth-pruned: {len(removed)} of {model.num_gates} gated blocks "
+              f"removed{': ' + ', '.join(removed) if removed else ''})")
+        return 0
     if args.threshold:
         if len(args.threshold) != 1:
             raise ValueError("export takes one --threshold value (it stays settable in the exported model)")
@@ -219,6 +252,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         config, kind = model.config, "onnx"
     else:
         model, config, kind = _load_source(args, allow_torchscript=True)
+    if kind == "torchscript" and config.get("pruned") is not None:
+        return _bench_pruned(args, model, config)
     if args.torchscript and kind != "torchscript":
         import warnings
 
@@ -241,6 +276,44 @@ def _run_bench(args: argparse.Namespace) -> int:
         print(f"model: {args.model} ({runtime}), "
               f"input {args.batch_size}x{'x'.join(str(s) for s in size)} random normal")
         print(format_sweep(results))
+    return 0
+
+
+def _bench_pruned(args: argparse.Namespace, module, config: dict) -> int:
+    """``ofas-wrap bench PRUNED.pt``: a depth-pruned network has no threshold, so one row: its latency, its blocks,
+    its MFLOPs."""
+    import json
+
+    import torch
+
+    from ._bench import measure_latency
+    from ._plan import FLOPS_NOTE
+
+    if args.threshold or args.torchscript:
+        raise ValueError(f"{args.model} is a depth-pruned network (no gates, no threshold): leave out --threshold and "
+                         "--torchscript")
+    size = config["ofas"]["input_size"]
+    example = torch.randn(args.batch_size, *size, generator=torch.Generator().manual_seed(0))
+    result = measure_latency(module, example, runs=args.runs, warmup=args.warmup, threads=args.threads,
+                             device=args.device)
+    pruned = config["pruned"]
+    blocks = len(config["ofas"]["blocks"])
+    kept = blocks - len(pruned["removed_blocks"])
+    mflops = pruned["flops"] / 1e6 if pruned.get("flops") else None
+    if args.json:
+        print(json.dumps({"latency": result.to_dict(), "kept_blocks": kept, "num_blocks": blocks,
+                          "removed_blocks": pruned["removed_blocks"], "mflops": mflops}, indent=2))
+        return 0
+    print(f"model: {args.model} (TorchScript, depth-pruned: {kept} of {blocks} blocks), "
+          f"input {args.batch_size}x{'x'.join(str(s) for s in size)} random normal")
+    print(f"device {result.device}, {result.threads} threads, batch {result.batch_size}, {result.runs} runs after "
+          f"{result.warmup} warm-up (torch {torch.__version__})")
+    print(f"{'median ms':>10} {'p90 ms':>10} {'IQR ms':>9} {'ms/sample':>10} {'blocks':>9} {'MFLOPs':>9}")
+    shown = f"{mflops:9.2f}" if mflops is not None else f"{'-':>9}"
+    print(f"{result.median_ms:>10.3f} {result.p90_ms:>10.3f} {result.iqr_ms:>9.3f} {result.per_sample_ms:>10.3f} "
+          f"{f'{kept}/{blocks}':>9} {shown}")
+    if mflops is not None:
+        print(f"MFLOPs: per sample; {FLOPS_NOTE}")
     return 0
 
 
