@@ -181,6 +181,29 @@ def test_e2e_bernoulli_gates_follow_the_expected_cost_penalty(env, base_run):
     assert probs.mean() < 0.3  # sigmoid(0) = 0.5 before training
 
 
+def test_backbone_fine_tune_with_a_teacher_records_the_distillation(env, base_run):
+    """A smaller network fine-tuned from a trained one (ofas_wrap.compare's fine-tune): CE + KL to the teacher."""
+    out = env["root"] / "distilled"
+    args = ["--dataset", env["dataset"], "--model", "cifar:resnet8", "--max-steps", "3", "--val-size", "16",
+            "--teacher", str(base_run), "--distill-weight", "1", "--output", str(out), *TINY]
+    assert main_guard(train_backbone, args) == 0
+    history = metrics(out)["history"]
+    assert history and all(row["distill"] >= 0 and "ce" in row for row in history)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--distill-weight", "1"], "needs a teacher"),
+    (["--teacher", "RUN", "--distill-weight", "0"], "--distill-weight is 0"),
+    (["--distill-tau", "0"], "--distill-tau > 0"),
+])
+def test_backbone_distillation_flags_are_checked_first(env, flags, message):
+    out = env["root"] / "distilled-bad"
+    with pytest.raises(ofas_wrap.training.RunError, match=message):
+        train_backbone(["--dataset", env["dataset"], "--model", "cifar:resnet8", "--max-steps", "2",
+                        "--output", str(out), *flags, *TINY])
+    assert not out.exists()
+
+
 def test_e2e_from_random_initialisation_ramps_the_penalty_in(env):
     """OFAS from the first step (issue 26): --model without weights, the gate terms annealed from 0."""
     out = env["root"] / "e2e-scratch"

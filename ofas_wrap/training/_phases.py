@@ -141,6 +141,13 @@ def backbone_parser() -> argparse.ArgumentParser:
                              "l / L * P; a dropped block is not computed. Trains a backbone that tolerates skips")
     parser.add_argument("--drop-path-mode", choices=["batch", "sample"], default="batch",
                         help="one drop pattern per batch (fastest) or per image")
+    teach = parser.add_argument_group("distillation (fine-tuning a smaller network from a trained one)")
+    teach.add_argument("--teacher", default=None,
+                       help="run folder (or saved OFAS model) of a trained network whose full-depth backbone, "
+                            "frozen, is the teacher; needs --distill-weight > 0")
+    teach.add_argument("--distill-weight", type=float, default=0.0,
+                       help="weight of the KL to the teacher at --distill-tau (x tau^2), added to the cross-entropy")
+    teach.add_argument("--distill-tau", type=float, default=4.0)
     return parser
 
 
@@ -309,11 +316,17 @@ def _calibration_batches(trainer: Trainer):
     return make_loader(trainer.data.train, trainer.args.batch_size, shuffle=True, seed=trainer.args.seed + 7919)
 
 
-def train_backbone(argv: Optional[Sequence[str]] = None, model: Optional[nn.Module] = None) -> dict[str, Any]:
+def train_backbone(argv: Optional[Sequence[str]] = None, model: Optional[nn.Module] = None,
+                   teacher: Optional[nn.Module] = None) -> dict[str, Any]:
     """Plain supervised training of ``--model`` on ``--dataset``; saves it as an OFAS model at T = 0.
 
     ``model``: train this backbone (a plain ``nn.Module`` or an ``OFASModel``) instead of building ``--model``;
     its weights are trained in place. The returned summary holds the adapted model under ``"model"``.
+
+    ``teacher`` (or ``--teacher RUN``) with ``--distill-weight w``: the loss is the cross-entropy plus ``w`` times
+    the distillation loss to the frozen teacher (its full-depth backbone for an ``OFASModel``) at ``--distill-tau``:
+    the fine-tune that ``ofas_wrap.compare`` gives every smaller network made from a trained one (a depth-pruned or
+    channel-pruned copy, a static network).
 
     Example (the command line): ``python recipes/train_backbone.py --model cifar:resnet20 --dataset
     fashion-mnist --in-chans 1 --epochs 2 --output runs/base``
@@ -321,7 +334,24 @@ def train_backbone(argv: Optional[Sequence[str]] = None, model: Optional[nn.Modu
     args = backbone_parser().parse_args(argv)
     if not 0.0 <= args.drop_path < 1.0:
         raise RunError(f"--drop-path must be in [0, 1), got {args.drop_path}")
+    if args.distill_weight < 0 or args.distill_tau <= 0:
+        raise RunError(f"--distill-weight must be >= 0 and --distill-tau > 0, got {args.distill_weight} and "
+                       f"{args.distill_tau}")
+    if teacher is not None and args.teacher:
+        raise RunError("teacher= already gives the teacher: leave out --teacher")
+    if (teacher is not None or args.teacher) and args.distill_weight == 0:
+        raise RunError("a teacher is given but --distill-weight is 0: give --distill-weight (e.g. 1), or no teacher")
+    if args.distill_weight > 0 and teacher is None and not args.teacher:
+        raise RunError("--distill-weight needs a teacher: --teacher RUN (a trained run folder)")
+    if args.teacher:
+        teacher, _ = _load_init(args.teacher, args.trust_remote_code)
+        args.teacher = str(Path(os.path.abspath(args.teacher)))
+    if teacher is not None:
+        teacher = (teacher.unwrap() if isinstance(teacher, OFASModel) else teacher)
+        teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
     trainer = Trainer(args, "train_backbone", find_unused_parameters=args.drop_path > 0)
+    if teacher is not None:
+        teacher.to(trainer.accelerator.device)
     info = trainer.load_data().info
     user_model = model
     if user_model is None:
@@ -340,8 +370,15 @@ def train_backbone(argv: Optional[Sequence[str]] = None, model: Optional[nn.Modu
     def step(module: nn.Module, batch) -> dict[str, Any]:
         images, labels = batch
         logits = module(images)
-        return {"loss": F.cross_entropy(logits, labels, label_smoothing=args.label_smoothing),
-                "logits": logits, "targets": labels}
+        loss = F.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
+        metrics = {}
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(images)
+            distill = distillation_loss(logits, teacher_logits, args.distill_tau)
+            metrics = {"ce": float(loss.detach()), "distill": float(distill.detach())}
+            loss = loss + args.distill_weight * distill
+        return {"loss": loss, "logits": logits, "targets": labels, "metrics": metrics}
 
     def evaluate(module: nn.Module, loader) -> dict[str, float]:
         if isinstance(module, StochasticDepth):  # full depth, BatchNorm statistics re-estimated at full depth
