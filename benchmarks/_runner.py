@@ -14,8 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["RECIPES", "complete_run", "run_recipe", "run_or_reuse", "work_folders", "save_figure", "write_report",
-           "write_text_atomic"]
+__all__ = ["RECIPES", "complete_run", "run_recipe", "run_or_reuse", "work_folders", "save_figure", "write_report"]
 
 # recipe name -> (module, function) called by recipes/NAME.py
 RECIPES = {
@@ -96,21 +95,11 @@ def write_report(out: Path, name: str, rows: list, meta: dict, markdown, plot) -
     ``OUT/NAME.png`` (``plot(rows, path)``)."""
     import json
 
+    from ofas_wrap._atomic import write_atomic
+
     table = markdown(rows, meta)
-    write_text_atomic(out / f"{name}.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    write_text_atomic(out / f"{name}.md", table + "\n")
+    write_atomic(out / f"{name}.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    write_atomic(out / f"{name}.md", table + "\n")
     plot(rows, out / f"{name}.png")
     print(table)
 
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a report file atomically: a hidden temporary file beside it, then renamed over it (a stopped
-    benchmark leaves the old report whole, never half a new one)."""
-    import os
-
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)

@@ -318,6 +318,7 @@ def _train_early_exit(args: argparse.Namespace, work: Path, data, kept: Optional
     from baselines import EarlyExitResNet, early_exit_loss
     from safetensors.torch import load_file, save_file
 
+    from ofas_wrap._atomic import atomic_path
     from ofas_wrap.data import make_loader
     from ofas_wrap.models import cifar_resnet
     from ofas_wrap.training import bf16_supported
@@ -355,9 +356,8 @@ def _train_early_exit(args: argparse.Namespace, work: Path, data, kept: Optional
                 print(f"[early_exit] step {step}/{steps} loss {loss.item():.3f}", flush=True)
     seconds = time.time() - started
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".model.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, weights)
+    with atomic_path(weights) as temporary:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(temporary))
     summary.write_text(json.dumps({"train_seconds": seconds, "epochs": epochs, "steps": steps, "lr": lr,
                                    "init": str(kept) if kept is not None else None, "bf16": bf16}))
     return model.eval(), seconds

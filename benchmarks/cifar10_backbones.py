@@ -141,6 +141,8 @@ def test_accuracy(run: Path, dataset: str) -> tuple[float, int]:
 
 def keep(name: str, run: Path, command: list[str], keep_root: Path, dataset: str) -> dict:
     """Copy the finished run into the repository (atomically) and record it in backbones.json."""
+    from ofas_wrap._atomic import write_atomic
+
     accuracy, count = test_accuracy(run, dataset)
     target = keep_root / name
     staging = keep_root / f".{name}.tmp"
@@ -169,9 +171,7 @@ def keep(name: str, run: Path, command: list[str], keep_root: Path, dataset: str
     index_path = keep_root / "backbones.json"
     index = json.loads(index_path.read_text()) if index_path.is_file() else {}
     index[name] = record
-    tmp = keep_root / ".backbones.json.tmp"
-    tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, index_path)
+    write_atomic(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
     print(f"[backbones] kept {name}: test top-1 {100 * accuracy:.2f} % ({count} images) -> {target}", flush=True)
     return record
 

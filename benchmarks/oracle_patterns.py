@@ -71,6 +71,7 @@ from torch import Tensor
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ofas_wrap._atomic import write_atomic  # noqa: E402
 from ofas_wrap.training import accuracy_under_patterns, greedy_path, read_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -339,9 +340,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     text = format_markdown(rows, meta)
     for path, content in ((out / "oracle_patterns.md", text + "\n"),
                           (out / "oracle_patterns.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(content)
-        os.replace(tmp, path)
+        write_atomic(path, content)
     print(text)
     return 0
 

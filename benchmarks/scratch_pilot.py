@@ -122,12 +122,12 @@ def write_report(rows: dict[str, dict], chosen: tuple[str, str], args: argparse.
                      f"{100 * row['flops_fraction']:.1f} % | {row['blocks']:.1f} / {row['num_gates']} | "
                      f"{row['adaptive_gates']} | {row['distinct_patterns']} | {row.get('train_seconds', 0):.0f} |")
     lines += ["", f"**Chosen: `{chosen[0]}`** (clause {chosen[1]}).", ""]
+    from ofas_wrap._atomic import write_atomic
+
     out.mkdir(parents=True, exist_ok=True)
     for path, text in ((out / "scratch_pilot.json", json.dumps({"rows": rows, "meta": meta}, indent=2) + "\n"),
                        (out / "scratch_pilot.md", "\n".join(lines))):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_atomic(path, text)
 
 
 def main(argv=None) -> int:

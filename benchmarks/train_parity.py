@@ -42,8 +42,9 @@ from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchmarks._runner import run_or_reuse, write_text_atomic  # noqa: E402
+from benchmarks._runner import run_or_reuse  # noqa: E402
 from benchmarks.cifar10_backbones import test_accuracy  # noqa: E402
+from ofas_wrap._atomic import write_atomic  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-png.tar.gz"
 CONFIGS = {
@@ -220,9 +221,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     }}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "train_parity.json", json.dumps(result, indent=2) + "\n")
+    write_atomic(out / "train_parity.json", json.dumps(result, indent=2) + "\n")
     text = markdown(result)
-    write_text_atomic(out / "train_parity.md", text)
+    write_atomic(out / "train_parity.md", text)
     print(text)
     return 0
 

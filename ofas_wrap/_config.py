@@ -2,7 +2,8 @@
 
 ``adaptify`` builds one from its arguments, ``config.json`` stores it as its ``"ofas"`` section, the recipes'
 and the CLI's flags take their choices from it, and :func:`check_threshold` is the one check of T (Eq. 1).
-This module is the bottom layer of the package: it imports nothing else from ``ofas_wrap``.
+This module is the bottom layer of the package: it imports nothing else from ``ofas_wrap`` but the atomic file
+write (``_atomic``, which imports nothing from it).
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import json
 import math
 import numbers
 import os
-import tempfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
 
 import torch
 
+from ._atomic import write_atomic
 from ._version import __version__
 
 __all__ = ["OFASConfig", "ConfigFieldError", "check_threshold", "FORMAT_NAME", "FORMAT_VERSION", "CONFIG_NAME"]
@@ -226,15 +227,7 @@ class OFASConfig:
         else:
             document = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "ofas_wrap_version": __version__,
                         "ofas": self.to_dict()}
-        handle, temporary = tempfile.mkstemp(prefix=f".{CONFIG_NAME}.", dir=folder)
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                stream.write(json.dumps(document, indent=2) + "\n")
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-        return path
+        return write_atomic(path, json.dumps(document, indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, path: PathLike) -> OFASConfig:

@@ -26,6 +26,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from ._atomic import write_atomic
+
 __all__ = ["COST_KINDS", "BLOCK_TABLE_FORMAT", "gate_costs", "measure_block_table", "save_block_table",
            "read_block_table", "block_table_costs"]
 
@@ -171,10 +173,4 @@ def save_block_table(table: dict[str, Any], path: Union[str, os.PathLike]) -> Pa
         raise ValueError(f"{path} is a folder: give the block table a file name, e.g. {path / 'blocks.json'}")
     if not path.parent.is_dir():
         raise ValueError(f"{path.parent}: no such folder for the block table")
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        temporary.write_text(json.dumps(table, indent=2) + "\n")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return write_atomic(path, json.dumps(table, indent=2) + "\n")

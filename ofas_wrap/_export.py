@@ -12,7 +12,6 @@ import contextlib
 import copy
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ._assembly import build_config
+from ._atomic import atomic_path
 from ._config import check_threshold
 from ._hub import CheckpointError, read_config
 
@@ -343,33 +343,28 @@ def export_onnx(model: nn.Module, path: PathLike, example_input: Optional[Tensor
     was_training, threshold = model.training, model.threshold
     model.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".onnx", dir=path.parent)
-    os.close(handle)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(_CondRouter(model).eval(), (example_input,), temporary, dynamo=True,
-                              opset_version=opset_version, input_names=["image"],
-                              output_names=["logits", "gates"],
-                              external_data=False, verbose=False)
-        proto = onnx.load(temporary)
-        if not any(node.op_type == "If" for node in proto.graph.node):
-            raise RuntimeError("the ONNX graph has no If node: the gates were not exported as branches")
-        if not any(init.name == ONNX_THRESHOLD_NAME for init in proto.graph.initializer):
-            raise RuntimeError(f"the ONNX graph has no {ONNX_THRESHOLD_NAME} initializer to set T with")
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = ONNX_CONFIG_KEY, json.dumps(config)
-        for value in sorted({threshold, 0.0}):
-            _check_onnx(model, proto, example_input, value, atol, rtol)
-        set_onnx_threshold(proto, threshold)
-        onnx.save(proto, temporary)
-        os.chmod(temporary, 0o666 & ~_umask())
-        os.replace(temporary, path)
+        with atomic_path(path, suffix=".onnx") as temporary:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(_CondRouter(model).eval(), (example_input,), str(temporary), dynamo=True,
+                                  opset_version=opset_version, input_names=["image"],
+                                  output_names=["logits", "gates"],
+                                  external_data=False, verbose=False)
+            proto = onnx.load(str(temporary))
+            if not any(node.op_type == "If" for node in proto.graph.node):
+                raise RuntimeError("the ONNX graph has no If node: the gates were not exported as branches")
+            if not any(init.name == ONNX_THRESHOLD_NAME for init in proto.graph.initializer):
+                raise RuntimeError(f"the ONNX graph has no {ONNX_THRESHOLD_NAME} initializer to set T with")
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = ONNX_CONFIG_KEY, json.dumps(config)
+            for value in sorted({threshold, 0.0}):
+                _check_onnx(model, proto, example_input, value, atol, rtol)
+            set_onnx_threshold(proto, threshold)
+            onnx.save(proto, str(temporary))
     finally:
         model.threshold = threshold
         model.train(was_training)
-        if os.path.exists(temporary):
-            os.unlink(temporary)
     return path
 
 
@@ -447,18 +442,8 @@ def _check_same(model: nn.Module, scripted: Any, x: Tensor, threshold: float, at
 
 def _atomic_jit_save(module: Any, path: Path, extra_files: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(handle)
-    try:
-        with _quiet_jit():
-            torch.jit.save(module, temporary, _extra_files=extra_files)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; give it normal permissions
-        with open(temporary, "rb") as stream:
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    with atomic_path(path) as temporary, _quiet_jit():
+        torch.jit.save(module, str(temporary), _extra_files=extra_files)
 
 
 @contextlib.contextmanager
@@ -467,12 +452,6 @@ def _quiet_jit() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
         yield
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _device_of(model: nn.Module) -> torch.device:

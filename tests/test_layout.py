@@ -31,6 +31,8 @@ TRAINING_CODE = ("ofas_wrap.training",)
 # the modules that may import ofas_wrap.training: itself, the entry points, and the ofas_wrap.rl alias module
 # (the package's __init__ too, but only inside its lazy module __getattr__: checked on its own)
 TRAINING_IMPORTERS = ("ofas_wrap.training", "ofas_wrap.recipes", "ofas_wrap.cli", "ofas_wrap.rl")
+# leaf modules, which import nothing of ofas_wrap, so that every module may use them: the atomic file write
+LEAVES = ("ofas_wrap._atomic",)
 
 
 def _modules() -> dict[str, Path]:
@@ -195,8 +197,14 @@ def test_the_data_package_is_in_no_cycle_and_never_imports_itself(deferred):
     assert not through_data, f"import cycle through ofas_wrap.data: {_describe(through_data)}"
     for name in sorted(data_modules - {"ofas_wrap.data"}):
         assert "ofas_wrap.data" not in graph[name], f"{name} imports the package ofas_wrap.data (import a sibling)"
-        upward = sorted(target for target in graph[name] if target not in data_modules)
+        upward = sorted(target for target in graph[name] if target not in data_modules and target not in LEAVES)
         assert not upward, f"{name} imports {upward}: ofas_wrap.data depends on nothing else of ofas_wrap"
+
+
+def test_the_leaf_modules_import_nothing_of_the_package_counting_deferred_imports():
+    graph = import_graph(deferred=True)
+    for leaf in LEAVES:
+        assert graph[leaf] == set(), f"{leaf} imports {sorted(graph[leaf])}; a leaf module imports nothing of ofas_wrap"
 
 
 def test_no_import_cycle_at_import_time():

@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+
+from .._atomic import atomic_path
 
 __all__ = ["cache_dir", "_decoded_key", "_read_decoded", "_write_decoded", "_dir_fingerprint"]
 
@@ -69,11 +70,5 @@ def _write_decoded(key: str, decoded: dict[str, Any]) -> None:
     """Cache ``decoded`` under ``key`` atomically (a temporary file renamed over the target)."""
     target = cache_dir() / "decoded" / f"{key}.pt"
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=".decoded-", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(decoded, stream)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as temporary:
+        torch.save(decoded, temporary)

@@ -21,7 +21,6 @@ import argparse
 import copy
 import csv
 import math
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from .._atomic import atomic_path
 from .._calibration import fold_head_temperature, head_temperature
 from .._config import check_threshold
 from .._plan import FLOPS_NOTE
@@ -413,9 +413,8 @@ def _plot(rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, Any]], pa
         axis.grid(alpha=0.3)
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as temporary:  # savefig picks the format from the name
+        figure.savefig(temporary, dpi=120)
 
 
 def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
@@ -638,8 +637,7 @@ def _measure_baseline(accelerator, baseline_dir: Optional[Path], model, cpu_mode
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, Any]]) -> None:
     fields = ["threshold", "val_accuracy", "test_accuracy", "executed_blocks", "num_blocks", "executed_gates",
               "num_gates", "mflops", "latency_ms", "latency_p90_ms"]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["model"] + fields, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
@@ -649,7 +647,6 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]], baseline: Optional[di
                              "num_blocks": baseline["num_blocks"], **{k: baseline.get(k) for k in
                                                                         ("val_accuracy", "test_accuracy", "mflops",
                                                                          "latency_ms", "latency_p90_ms")}})
-    os.replace(tmp, path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

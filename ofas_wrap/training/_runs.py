@@ -11,6 +11,7 @@ from typing import Any, Optional, Union
 
 from torch import Tensor
 
+from .._atomic import write_atomic
 from ._errors import RunError
 
 __all__ = ["read_run", "latest_checkpoint", "DATA_KEYS"]
@@ -58,9 +59,7 @@ def latest_checkpoint(run: Union[str, os.PathLike]) -> Optional[Path]:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(payload, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(value: Any) -> Any:

@@ -53,6 +53,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from .._atomic import write_atomic
 from ..data import DataError, ImageData, load_image_data, make_loader
 from ._errors import NonFiniteLossError, RunError, TrainingInterrupted
 from ._runs import (
@@ -249,9 +250,7 @@ class Trainer:
                 shutil.rmtree(stale, ignore_errors=True)
             else:
                 os.replace(staging, final)
-            pointer = self.checkpoint_root / f".{LATEST}.tmp"
-            pointer.write_text(name + "\n")
-            os.replace(pointer, self.checkpoint_root / LATEST)
+            write_atomic(self.checkpoint_root / LATEST, name + "\n")
             kept = sorted(p for p in self.checkpoint_root.glob("step-*") if p.is_dir())
             for old in kept[:-self.args.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
