@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.verdict import decide, interpolate, sentence
+from ofas_wrap.compare import decide, interpolate, sentence
 
 STATIC = [(6.0, 0.9173), (9.0, 0.9263), (12.0, 0.9310), (15.0, 0.9339)]  # (latency ms, top-1)
 

@@ -1,4 +1,4 @@
-"""The decision rule of issue 10, written down before the runs it judges, as one pure function.
+"""The decision rule of issue 10 (docs/results.md), written down before the runs it judges, as one pure function.
 
 OFAS beats the static curve if and only if, at the threshold chosen on validation (never on test):
 
