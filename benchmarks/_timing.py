@@ -1,5 +1,6 @@
 """Batch-1 latency of the benchmarks' rows: the module to time (TorchScript, or eager when the user's code does not
-script), its threshold, and the mean over images of each one's median time, gates forced for the controls.
+script), its threshold, and the mean over images of each one's median time (``ofas_wrap._bench.latency_over_images``),
+gates forced for the controls.
 
 ``timed_model``'s ``args`` carries ``runtime`` (``torchscript``, the default, or ``eager``).
 """
@@ -12,7 +13,9 @@ from typing import Any, Optional
 
 import torch
 
-__all__ = ["InterleavedTimer", "timed_model", "set_threshold", "latency_ms", "control_patterns"]
+from ofas_wrap._bench import latency_over_images
+
+__all__ = ["InterleavedTimer", "timed_model", "set_threshold", "control_patterns"]
 
 
 def timed_model(model: torch.nn.Module, args: argparse.Namespace) -> tuple[Any, str]:
@@ -38,15 +41,6 @@ def set_threshold(model: Any, threshold: float) -> None:
         model.threshold = threshold
 
 
-def latency_ms(model: Any, images: torch.Tensor, runs: int, threads: int,
-               patterns: Optional[torch.Tensor] = None) -> float:
-    """Mean over the images of each one's median batch-1 time; ``patterns`` forces image i's gates (controls)."""
-    from ofas_wrap import per_image_latency
-
-    return statistics.fmean(per_image_latency(model, images, runs=runs, warmup=3, threads=threads,
-                                              forced_gates=patterns))
-
-
 def control_patterns(control: dict[str, Any], own: torch.Tensor) -> torch.Tensor:
     """The gates a control row of ``ofas_wrap.training.control_rows`` forces on the timed images, one row per image:
     ``fixed_subset`` its one pattern, ``shuffled`` / ``random_rates`` OFAS's own patterns ``own`` on those images
@@ -66,7 +60,7 @@ class InterleavedTimer:
     Rows of one benchmark timed one after the other drift with the machine: eight timings of the same computation
     on a paused 2-core machine spread over 9.7-11.8 ms (docs/results.md, "Four times the budget"). Here every
     registered job is timed once per round (the mean over the images of each one's median over ``runs`` runs, as
-    :func:`latency_ms`), the order rotating from round to round, and a job's latency is the median over the rounds,
+    ``latency_over_images``), the order rotating from round to round, and a job's latency is the median over the rounds,
     so a slow stretch of the machine falls on every job alike.
 
     >>> timer = InterleavedTimer(torch.zeros(1, 3, 8, 8), runs=2, threads=1, rounds=2)
@@ -101,7 +95,9 @@ class InterleavedTimer:
                 model, threshold, patterns = self.jobs[key]
                 if threshold is not None:
                     set_threshold(model, threshold)
-                times[key].append(latency_ms(model, self.images, self.runs, self.threads, patterns))
+                mean, _ = latency_over_images(model, self.images, self.runs, warmup=3, threads=self.threads,
+                                              patterns=patterns)
+                times[key].append(mean)
         self.results = {key: statistics.median(values) for key, values in times.items()}
         return self.results
 

@@ -23,7 +23,7 @@ from ._export import ONNX_CONFIG_KEY, ONNX_THRESHOLD_NAME
 from ._plan import FLOPS_NOTE
 
 __all__ = ["LatencyResult", "SweepResult", "OnnxRuntimeModel", "measure_latency", "per_image_latency",
-           "sweep_thresholds", "format_sweep"]
+           "latency_over_images", "sweep_thresholds", "format_sweep"]
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,28 @@ def per_image_latency(module: Any, images: Tensor, runs: int = 5, warmup: int = 
                 module.forced_gate_mask = None
         medians.append(result.median_ms)
     return medians
+
+
+def latency_over_images(module: Any, images: Tensor, runs: int, warmup: int = 3, threads: Optional[int] = None,
+                        patterns: Optional[Tensor] = None) -> tuple[float, float]:
+    """The mean and the 90th percentile over ``images`` of each image's median batch-1 latency, in ms.
+
+    What the evaluation and the benchmarks report for one model at one threshold (:func:`per_image_latency`);
+    ``patterns`` (images x gates, bool) forces image i's gates, as the controls of issue 10 need.
+
+    Example:
+        >>> import torch, ofas_wrap
+        >>> model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16)).eval()
+        >>> mean, p90 = latency_over_images(model, torch.randn(3, 3, 16, 16), runs=2, warmup=1,
+        ...                                 patterns=torch.ones(3, model.num_gates, dtype=torch.bool))
+        >>> 0 < mean and 0 < p90
+        True
+    """
+    if images.dim() < 1 or images.shape[0] == 0:
+        raise ValueError(f"latency_over_images needs at least one image, got a tensor of shape {tuple(images.shape)}")
+    medians = per_image_latency(module, images, runs=runs, warmup=warmup, threads=threads, forced_gates=patterns)
+    ordered = sorted(medians)
+    return statistics.fmean(medians), ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
 
 
 def sweep_thresholds(model: Any, example_input: Tensor, thresholds: Sequence[float], runs: int = 50,

@@ -257,3 +257,30 @@ def test_per_image_latency_forces_each_images_gates_and_clears_them_after() -> N
     assert in_order == [[[True, False]], [[False, True]]] and module.forced_gate_mask is None
     with pytest.raises(ValueError, match="one per image"):
         ofas_wrap.per_image_latency(module, torch.randn(3, 3), forced_gates=gates)
+
+
+@pytest.mark.parametrize("medians, mean, p90", [
+    ([2.0], 2.0, 2.0),
+    ([4.0, 1.0, 3.0, 2.0], 2.5, 4.0),
+    ([float(i) for i in range(1, 11)], 5.5, 10.0),
+], ids=["one-image", "four-images", "ten-images"])
+def test_latency_over_images_is_the_mean_and_p90_of_the_per_image_medians(monkeypatch, medians, mean, p90):
+    from ofas_wrap import _bench
+
+    calls = []
+
+    def fake(module, images, runs, warmup, threads, forced_gates):
+        calls.append((runs, warmup, threads, forced_gates))
+        return list(medians)
+
+    monkeypatch.setattr(_bench, "per_image_latency", fake)
+    patterns = torch.ones(len(medians), 2, dtype=torch.bool)
+    got = _bench.latency_over_images(None, torch.zeros(len(medians), 3), runs=5, warmup=2, threads=1,
+                                     patterns=patterns)
+    assert got == pytest.approx((mean, p90))
+    assert calls == [(5, 2, 1, patterns)]
+
+
+def test_latency_over_images_refuses_no_images():
+    with pytest.raises(ValueError, match="at least one image"):
+        ofas_wrap._bench.latency_over_images(torch.nn.Identity(), torch.zeros(0, 3), runs=1)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_path
+from .._bench import latency_over_images
 from .._calibration import fold_head_temperature, head_temperature
 from .._config import check_threshold
 from .._plan import FLOPS_NOTE
@@ -189,15 +190,6 @@ def choose_threshold(rows: Sequence[dict[str, Any]], reference: float, max_drop:
         return max(ok)
     best = max(r["val_accuracy"] for r in rows)
     return max(r["threshold"] for r in rows if r["val_accuracy"] == best)
-
-
-def _latency_ms(module: Any, images: torch.Tensor, runs: int, warmup: int, threads: int) -> tuple[float, float]:
-    """The mean and the 90th percentile over the images of each image's median batch-1 latency."""
-    from .._bench import per_image_latency
-
-    medians = per_image_latency(module, images, runs=runs, warmup=warmup, threads=threads)
-    ordered = sorted(medians)
-    return sum(medians) / len(medians), ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
 
 
 def _script_backbone(backbone: nn.Module, example: torch.Tensor) -> Any:
@@ -514,10 +506,10 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         if scripted is not None:
             with torch.no_grad():
                 scripted.gate_threshold.fill_(threshold)
-            row["latency_ms"], row["latency_p90_ms"] = _latency_ms(
+            row["latency_ms"], row["latency_p90_ms"] = latency_over_images(
                 scripted, latency_images, args.latency_runs, args.latency_warmup, args.threads)
         elif script_failure is not None:
-            row["latency_ms"], row["latency_p90_ms"] = _latency_ms(
+            row["latency_ms"], row["latency_p90_ms"] = latency_over_images(
                 cpu_model.eval(), latency_images, args.latency_runs, args.latency_warmup, args.threads)
         accelerator.wait_for_everyone()
         rows.append(row)
@@ -628,7 +620,7 @@ def _measure_baseline(accelerator, baseline_dir: Optional[Path], model, cpu_mode
                 "latency_p90_ms": None}
     if accelerator.is_main_process and len(latency_images):
         scripted = _script_backbone(timed, latency_images[:1])
-        baseline["latency_ms"], baseline["latency_p90_ms"] = _latency_ms(
+        baseline["latency_ms"], baseline["latency_p90_ms"] = latency_over_images(
             scripted, latency_images, args.latency_runs, args.latency_warmup, args.threads)
     accelerator.wait_for_everyone()
     return baseline
