@@ -45,8 +45,10 @@ import torch
 from torch.utils.benchmark import Timer
 
 import ofas_wrap
+from ofas_wrap._atomic import write_atomic
 
 warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated")
+warnings.filterwarnings("ignore", message=r"The TorchScript type system doesn't support instance-level annotations")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -206,25 +208,13 @@ def report_text(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, report: dict[str, Any]) -> None:
-    """The report, written to a temporary file beside ``path`` and renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(json.dumps(report, indent=2) + "\n")
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     args = parse_args(argv)
     report = run(args)
     print(report_text(report), flush=True)
     if args.json is not None:
-        write_json(args.json, report)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(args.json, json.dumps(report, indent=2) + "\n")
     return report
 
 

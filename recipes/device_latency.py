@@ -143,7 +143,7 @@ def load_model(path, device, threads=None):
         raise SystemExit(f"error: {path} is TorchScript but not an OFAS export (no {CONFIG_NAME} inside); "
                          "export it with `ofas-wrap export`")
     config = json.loads(raw)
-    if "ofas" not in config or not hasattr(module, "gate_threshold"):
+    if "ofas" not in config or not (hasattr(module, "gate_threshold") or config.get("pruned")):
         raise SystemExit(f"error: {path} does not look like an OFAS model export")
     return module.eval(), config
 
@@ -178,6 +178,12 @@ def time_model(module, x, warmup, runs, device):
 
 def executed(module, config):
     """Executed residual blocks and FLOPs per sample of the last forward, from module.last_gates."""
+    pruned = config.get("pruned")
+    if pruned:  # a depth-pruned network (export_torchscript(prune=...)): its blocks and FLOPs are fixed
+        kept = len(config["ofas"]["blocks"]) - len(pruned["removed_blocks"])
+        flops = pruned.get("flops")
+        return (torch.full((1,), float(kept), dtype=torch.float64),
+                None if not flops else torch.full((1,), float(flops), dtype=torch.float64))
     if getattr(module, "last_gates", None) is None:  # an ONNX file without the gates output
         return torch.full((1,), float("nan"), dtype=torch.float64), None
     gates = module.last_gates.cpu().bool()
@@ -186,6 +192,8 @@ def executed(module, config):
     flops = config.get("flops")
     if not flops:
         return blocks, None
+    # A deliberate copy of ofas_wrap._plan._executed_flops: this script runs on devices with torch alone, without
+    # ofas-wrap installed (tests/test_bench.py checks that it never imports it), so it cannot call the package.
     total = torch.full((gates.shape[0],), float(flops["fixed"]), dtype=torch.float64)
     for block in flops["blocks"]:
         if not block["gated"]:
@@ -284,7 +292,12 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     module, config = load_model(args.model, device, args.threads)
     size = config["ofas"]["input_size"]
-    thresholds = args.threshold if args.threshold is not None else [float(module.gate_threshold)]
+    pruned = bool(config.get("pruned"))
+    if pruned and args.threshold is not None:
+        raise SystemExit(f"error: {args.model} is a depth-pruned network (no gates, no threshold): leave out "
+                         "--threshold")
+    thresholds = [None] if pruned else (args.threshold if args.threshold is not None
+                                        else [float(module.gate_threshold)])
 
     items = None
     if args.data:
@@ -304,7 +317,8 @@ def main(argv=None):
     rows = []
     try:
         for threshold in thresholds:
-            module.gate_threshold.fill_(threshold)
+            if threshold is not None:
+                module.gate_threshold.fill_(threshold)
             times = time_model(module, x, args.warmup, args.runs, device)
             with torch.no_grad():
                 module(x)
@@ -323,7 +337,8 @@ def main(argv=None):
                 row["images"] = len(items)
             rows.append(row)
     finally:
-        module.gate_threshold.fill_(float(config["ofas"]["threshold"]))
+        if not pruned:
+            module.gate_threshold.fill_(float(config["ofas"]["threshold"]))
 
     if args.json:
         print(json.dumps({"model": args.model, "device": str(device), "threads": torch.get_num_threads(),
@@ -337,7 +352,12 @@ def main(argv=None):
     name = backbone.get("source", "custom") + ":" + backbone.get("name", config.get("backbone_class", "?"))
     gated = len(config["ofas"]["gated_blocks"])
     shape = "x".join(str(s) for s in size)
-    print(f"model {args.model} ({name}), {num_blocks} residual blocks, {gated} gated")
+    if pruned:
+        removed = config["pruned"]["removed_blocks"]
+        print(f"model {args.model} ({name}), depth-pruned: {num_blocks - len(removed)} of {num_blocks} residual "
+              f"blocks (no gates)")
+    else:
+        print(f"model {args.model} ({name}), {num_blocks} residual blocks, {gated} gated")
     print(f"device {device}, {torch.get_num_threads()} threads, batch {args.batch_size} x {shape}, {source}; "
           f"{args.runs} runs after {args.warmup} warm-up; torch {torch.__version__}")
     header = f"{'T':>6} {'median ms':>10} {'p90 ms':>10} {'ms/image':>10} {'blocks':>13} {'MFLOPs':>9}"
@@ -347,7 +367,8 @@ def main(argv=None):
     for row in rows:
         blocks = f"{row['executed_blocks']:.2f}/{num_blocks}"
         mflops = "-" if row["mflops"] is None else f"{row['mflops']:.2f}"
-        line = (f"{row['threshold']:>6.3g} {row['median_ms']:>10.3f} {row['p90_ms']:>10.3f} "
+        threshold = "-" if row["threshold"] is None else f"{row['threshold']:.3g}"
+        line = (f"{threshold:>6} {row['median_ms']:>10.3f} {row['p90_ms']:>10.3f} "
                 f"{row['per_image_ms']:>10.3f} {blocks:>13} {mflops:>9}")
         if items is not None:
             data_blocks = f"{row['data_executed_blocks']:.2f}/{num_blocks}"

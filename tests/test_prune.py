@@ -504,6 +504,28 @@ def test_cli_bench_times_a_pruned_file(tmp_path, capsys):
     assert row["kept_blocks"] == 2 and row["removed_blocks"] == ["layer2.0"] and row["latency"]["median_ms"] > 0
 
 
+def test_the_device_script_times_a_pruned_file_with_torch_alone(tmp_path):
+    model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16))
+    path = ofas_wrap.export_torchscript(model, tmp_path / "p.pt", prune=[True, False, True])
+    script = os.path.join(REPO_ROOT, "recipes", "device_latency.py")
+    runner = textwrap.dedent(f"""
+        import runpy, sys
+        sys.argv = ["device_latency.py", {str(path)!r}, "--runs", "2", "--warmup", "1", "--json"]
+        try:
+            runpy.run_path({script!r}, run_name="__main__")
+        except SystemExit as exit:
+            assert not exit.code, exit.code
+        assert "ofas_wrap" not in sys.modules, "device_latency.py imported ofas_wrap"
+    """)
+    result = subprocess.run([sys.executable, "-c", runner], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["threshold"] is None and row["executed_blocks"] == 2.0 and row["median_ms"] > 0
+    assert row["mflops"] == pytest.approx(ofas_wrap.count_flops(
+        ofas_wrap.prune_blocks(model, [True, False, True]).eval(), torch.zeros(1, 3, 16, 16))[0] / 1e6)
+
+
 # ------------------------------------------------------------------------------------------------------ benchmark
 def test_the_latency_benchmark_runs_and_reports_equality_and_the_ratio(tmp_path):
     out = tmp_path / "prune_latency.json"
