@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ._config import check_threshold
 from ._export import ONNX_CONFIG_KEY, ONNX_THRESHOLD_NAME
-from ._plan import FLOPS_NOTE
+from ._plan import FLOPS_NOTE, _executed_flops
 
 __all__ = ["LatencyResult", "SweepResult", "OnnxRuntimeModel", "measure_latency", "per_image_latency",
            "latency_over_images", "sweep_thresholds", "format_sweep"]
@@ -285,15 +285,8 @@ class OnnxRuntimeModel:
 
 def executed_flops_from_config(flops: dict[str, Any], gates: Tensor) -> Tensor:
     """FLOPs per sample from the ``flops`` section of a saved config and bool ``gates`` (batch, num_gates)."""
-    gates = gates.bool()
-    total = torch.full((gates.shape[0],), float(flops["fixed"]), dtype=torch.float64)
-    for block in flops["blocks"]:
-        if not block["gated"]:
-            total += block["flops"]
-        else:
-            run = gates[:, block["gate_index"]].double()
-            total += run * block["flops"] + (1 - run) * block["skip_flops"]
-    return total
+    return _executed_flops(flops["fixed"], [(b["gated"], b["gate_index"], b["flops"], b["skip_flops"])
+                                            for b in flops["blocks"]], gates)
 
 
 def format_sweep(results: Sequence[SweepResult]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -20,6 +21,28 @@ def count_flops(module: nn.Module, *inputs: Tensor) -> tuple[int, Tensor]:
     with FlopCounterMode(display=False) as counter:
         output = module(*inputs)
     return int(counter.get_total_flops()), output
+
+
+def _executed_flops(fixed: float, blocks: Iterable[tuple[bool, int, float, float]], gates: Tensor) -> Tensor:
+    """FLOPs per sample under bool ``gates`` of shape (batch, num_gates) or (num_gates,): ``fixed`` (stem, head,
+    tail), each ungated block's ``flops``, and each gated block's ``flops`` when its gate runs it, ``skip_flops``
+    when it is skipped. ``blocks`` are ``(gated, gate_index, flops, skip_flops)``, from a plan or a saved config.
+
+    Example:
+        >>> _executed_flops(10, [(False, -1, 5, 0), (True, 0, 4, 1)], torch.tensor([[True], [False]])).tolist()
+        [19.0, 16.0]
+    """
+    gates = torch.as_tensor(gates).bool()
+    if gates.dim() == 1:
+        gates = gates.unsqueeze(0)
+    total = torch.full((gates.shape[0],), float(fixed), dtype=torch.float64)
+    for gated, gate_index, flops, skip_flops in blocks:
+        if not gated:
+            total += flops
+        else:
+            run = gates[:, gate_index].to(torch.float64)
+            total += run * flops + (1 - run) * skip_flops
+    return total
 
 
 @dataclass
@@ -74,18 +97,8 @@ class SurgeryPlan:
 
     def executed_flops(self, gates: Tensor) -> Tensor:
         """FLOPs per sample under bool ``gates`` of shape (batch, num_gates) or (num_gates,)."""
-        gates = torch.as_tensor(gates).bool()
-        if gates.dim() == 1:
-            gates = gates.unsqueeze(0)
-        total = torch.full((gates.shape[0],), float(self.stem_flops + self.head_flops + self.tail_flops),
-                           dtype=torch.float64)
-        for block in self.blocks:
-            if not block.gated:
-                total += block.flops
-            else:
-                run = gates[:, block.gate_index].to(torch.float64)
-                total += run * block.flops + (1 - run) * block.skip_flops
-        return total
+        return _executed_flops(self.stem_flops + self.head_flops + self.tail_flops,
+                               [(b.gated, b.gate_index, b.flops, b.skip_flops) for b in self.blocks], gates)
 
     def to_dict(self) -> dict:
         return asdict(self)
