@@ -21,7 +21,8 @@ import torch
 from ._atomic import write_atomic
 from ._version import __version__
 
-__all__ = ["OFASConfig", "ConfigFieldError", "check_threshold", "FORMAT_NAME", "FORMAT_VERSION", "CONFIG_NAME"]
+__all__ = ["OFASConfig", "ConfigFieldError", "CheckpointError", "check_threshold", "read_document", "FORMAT_NAME",
+           "FORMAT_VERSION", "CONFIG_NAME"]
 
 FORMAT_NAME = "ofas-wrap"
 FORMAT_VERSION = 1
@@ -37,6 +38,10 @@ class ConfigFieldError(ValueError):
         super().__init__(message)
         self.field = field
         self.value = value
+
+
+class CheckpointError(ValueError):
+    """A saved or exported OFAS model cannot be read: the message names the file, the problem and the fix."""
 
 
 def check_threshold(value: Any, what: str = "threshold", dtype: torch.dtype = torch.float32) -> float:
@@ -222,7 +227,7 @@ class OFASConfig:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / CONFIG_NAME
         if path.is_file():
-            document = _read_document(path)
+            document = read_document(path)
             document["ofas"] = self.to_dict()
         else:
             document = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "ofas_wrap_version": __version__,
@@ -232,14 +237,15 @@ class OFASConfig:
     @classmethod
     def from_pretrained(cls, path: PathLike) -> OFASConfig:
         """The config saved in a folder (``OFASModel.save_pretrained`` or :meth:`save_pretrained`), or in a
-        ``config.json`` file given directly. Raises FileNotFoundError, or ValueError naming the file."""
+        ``config.json`` file given directly. Raises FileNotFoundError, or ValueError naming the file (a
+        :class:`CheckpointError` when it is not a readable ofas-wrap config, as :func:`read_document` says)."""
         path = Path(path)
         if path.is_dir():
             path = path / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: give a folder written by save_pretrained (or its "
                                     f"{CONFIG_NAME})")
-        document = _read_document(path)
+        document = read_document(path)
         section = document.get("ofas")
         if not isinstance(section, dict):
             raise ValueError(f"{path}: no 'ofas' section with the head settings (got {section!r}); this is not an "
@@ -250,18 +256,40 @@ class OFASConfig:
             raise ValueError(f"{path}: {exc}") from None
 
 
-def _read_document(path: Path) -> dict[str, Any]:
+def read_document(path: PathLike, text: Optional[str] = None) -> dict[str, Any]:
+    """The JSON object of an ofas-wrap config file (``text``, when given, is its content: the config inside a
+    TorchScript export): valid JSON, an object, the ofas-wrap format (or none named) and a format version this
+    ofas-wrap reads (or none). The one reader of configs; raises :class:`CheckpointError` naming the file and the
+    fix. ``OFASConfig.from_pretrained`` reads the ``"ofas"`` section from it, ``read_config`` checks every field.
+
+    Example:
+        >>> read_document("config.json", text='{"format": "ofas-wrap", "format_version": 1}')["format_version"]
+        1
+        >>> read_document("config.json", text='{"format_version": 9}')  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ofas_wrap._config.CheckpointError: config.json: in format version 9, but this ofas-wrap ... upgrade it ...
+    """
+    path = Path(path)
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = json.loads(path.read_text(encoding="utf-8") if text is None else text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); the file is damaged, save it again") from None
-    if not isinstance(document, dict) or document.get("format") not in (None, FORMAT_NAME):
-        found = document.get("format") if isinstance(document, dict) else type(document).__name__
-        raise ValueError(f"{path} is not an ofas-wrap config (format {found!r})")
+        raise CheckpointError(f"{path}: not valid JSON ({exc}); the file is damaged, save it again") from None
+    if not isinstance(document, dict):
+        raise CheckpointError(f"{path} is not an ofas-wrap config (expected a JSON object, got "
+                              f"{type(document).__name__})")
+    if document.get("format") not in (None, FORMAT_NAME):
+        raise CheckpointError(f"{path} is not an ofas-wrap config (format {document.get('format')!r})")
     version = document.get("format_version", FORMAT_VERSION)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(f"{path}: format version {version!r}, but this ofas-wrap {__version__} reads versions up to "
-                         f"{FORMAT_VERSION}; upgrade it (pip install -U ofas-wrap)")
+    if not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path}: format_version must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        writer = document.get("ofas_wrap_version")
+        raise CheckpointError(
+            f"{path}: {f'written by ofas-wrap {writer} in' if writer else 'in'} format version {version}, but this "
+            f"ofas-wrap {__version__} reads format versions up to {FORMAT_VERSION}; upgrade it (pip install -U "
+            "ofas-wrap)"
+        )
     return document
 
 

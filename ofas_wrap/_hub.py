@@ -31,9 +31,11 @@ from ._config import (
     CONFIG_NAME,
     FORMAT_NAME,
     FORMAT_VERSION,
+    CheckpointError,
     ConfigFieldError,
     OFASConfig,
     check_threshold,
+    read_document,
 )
 from ._version import __version__
 
@@ -63,10 +65,6 @@ REQUIRED_KEYS = ("format", "format_version", "ofas_wrap_version", "backbone", "o
 METADATA_KEYS = ("class_names", "normalization", "datasets", "metrics", "license")
 METRIC_COLUMNS = (("threshold", "threshold"), ("accuracy", "accuracy"), ("executed_blocks", "executed blocks"),
                   ("mflops", "MFLOPs"), ("latency_ms", "latency (ms)"), ("device", "device"))
-
-
-class CheckpointError(ValueError):
-    """A saved or exported OFAS model cannot be read: the message names the file, the problem and the fix."""
 
 
 PathLike = Union[str, os.PathLike]
@@ -120,16 +118,10 @@ def _card_kwargs(model_card_kwargs: Optional[dict[str, Any]], model_name: Option
 
 # ---------------------------------------------------------------------------------------------- config
 def read_config(path: PathLike, text: Optional[str] = None) -> dict[str, Any]:
-    """Read and check an ofas-wrap config (``config.json`` or the one inside a TorchScript export)."""
+    """Read and check an ofas-wrap config (``config.json`` or the one inside a TorchScript export): the document
+    (:func:`read_document`), then every field a rebuild needs. Raises :class:`CheckpointError` naming the file."""
     path = Path(path)
-    try:
-        config = json.loads(path.read_text(encoding="utf-8") if text is None else text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc}); the file is damaged, save the model again") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(config).__name__}")
-    if config.get("format") not in (None, FORMAT_NAME):
-        raise CheckpointError(f"{path}: format {config.get('format')!r} is not an ofas-wrap model config")
+    config = read_document(path, text)
     missing = [key for key in REQUIRED_KEYS if key not in config]
     ofas = config.get("ofas")
     if isinstance(ofas, dict):
@@ -140,15 +132,6 @@ def read_config(path: PathLike, text: Optional[str] = None) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: missing fields {missing}; this is not a complete ofas-wrap config (save the model again "
             "with save_pretrained / export_torchscript)"
-        )
-    version = config["format_version"]
-    if not isinstance(version, int) or version < 1:
-        raise CheckpointError(f"{path}: format_version must be a positive integer, got {version!r}")
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: written by ofas-wrap {config.get('ofas_wrap_version')} in format version {version}, but "
-            f"this ofas-wrap {__version__} reads format versions up to {FORMAT_VERSION}; upgrade it "
-            "(pip install -U ofas-wrap)"
         )
     backbone = config["backbone"]
     if backbone is not None and not (isinstance(backbone, dict) and {"source", "name"} <= set(backbone)):

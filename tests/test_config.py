@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 import ofas_wrap
 from ofas_wrap import OFASConfig, OFASModel
-from ofas_wrap._config import ConfigFieldError, check_threshold
+from ofas_wrap._config import CheckpointError, ConfigFieldError, check_threshold, read_document
+from ofas_wrap._hub import read_config
 from ofas_wrap.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,3 +228,36 @@ def test_pool_grid_bad_values_refused(grid):
 def test_config_without_pool_grid_reads_as_the_papers_head():
     assert OFASConfig.from_dict({"variant": "I"}).pool_grid == 1
     assert "pool_grid" not in OFASConfig().to_dict() and OFASConfig(pool_grid=2).to_dict()["pool_grid"] == 2
+
+
+BAD_DOCUMENTS = [
+    ("{not json", r"config\.json: not valid JSON .*save it again"),
+    ("[1, 2]", r"config\.json is not an ofas-wrap config \(expected a JSON object, got list\)"),
+    ('{"format": "other"}', r"config\.json is not an ofas-wrap config \(format 'other'\)"),
+    ('{"format_version": "1"}', r"config\.json: format_version must be a positive integer, got '1'"),
+    ('{"format_version": 0}', r"config\.json: format_version must be a positive integer, got 0"),
+    ('{"format_version": 9}', r"config\.json: in format version 9, but .* up to 1; upgrade it"),
+    ('{"format_version": 9, "ofas_wrap_version": "9.1"}',
+     r"config\.json: written by ofas-wrap 9\.1 in format version 9"),
+]
+BAD_IDS = ["not-json", "not-an-object", "other-format", "version-not-int", "version-zero", "newer", "newer-named"]
+
+
+@pytest.mark.parametrize("text, message", BAD_DOCUMENTS, ids=BAD_IDS)
+def test_the_one_config_reader_names_the_file_and_the_problem(tmp_path, text, message):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(CheckpointError, match=message):
+        read_document(tmp_path / "config.json")
+    with pytest.raises(CheckpointError, match=message):  # the config inside a TorchScript export: given as text
+        read_document(tmp_path / "config.json", text=text)
+
+
+@pytest.mark.parametrize("text, message", BAD_DOCUMENTS, ids=BAD_IDS)
+def test_both_config_readers_raise_the_same_checkpoint_error_a_value_error(tmp_path, text, message):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(CheckpointError) as from_config:
+        OFASConfig.from_pretrained(tmp_path)
+    with pytest.raises(CheckpointError) as from_model_files:
+        read_config(tmp_path / "config.json")
+    assert str(from_config.value) == str(from_model_files.value)
+    assert isinstance(from_config.value, ValueError) and CheckpointError is ofas_wrap.CheckpointError
