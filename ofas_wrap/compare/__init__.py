@@ -2,13 +2,30 @@
 
 - ``_verdict``: the decision rule of docs/results.md (OFAS against the static curve), one pure function;
 - ``_depth``: depth pruning for a latency target (which blocks to remove, chosen on held-out images by measured
-  cost; ``ofas_wrap.prune_blocks`` removes them).
+  cost; ``ofas_wrap.prune_blocks`` removes them);
+- ``_channel``: channel pruning through Torch-Pruning (the blocks' inner channels), its ratio found on measured latency;
+- ``_timing``: every row timed as deployed, in interleaved rounds, at batch 1 and a server batch;
+- ``_compare``: :func:`compare`, the run itself (``recipes/compare.py``, ``ofas-wrap compare``), and
+  :func:`deploy_decision`, the per-target verdict.
 """
 
+from ._channel import channel_ratio_for_target, prunable_layers, prune_channels
+from ._compare import METHODS, compare, compare_parser, deploy_decision, main
 from ._depth import blocks_to_remove, choose_keep, removal_harm, removal_order
+from ._timing import InterleavedTimer, deployed
 from ._verdict import MIN_ADAPTIVE_GATES, RULE, decide, interpolate, sentence
 
 __all__ = [
+    "METHODS",
+    "InterleavedTimer",
+    "channel_ratio_for_target",
+    "compare",
+    "compare_parser",
+    "deploy_decision",
+    "deployed",
+    "main",
+    "prunable_layers",
+    "prune_channels",
     "MIN_ADAPTIVE_GATES",
     "RULE",
     "blocks_to_remove",

@@ -1,0 +1,681 @@
+"""``compare``: what should I deploy? Every method at one fine-tune budget, timed as deployed, judged per target.
+
+    python recipes/compare.py --init runs/base --dataset DATA --budget-epochs 5 --targets 0.75 0.6 \\
+        --static resnet20=cifar:resnet20@r20.safetensors --output runs/compare
+
+From one trained model (``--init RUN``, or ``--model SPEC|FILE.py:FACTORY --weights FILE``) it builds, at the same
+budget (``--budget-epochs`` / ``--budget-steps``, the same number of optimizer steps for every fine-tuned method)
+and with the same teacher (distillation from the original for every fine-tuned method, or, with
+``--distill-weight 0``, for none):
+
+- ``original``: the model as given;
+- ``static_NAME``: each static network the user names, as given, and ``static_NAME_ft`` fine-tuned like the others
+  (``--finetune-static``);
+- ``depth_prune``: for each latency target, the gated blocks to remove chosen on held-out images by measured cost
+  (``_depth``), physically removed (``ofas_wrap.prune_blocks``), fine-tuned;
+- ``channel_prune``: for each target, the inner-channel ratio found by bisection on measured latency (``_channel``,
+  Torch-Pruning), fine-tuned;
+- ``ofas_e2e`` / ``ofas_rl``: the project's best recipe (e2e, then RL for ``--ofas-rl-share`` of the budget), T chosen
+  per target on held-out images; and its controls at ``ofas_rl``'s T: ``fixed_subset``, ``shuffled``,
+  ``random_rates`` (same cost, no input dependence).
+
+Every choice (T, blocks, ratio) is made on the held-out split (``--val-size`` carved from train, or with ``--val-from
+test`` the seeded first part of test); accuracy is reported on the rest of test. Every row is timed as deployed
+(TorchScript, or the eager fallback named in ``runtime``) in interleaved rounds at batch 1 and at ``--server-batch``.
+Per target, the verdict names the method to deploy: the most accurate row (mean over seeds) whose measured batch-1
+latency is at or under the target. Writes ``OUTPUT/compare.{json,md,png}``; run folders go to ``--work`` (default
+``OUTPUT/runs``) and a complete one is reused, a partial one resumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .._atomic import atomic_path, write_atomic
+from .._bench import latency_over_images
+from .._factory import create_model
+from .._model import OFASModel
+from .._prune import prune_blocks
+from ..training._errors import RunError
+from ..training._evaluate import adaptivity, parse_thresholds
+from ._channel import INSTALL_HINT, channel_ratio_for_target, prune_channels
+from ._depth import choose_keep, removal_harm
+from ._timing import InterleavedTimer, deployed, set_threshold
+from ._verdict import decide, sentence
+
+__all__ = ["METHODS", "compare_parser", "compare", "deploy_decision", "main"]
+
+METHODS = ("original", "static", "depth_prune", "channel_prune", "ofas")
+# the e2e recipe that reached the best CIFAR-10 trade-off (docs/results.md): sampled gates opened at the start, a fast
+# head and a strong cost
+OFAS_E2E_ARGS = "--gate-sampling bernoulli --gate-bias-init 2 --head-lr 0.1 --skip-weight 1.0"
+CONTROLS = ("fixed_subset", "shuffled", "random_rates")
+
+
+# ---------------------------------------------------------------------------------------------- flags
+def compare_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compare", description="What should I deploy? OFAS beside depth pruning, channel pruning and smaller "
+        "networks, at one fine-tune budget, timed as deployed.")
+    model = parser.add_argument_group("the trained model")
+    model.add_argument("--init", default=None, help="run folder (or saved OFAS model) of the trained model")
+    model.add_argument("--model", default=None, help="or a spec / FILE.py:FACTORY (with --weights)")
+    model.add_argument("--weights", default=None, help="trained weights for --model")
+    model.add_argument("--model-kwargs", type=json.loads, default=None, help="JSON object for the --model factory")
+    model.add_argument("--trust-remote-code", action="store_true")
+    data = parser.add_argument_group("data (choices on the held-out split, results on test)")
+    data.add_argument("--dataset", required=True)
+    data.add_argument("--in-chans", default="auto")
+    data.add_argument("--val-size", type=float, default=0.1, help="held-out images: a fraction or a count")
+    data.add_argument("--val-from", choices=["train", "test"], default="train")
+    data.add_argument("--split-seed", type=int, default=0)
+    data.add_argument("--train-subset", type=int, default=None)
+    data.add_argument("--eval-subset", type=int, default=None)
+    data.add_argument("--mean", type=float, nargs="+", default=None)
+    data.add_argument("--std", type=float, nargs="+", default=None)
+    budget = parser.add_argument_group("the one budget")
+    budget.add_argument("--budget-epochs", type=float, default=None)
+    budget.add_argument("--budget-steps", type=int, default=None)
+    budget.add_argument("--batch-size", type=int, default=128)
+    budget.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate of every method")
+    budget.add_argument("--mixed-precision", choices=("no", "bf16"), default="no")
+    budget.add_argument("--seeds", type=int, nargs="+", default=[0])
+    budget.add_argument("--distill-weight", type=float, default=1.0,
+                        help="distillation from the original for every fine-tuned method (0: none for any)")
+    budget.add_argument("--distill-tau", type=float, default=4.0)
+    what = parser.add_argument_group("what to compare")
+    what.add_argument("--targets", type=float, nargs="+", default=None,
+                      help="latency targets as fractions of the original's measured batch-1 latency")
+    what.add_argument("--targets-ms", type=float, nargs="+", default=None, help="or in milliseconds")
+    what.add_argument("--static", action="append", default=[], metavar="NAME=SPEC[@WEIGHTS]|NAME=RUN",
+                      help="a static network to compare (repeat): a spec with its weights, or a run folder")
+    what.add_argument("--finetune-static", action="store_true",
+                      help="also fine-tune each static network with the same teacher and budget (static_NAME_ft)")
+    what.add_argument("--methods", nargs="+", choices=METHODS, default=None,
+                      help="default: all (channel_prune only where Torch-Pruning is installed)")
+    what.add_argument("--ofas-e2e-args", default=OFAS_E2E_ARGS)
+    what.add_argument("--ofas-rl-args", default="")
+    what.add_argument("--ofas-rl-share", type=float, default=0.2, help="share of the budget's steps for RL")
+    what.add_argument("--thresholds", default="0.05:0.95:0.05")
+    what.add_argument("--choice-images", type=int, default=2000, help="held-out images that rank the blocks")
+    what.add_argument("--no-controls", action="store_true")
+    timing = parser.add_argument_group("timing (as deployed)")
+    timing.add_argument("--runtime", choices=("torchscript", "eager"), default="torchscript")
+    timing.add_argument("--latency-samples", type=int, default=32, help="test images timed at batch 1")
+    timing.add_argument("--latency-runs", type=int, default=5)
+    timing.add_argument("--latency-rounds", type=int, default=3)
+    timing.add_argument("--server-batch", type=int, default=32, help="the batch size a server would use (0: none)")
+    timing.add_argument("--threads", type=int, default=1)
+    out = parser.add_argument_group("output")
+    out.add_argument("--output", required=True, help="folder of compare.json / .md / .png")
+    out.add_argument("--work", default=None, help="run folders of the fine-tunes (default OUTPUT/runs)")
+    out.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _parse_static(text: str) -> tuple[str, str, Optional[str]]:
+    name, sep, rest = text.partition("=")
+    if not sep or not name or not rest:
+        raise RunError(f"--static {text!r}: write NAME=SPEC[@WEIGHTS] (e.g. resnet20=cifar:resnet20@r20.safetensors) "
+                       "or NAME=RUN_FOLDER")
+    spec, _, weights = rest.partition("@")
+    return name, spec, weights or None
+
+
+def _check_args(args: argparse.Namespace) -> list[str]:
+    """Every flag checked before anything runs; returns the methods to run."""
+    if bool(args.init) == bool(args.model):
+        raise RunError("give the trained model: --init RUN, or --model SPEC with --weights FILE")
+    if args.init and args.weights:
+        raise RunError("--init already holds the weights: leave out --weights")
+    if (args.budget_epochs is None) == (args.budget_steps is None):
+        raise RunError("give one budget: --budget-epochs E or --budget-steps S (the same for every method)")
+    if (args.budget_epochs is not None and args.budget_epochs <= 0) or (args.budget_steps is not None
+                                                                        and args.budget_steps < 1):
+        raise RunError("the budget must be positive")
+    if (args.targets is None) == (args.targets_ms is None):
+        raise RunError("give the latency targets: --targets 0.75 0.6 (fractions of the original's latency) or "
+                       "--targets-ms 2.4 1.7")
+    if args.targets is not None and not all(0 < t <= 1 for t in args.targets):
+        raise RunError(f"--targets are fractions of the original's latency in (0, 1], got {args.targets}")
+    if args.targets_ms is not None and not all(t > 0 for t in args.targets_ms):
+        raise RunError(f"--targets-ms must be positive, got {args.targets_ms}")
+    if not 0 < args.ofas_rl_share < 1:
+        raise RunError(f"--ofas-rl-share must be in (0, 1), got {args.ofas_rl_share}")
+    if args.distill_weight < 0 or args.distill_tau <= 0:
+        raise RunError("--distill-weight must be >= 0 and --distill-tau > 0")
+    if min(args.latency_samples, args.latency_runs, args.latency_rounds, args.threads) < 1:
+        raise RunError("--latency-samples, --latency-runs, --latency-rounds and --threads must be >= 1")
+    statics = [_parse_static(s) for s in args.static]
+    if len({s[0] for s in statics}) != len(statics):
+        raise RunError(f"--static names must differ, got {[s[0] for s in statics]}")
+    methods = list(args.methods or METHODS)
+    try:
+        import torch_pruning  # noqa: F401
+    except ImportError:
+        if args.methods and "channel_prune" in args.methods:
+            raise RunError(INSTALL_HINT) from None
+        methods = [m for m in methods if m != "channel_prune"]
+    if "static" in methods and not statics:
+        methods.remove("static")
+    args.statics = statics
+    return methods
+
+
+# ---------------------------------------------------------------------------------------------- building blocks
+def _load_original(args: argparse.Namespace, info: Any) -> OFASModel:
+    if args.init:
+        return OFASModel.from_pretrained(args.init, trust_remote_code=args.trust_remote_code)
+    try:
+        return create_model(args.model, num_classes=info.num_classes, in_chans=info.channels,
+                            backbone_kwargs=args.model_kwargs, checkpoint_path=args.weights,
+                            input_size=(info.channels, *info.image_size))
+    except (ValueError, TypeError) as exc:
+        raise RunError(f"--model {args.model}: {exc}") from exc
+
+
+def _load_static(name: str, spec: str, weights: Optional[str], info: Any, args: argparse.Namespace) -> nn.Module:
+    try:
+        if Path(spec).is_dir():
+            model = OFASModel.from_pretrained(spec, trust_remote_code=args.trust_remote_code)
+        else:
+            model = create_model(spec, num_classes=info.num_classes, in_chans=info.channels, checkpoint_path=weights,
+                                 input_size=(info.channels, *info.image_size))
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        raise RunError(f"--static {name}: {exc}") from exc
+    return model.unwrap().eval()
+
+
+def _check_same_task(name: str, module: nn.Module, size: Sequence[int], classes: int) -> None:
+    try:
+        with torch.no_grad():
+            out = module.eval()(torch.zeros(1, *size))
+    except Exception as exc:
+        raise RunError(f"--static {name} does not take the model's input {tuple(size)}: {type(exc).__name__}: "
+                       f"{exc}") from None
+    if out.shape[-1] != classes:
+        raise RunError(f"--static {name} predicts {out.shape[-1]} classes, the model {classes}: compare networks of "
+                       "the same task")
+
+
+def _accuracy(module: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 500) -> float:
+    module.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(labels), batch):
+            correct += int((module(images[start:start + batch]).argmax(1) == labels[start:start + batch]).sum())
+    return correct / max(len(labels), 1)
+
+
+def _tensors(split: Any, limit: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    from ..data import make_loader
+
+    images, labels = [], []
+    for x, y in make_loader(split, 500):
+        images.append(x)
+        labels.append(y)
+    x, y = torch.cat(images), torch.cat(labels)
+    return (x[:limit], y[:limit]) if limit else (x, y)
+
+
+def _ms(module: nn.Module, images: torch.Tensor, args: argparse.Namespace, threshold: Optional[float] = None) -> float:
+    """A choice's latency: the deployed module on held-out images (one quick measurement, not the report's)."""
+    timed, _ = deployed(module, args.runtime)
+    if threshold is not None:
+        set_threshold(timed, threshold)
+    return latency_over_images(timed, images, runs=args.latency_runs, threads=args.threads)[0]
+
+
+class _Runs:
+    """Fine-tunes through the recipes' functions, one run folder each; a complete run is reused, a partial resumed."""
+
+    def __init__(self, args: argparse.Namespace, work: Path, steps: int, normalization: dict[str, list[float]]):
+        self.args, self.work, self.steps = args, work, steps
+        self.common = ["--dataset", args.dataset, "--in-chans", str(args.in_chans), "--val-size",
+                       _number(args.val_size), "--val-from", args.val_from, "--split-seed", str(args.split_seed),
+                       "--batch-size", str(args.batch_size), "--mixed-precision", args.mixed_precision,
+                       "--mean", *map(str, normalization["mean"]), "--std", *map(str, normalization["std"]),
+                       "--log-every", "50"]
+        if args.train_subset:
+            self.common += ["--train-subset", str(args.train_subset)]
+        if args.eval_subset:
+            self.common += ["--eval-subset", str(args.eval_subset)]
+        if args.no_progress:
+            self.common.append("--no-progress")
+
+    def _folder(self, name: str) -> tuple[Path, list[str]]:
+        run = self.work / name
+        flags = ["--output", str(run)]
+        if (run / "checkpoints").is_dir() and not (run / "metrics.json").is_file():
+            flags.append("--resume")
+        return run, flags
+
+    @staticmethod
+    def complete(run: Path) -> bool:
+        return (run / "metrics.json").is_file() and (run / "model.safetensors").is_file()
+
+    def finetune(self, name: str, module: nn.Module, teacher: nn.Module, seed: int) -> nn.Module:
+        """``train_backbone`` on ``module`` (trained in place) with the teacher and the budget; returns it."""
+        from ..training import train_backbone
+
+        run, flags = self._folder(name)
+        if self.complete(run):
+            from safetensors.torch import load_file
+
+            state = load_file(str(run / "model.safetensors"))
+            prefix = "backbone."
+            module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            return module.eval()
+        argv = [*self.common, *flags, "--max-steps", str(self.steps), "--lr", str(self.args.lr), "--seed", str(seed)]
+        if self.args.distill_weight > 0:
+            argv += ["--distill-weight", str(self.args.distill_weight), "--distill-tau", str(self.args.distill_tau)]
+        train_backbone(argv, model=module, teacher=teacher if self.args.distill_weight > 0 else None)
+        return module.eval()
+
+    def ofas(self, original: OFASModel, seed: int) -> tuple[OFASModel, OFASModel]:
+        """e2e then RL from a copy of the original: (e2e model, RL model), the RL phase ``--ofas-rl-share`` of the
+        budget's steps."""
+        from ..training import e2e_finetune, rl_finetune
+
+        rl_steps = max(1, round(self.steps * self.args.ofas_rl_share))
+        e2e_steps = max(1, self.steps - rl_steps)
+        e2e_run, e2e_flags = self._folder(f"ofas_e2e-seed{seed}")
+        if self.complete(e2e_run):
+            e2e = OFASModel.from_pretrained(e2e_run, trust_remote_code=self.args.trust_remote_code)
+        else:
+            argv = [*self.common, *e2e_flags, "--max-steps", str(e2e_steps), "--lr", str(self.args.lr), "--seed",
+                    str(seed), *self.args.ofas_e2e_args.split()]
+            if self.args.distill_weight > 0:
+                argv += ["--distill-weight", str(self.args.distill_weight), "--distill-tau",
+                         str(self.args.distill_tau)]
+            e2e = e2e_finetune(argv, model=copy.deepcopy(original.unwrap()))["model"]
+        rl_run, rl_flags = self._folder(f"ofas_rl-seed{seed}")
+        if self.complete(rl_run):
+            rl = OFASModel.from_pretrained(rl_run, trust_remote_code=self.args.trust_remote_code)
+        else:
+            argv = [*self.common, *rl_flags, "--max-steps", str(rl_steps), "--seed", str(seed),
+                    *self.args.ofas_rl_args.split()]
+            rl = rl_finetune(argv, model=copy.deepcopy(e2e))["model"]
+        return e2e.eval(), rl.eval()
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and value >= 1 else str(value)
+
+
+# ---------------------------------------------------------------------------------------------- the verdict
+def deploy_decision(rows: Sequence[dict[str, Any]], target_ms: float) -> dict[str, Any]:
+    """The method to deploy at ``target_ms``: the row group (method, target) with the best mean test top-1 over its
+    seeds among those whose mean measured batch-1 latency is at or under the target; with the next best.
+
+    Example:
+        >>> rows = [{"method": "a", "target": None, "top1": 0.9, "latency_ms": 2.0},
+        ...         {"method": "b", "target": None, "top1": 0.8, "latency_ms": 1.0},
+        ...         {"method": "c", "target": None, "top1": 0.95, "latency_ms": 3.0}]
+        >>> d = deploy_decision(rows, 2.5)
+        >>> d["deploy"], d["next_best"], d["sentence"]
+        ('a', 'b', 'at <= 2.500 ms, deploy a: 90.00 % (next best b: 80.00 %)')
+    """
+    groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("latency_ms") is None or row.get("top1") is None or row.get("control"):
+            continue
+        groups.setdefault((row["method"], row.get("target")), []).append(row)
+    candidates = []
+    for (method, target), group in groups.items():
+        latency = statistics.fmean(r["latency_ms"] for r in group)
+        if latency <= target_ms:
+            candidates.append({"method": method, "target": target, "top1": statistics.fmean(r["top1"] for r in group),
+                               "latency_ms": latency, "seeds": len(group)})
+    candidates.sort(key=lambda c: -c["top1"])
+    if not candidates:
+        return {"target_ms": target_ms, "deploy": None, "next_best": None, "candidates": [],
+                "sentence": f"at <= {target_ms:.3f} ms, no method measured fits"}
+    best, rest = candidates[0], candidates[1:]
+    text = f"at <= {target_ms:.3f} ms, deploy {best['method']}: {100 * best['top1']:.2f} %"
+    text += f" (next best {rest[0]['method']}: {100 * rest[0]['top1']:.2f} %)" if rest else " (nothing else fits)"
+    return {"target_ms": target_ms, "deploy": best["method"], "next_best": rest[0]["method"] if rest else None,
+            "candidates": candidates, "sentence": text}
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """Run the comparison; returns the report (also ``OUTPUT/compare.json``)."""
+    from ..data import load_image_data
+    from ..training import control_rows
+
+    args = compare_parser().parse_args(argv)
+    methods = _check_args(args)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RunError("compare runs in one process (its timings need the whole machine): launch it with python, or "
+                       "accelerate launch --num_processes 1")
+    started = time.time()
+    output = Path(args.output)
+    work = Path(args.work) if args.work else output / "runs"
+    normalization = {"mean": args.mean, "std": args.std} if args.mean and args.std else None
+    if args.init and normalization is None:
+        normalization = json.loads((Path(args.init) / "config.json").read_text()).get("normalization")
+    val_size = int(args.val_size) if args.val_size >= 1 else args.val_size
+    try:
+        data = load_image_data(args.dataset, in_chans="auto" if args.in_chans == "auto" else int(args.in_chans),
+                               val_size=val_size, train_subset=args.train_subset, eval_subset=args.eval_subset,
+                               split_seed=args.split_seed, augment=False, normalization=normalization,
+                               val_from=args.val_from)
+    except (ValueError, FileNotFoundError) as exc:
+        raise RunError(f"--dataset {args.dataset}: {exc}") from exc
+    info = data.info
+    normalization = {"mean": list(info.mean), "std": list(info.std)}
+    original = _load_original(args, info).eval()
+    size = tuple(original.config["input_size"])
+    with torch.no_grad():
+        classes = original.unwrap()(torch.zeros(1, *size)).shape[-1]
+    if classes != info.num_classes:
+        raise RunError(f"the model predicts {classes} classes but the dataset has {info.num_classes}")
+    statics = {name: _load_static(name, spec, weights, info, args) for name, spec, weights in args.statics}
+    for name, module in statics.items():
+        _check_same_task(name, module, size, classes)
+    val_x, val_y = _tensors(data.val)
+    test_x, test_y = _tensors(data.test)
+    if len(val_y) == 0 or len(test_y) == 0:
+        raise RunError("the held-out split or the test split is empty: give --val-size > 0 and a dataset with a test "
+                       "split")
+    choice_x = val_x[:args.latency_samples]
+
+    # ---- the targets, and whether they can be reached at all
+    full_ms = _ms(original.unwrap(), choice_x, args)
+    targets = ([round(t * full_ms, 4) for t in args.targets] if args.targets is not None
+               else list(args.targets_ms))
+    floor_ms = None
+    if original.num_gates:
+        floor_ms = _floor_ms(original, choice_x, args)
+        unreachable = [t for t in targets if t < floor_ms]
+        if unreachable:
+            raise RunError(f"target(s) {unreachable} ms are below {floor_ms:.3f} ms, the original with every gated "
+                           f"block removed (its full depth takes {full_ms:.3f} ms here): give larger targets")
+    steps_per_epoch = math.ceil(len(data.train) / args.batch_size)
+    steps = args.budget_steps or max(1, round(args.budget_epochs * steps_per_epoch))
+    runs = _Runs(args, work, steps, normalization)
+    teacher = original.unwrap()
+    rows: list[dict[str, Any]] = []
+    timer = InterleavedTimer(test_x[:args.latency_samples], runs=args.latency_runs, threads=args.threads,
+                             rounds=args.latency_rounds, server_batch=args.server_batch)
+    runtimes: dict[str, str] = {}
+
+    def add_row(key: str, module: Any, row: dict[str, Any], threshold: Optional[float] = None,
+                patterns: Optional[torch.Tensor] = None, timed: Optional[Any] = None) -> None:
+        if timed is None:
+            timed, runtimes[key] = deployed(module, args.runtime)
+        else:
+            runtimes[key] = runtimes.get(row["method"], "torchscript")
+        timer.add(key, timed, threshold, patterns)
+        rows.append({"seed": None, "target": None, "threshold": None, "chosen": True, "adaptive_gates": None,
+                     **row, "_timing": key})
+
+    def log(text: str) -> None:
+        print(f"[compare] {text}", flush=True)
+
+    log(f"original {full_ms:.3f} ms at batch 1 here; targets {targets} ms; budget {steps} steps")
+    if "original" in methods:
+        add_row("original", original.unwrap(), {"method": "original", "top1": _accuracy(original.unwrap(), test_x,
+                                                                                      test_y)})
+    for name, module in statics.items():
+        add_row(f"static_{name}", module, {"method": f"static_{name}", "top1": _accuracy(module, test_x, test_y)})
+        if args.finetune_static:
+            for seed in args.seeds:
+                tuned = runs.finetune(f"static_{name}_ft-seed{seed}", copy.deepcopy(module), teacher, seed)
+                add_row(f"static_{name}_ft-{seed}", tuned, {"method": f"static_{name}_ft", "seed": seed,
+                                                            "top1": _accuracy(tuned, test_x, test_y)})
+
+    if "depth_prune" in methods and original.num_gates:
+        from .._costs import measure_block_table
+
+        log("depth_prune: ranking the blocks on held-out images, timing what each removal saves")
+        harm = removal_harm(original, list(zip(val_x[:args.choice_images].split(250),
+                                               val_y[:args.choice_images].split(250))))
+        table = measure_block_table(original, choice_x[:1], runs=max(10, 4 * args.latency_runs), warmup=3,
+                                    threads=args.threads)
+        saving = [float(b["saved_ms"]) for b in table["blocks"]]
+        for target in targets:
+            keep, measured, removed = choose_keep(
+                harm.tolist(), saving, full_ms, target,
+                lambda pattern: _ms(prune_blocks(original, pattern), choice_x, args))
+            log(f"depth_prune at {target} ms: remove {len(removed)} blocks, measured {measured:.3f} ms")
+            if not any(keep) or measured > target:
+                note = ("it would remove every gated block" if not any(keep) else
+                        f"with every gated block removed it still takes {measured:.3f} ms")
+                rows.append({"method": "depth_prune", "target": target, "seed": None, "top1": None,
+                             "latency_ms": None, "chosen": False, "adaptive_gates": None,
+                             "note": f"depth pruning cannot reach the target: {note}"})
+                continue
+            for seed in args.seeds:
+                tuned = runs.finetune(f"depth_prune-{target}-seed{seed}", prune_blocks(original, keep), teacher, seed)
+                add_row(f"depth_prune-{target}-{seed}", tuned, {
+                    "method": "depth_prune", "target": target, "seed": seed, "top1": _accuracy(tuned, test_x, test_y),
+                    "kept_blocks": keep, "blocks": sum(keep), "choice_ms": measured})
+
+    if "channel_prune" in methods and original.num_gates:
+        example = choice_x[:1]
+        for target in targets:
+            try:
+                ratio, measured = channel_ratio_for_target(
+                    lambda r: _ms(prune_channels(original, r, example), choice_x, args), target)
+            except ValueError as exc:
+                log(f"channel_prune at {target} ms: {exc}")
+                rows.append({"method": "channel_prune", "target": target, "seed": None, "top1": None,
+                             "latency_ms": None, "chosen": False, "adaptive_gates": None, "note": str(exc)})
+                continue
+            log(f"channel_prune at {target} ms: ratio {ratio:.3f}, measured {measured:.3f} ms")
+            for seed in args.seeds:
+                tuned = runs.finetune(f"channel_prune-{target}-seed{seed}", prune_channels(original, ratio, example),
+                                      teacher, seed)
+                add_row(f"channel_prune-{target}-{seed}", tuned, {
+                    "method": "channel_prune", "target": target, "seed": seed, "ratio": round(ratio, 4),
+                    "top1": _accuracy(tuned, test_x, test_y), "choice_ms": measured})
+
+    ofas_rows: dict[float, list[dict[str, Any]]] = {t: [] for t in targets}
+    control_list: dict[float, list[dict[str, Any]]] = {t: [] for t in targets}
+    if "ofas" in methods and original.num_gates:
+        thresholds = parse_thresholds(args.thresholds)
+        for seed in args.seeds:
+            e2e, rl = runs.ofas(original, seed)
+            for method, model in (("ofas_e2e", e2e), ("ofas_rl", rl)):
+                sweep = _sweep(model, thresholds, val_x, val_y, choice_x, args)
+                scripted, runtime = deployed(model, args.runtime)
+                runtimes[method] = runtime
+                for target in targets:
+                    fits = [s for s in sweep if s["choice_ms"] <= target]
+                    if not fits:
+                        rows.append({"method": method, "target": target, "seed": seed, "top1": None,
+                                     "latency_ms": None, "chosen": False, "adaptive_gates": None,
+                                     "note": "no threshold reaches the target on the held-out images"})
+                        continue
+                    best = max(fits, key=lambda s: (s["val_top1"], s["threshold"]))
+                    model.threshold = best["threshold"]
+                    row = {"method": method, "target": target, "seed": seed, "threshold": best["threshold"],
+                           "top1": _accuracy(model, test_x, test_y), "val_top1": best["val_top1"],
+                           "adaptive_gates": best["adaptive_gates"], "distinct_patterns": best["distinct_patterns"],
+                           "blocks": best["blocks"], "choice_ms": best["choice_ms"]}
+                    add_row(f"{method}-{target}-{seed}", model, row, threshold=best["threshold"],
+                            timed=scripted)
+                    if method == "ofas_rl":
+                        ofas_rows[target].append(rows[-1])
+                        if not args.no_controls:
+                            _controls(model, best["threshold"], target, seed, (test_x, test_y), (val_x, val_y),
+                                      timer.images, scripted, add_row, control_list, control_rows)
+    log(f"timing {len(timer.jobs)} rows in {args.latency_rounds} interleaved rounds")
+    results = timer.run()
+    for row in rows:
+        key = row.pop("_timing", None)
+        if key is not None:
+            row.update({k: round(v, 4) for k, v in results[key].items()})
+            row["runtime"] = runtimes.get(key, runtimes.get(row["method"], "torchscript"))
+    decisions = [deploy_decision(rows, t) for t in targets]
+    verdict: dict[str, Any] = {"per_target": decisions}
+    static_points = sorted((r["latency_ms"], r["top1"]) for r in rows
+                           if r["method"].startswith("static_") and not r["method"].endswith("_ft"))
+    if static_points and any(ofas_rows.values()):
+        verdict["rule"] = {}
+        for target, judged in ofas_rows.items():
+            if judged:
+                rule = decide(static_points, judged, control_list[target], "ofas_rl")
+                verdict["rule"][str(target)] = {**rule, "sentence": sentence(rule)}
+    for decision in decisions:
+        depth = next((c for c in decision["candidates"] if c["method"] == "depth_prune"), None)
+        ofas = next((c for c in decision["candidates"] if c["method"] == "ofas_rl"), None)
+        if depth and ofas:
+            decision["ofas_minus_depth_prune_pp"] = round(100 * (ofas["top1"] - depth["top1"]), 3)
+    meta = {"model": args.init or args.model, "dataset": args.dataset, "budget_steps": steps,
+            "budget_epochs": args.budget_epochs if args.budget_epochs is not None else steps / steps_per_epoch,
+            "targets_ms": targets, "full_ms": full_ms, "floor_ms": floor_ms, "seeds": args.seeds,
+            "methods": methods, "distill_weight": args.distill_weight, "distill_tau": args.distill_tau,
+            "held_out": {"from": args.val_from, "images": len(val_y)}, "test_images": len(test_y),
+            "timing": {"runtime": args.runtime, "threads": args.threads, "samples": int(min(args.latency_samples,
+                                                                                            len(test_y))),
+                       "runs": args.latency_runs, "rounds": args.latency_rounds, "server_batch": args.server_batch},
+            "ofas_e2e_args": args.ofas_e2e_args, "ofas_rl_share": args.ofas_rl_share,
+            "seconds": round(time.time() - started, 1), "verdict": verdict,
+            "not_compared": ["early_exit (benchmarks/baselines.py; not yet a method of compare)"]}
+    report = {"rows": rows, "meta": meta}
+    _write(report, output)
+    for decision in decisions:
+        log(decision["sentence"])
+    return report
+
+
+def _floor_ms(original: OFASModel, images: torch.Tensor, args: argparse.Namespace) -> float:
+    """The original with every gated block removed: no method that removes or skips its blocks gets under this."""
+    return _ms(prune_blocks(original, [False] * original.num_gates), images, args)
+
+
+def _sweep(model: OFASModel, thresholds: Sequence[float], val_x: torch.Tensor, val_y: torch.Tensor,
+           choice_x: torch.Tensor, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Per T on the held-out split: top-1, blocks, adaptivity, and the deployed latency (the choices' data)."""
+    model.eval()
+    with torch.no_grad():
+        _, probs = model.gate_probabilities(val_x)
+    timed, _ = deployed(model, args.runtime)
+    sweep = []
+    for threshold in thresholds:
+        model.threshold = threshold
+        set_threshold(timed, threshold)
+        gates = probs >= threshold
+        sweep.append({"threshold": threshold, "val_top1": _accuracy(model, val_x, val_y),
+                      "blocks": float(gates.float().sum(1).mean()),
+                      "choice_ms": latency_over_images(timed, choice_x, runs=args.latency_runs,
+                                                       threads=args.threads)[0], **adaptivity(probs, threshold)})
+    return sweep
+
+
+def _controls(model, threshold, target, seed, test, val, timed_images, scripted, add_row, control_list,
+              control_rows) -> None:
+    """fixed_subset / shuffled / random_rates at OFAS's T: same cost, no input dependence; timed with their gates
+    forced on ``timed_images`` (the timer's), one pattern per image."""
+    from ..training import random_rate_patterns, shuffled_patterns
+
+    with torch.no_grad():
+        _, probs = model.gate_probabilities(timed_images)
+    own = probs >= threshold
+    for control in control_rows(model, threshold, test, val, seeds=(seed,)):
+        if control["method"] == "fixed_subset":
+            patterns = torch.tensor(control["pattern"]).expand(own.shape[0], -1)
+        elif control["method"] == "shuffled":
+            patterns = shuffled_patterns(own, control["seed"])
+        else:
+            patterns = random_rate_patterns(own, control["seed"])
+        row = {"method": control["method"], "target": target, "seed": seed, "threshold": threshold,
+               "top1": control["top1"], "control": True}
+        add_row(f"{control['method']}-{target}-{seed}", model, row, threshold=threshold, patterns=patterns,
+                timed=scripted)
+        control_list[target].append(row)
+
+
+# ---------------------------------------------------------------------------------------------- the report
+def _write(report: dict[str, Any], output: Path) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    write_atomic(output / "compare.json", json.dumps(report, indent=2, default=_jsonable) + "\n")
+    write_atomic(output / "compare.md", _markdown(report))
+    _plot(report, output / "compare.png")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    meta, timing = report["meta"], report["meta"]["timing"]
+    lines = [f"# What to deploy: {meta['model']} on {meta['dataset']}", "",
+             f"Budget: {meta['budget_steps']} fine-tune steps ({meta['budget_epochs']:.3g} epochs) for every method, "
+             f"distillation weight {meta['distill_weight']}; seeds {meta['seeds']}. Choices on "
+             f"{meta['held_out']['images']} held-out images ({meta['held_out']['from']}), results on "
+             f"{meta['test_images']} test images. Latency: {timing['runtime']}, {timing['threads']} thread(s), batch 1 "
+             f"(mean over {timing['samples']} images of each one's median, {timing['rounds']} interleaved rounds) and "
+             f"batch {timing['server_batch']}. The original takes {meta['full_ms']:.3f} ms here.", "", "## Verdict", ""]
+    for decision in meta["verdict"]["per_target"]:
+        extra = decision.get("ofas_minus_depth_prune_pp")
+        lines.append(f"- {decision['sentence']}" + ("" if extra is None else
+                                                     f"; OFAS (RL) - depth pruning: {extra:+.2f} pp"))
+    for target, rule in meta["verdict"].get("rule", {}).items():
+        lines.append(f"- At the {target} ms target, by the rule of docs/results.md: {rule['sentence']}")
+    lines += ["", "## Rows", "",
+              f"| method | target (ms) | seed | T | test top-1 | batch-1 ms | batch-{timing['server_batch']} ms | "
+              "blocks | adaptive gates | runtime or note |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def cell(value: Any, fmt: str = "{}", scale: float = 1.0) -> str:
+        return "" if value is None else fmt.format(value * scale if scale != 1.0 else value)
+    for row in report["rows"]:
+        lines.append(" | ".join([
+            f"| {row['method']}", cell(row.get("target")), cell(row.get("seed")), cell(row.get("threshold"), "{:.2f}"),
+            cell(row.get("top1"), "{:.2f} %", 100.0), cell(row.get("latency_ms"), "{:.3f}"),
+            cell(row.get("server_ms"), "{:.2f}"), cell(row.get("blocks"), "{:.1f}"), cell(row.get("adaptive_gates")),
+            f"{cell(row.get('runtime') or row.get('note'))} |"]))
+    if meta.get("not_compared"):
+        lines += ["", "Not compared here: " + "; ".join(meta["not_compared"]) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.add_subplot()
+    methods = sorted({r["method"] for r in report["rows"] if r.get("latency_ms") is not None})
+    for method in methods:
+        points = [(r["latency_ms"], 100 * r["top1"]) for r in report["rows"]
+                  if r["method"] == method and r.get("latency_ms") is not None and r.get("top1") is not None]
+        if points:
+            xs, ys = zip(*sorted(points))
+            axes.plot(xs, ys, "o" if len(points) == 1 or method.startswith("static") else "o-", label=method)
+    for target in report["meta"]["targets_ms"]:
+        axes.axvline(target, color="grey", linestyle=":", linewidth=1)
+    axes.set_xlabel(f"batch-1 latency (ms, {report['meta']['timing']['runtime']})")
+    axes.set_ylabel("test top-1 (%)")
+    axes.set_title("What to deploy: accuracy against measured latency")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    with atomic_path(path, suffix=".png") as temporary:
+        figure.savefig(temporary, dpi=120)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..training import main_guard
+
+    return main_guard(compare, argv)
