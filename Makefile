@@ -57,6 +57,11 @@ DEMO_BACKBONE ?= --epochs 4
 DEMO_E2E ?= --epochs 2
 DEMO_RL ?= --epochs 1
 DEMO_EVAL ?= --calibrate-head --thresholds 0.04:0.96:0.02 --eval-subset 1000 --latency-samples 32
+# the comparison at the end of the demo: the budget of e2e + RL (3 epochs), the method to deploy at 75 % and 50 % of
+# the original's measured latency, choices on the validation carve, results on the test images
+DEMO_COMPARE_DATA = --dataset $(DEMO_DATASET) --in-chans $(DEMO_CHANS) --train-subset 20000 --eval-subset 2000 \
+	--batch-size 128
+DEMO_COMPARE ?= --budget-epochs 3 --targets 0.75 0.5 --methods original static depth_prune ofas --no-progress
 SMOKE_BUDGET ?= --train-subset 256 --eval-subset 128 --batch-size 32 --max-steps 8 --no-progress
 SMOKE_EVAL ?= --thresholds 0.4,0.5,0.6 --eval-subset 128 --latency-samples 2 --latency-runs 2 --latency-warmup 1
 
@@ -82,6 +87,14 @@ demo: setup fashion-mnist
 	$(LAUNCH) recipes/rl_finetune.py --init $(DEMO_OUT)/e2e $(DEMO_BUDGET) $(DEMO_RL) \
 		--output $(DEMO_OUT)/rl --overwrite
 	$(LAUNCH) recipes/evaluate.py $(DEMO_OUT)/rl $(DEMO_EVAL)
+	$(LAUNCH) recipes/train_backbone.py --model cifar:resnet8 $(DEMO_DATA_FLAGS) $(DEMO_BUDGET) $(DEMO_BACKBONE) \
+		--output $(DEMO_OUT)/static8 --overwrite
+	$(LAUNCH) recipes/train_backbone.py --model cifar:resnet14 $(DEMO_DATA_FLAGS) $(DEMO_BUDGET) $(DEMO_BACKBONE) \
+		--output $(DEMO_OUT)/static14 --overwrite
+	$(PY) recipes/compare.py --init $(DEMO_OUT)/base $(DEMO_COMPARE_DATA) --ofas-runs $(DEMO_OUT)/e2e $(DEMO_OUT)/rl \
+		--static resnet8=$(DEMO_OUT)/static8 --static resnet14=$(DEMO_OUT)/static14 $(DEMO_COMPARE) \
+		--output $(DEMO_OUT)/compare --work $(DEMO_OUT)/compare-runs
+	@echo "The comparison: $(DEMO_OUT)/compare/compare.md and compare.png"
 
 demo-smoke: setup fashion-mnist
 	$(LAUNCH) recipes/train_backbone.py --model cifar:resnet8 $(DEMO_DATA_FLAGS) $(SMOKE_BUDGET) \
@@ -91,3 +104,8 @@ demo-smoke: setup fashion-mnist
 	$(LAUNCH) recipes/rl_finetune.py --init $(DEMO_OUT)-smoke/e2e $(SMOKE_BUDGET) \
 		--output $(DEMO_OUT)-smoke/rl --overwrite
 	$(LAUNCH) recipes/evaluate.py $(DEMO_OUT)-smoke/rl $(SMOKE_EVAL)
+	$(PY) recipes/compare.py --init $(DEMO_OUT)-smoke/base --dataset $(DEMO_DATASET) --in-chans $(DEMO_CHANS) \
+		--train-subset 256 --eval-subset 128 --batch-size 32 --ofas-runs $(DEMO_OUT)-smoke/e2e $(DEMO_OUT)-smoke/rl \
+		--static resnet8=$(DEMO_OUT)-smoke/base --budget-steps 4 --targets 0.9 --methods original static depth_prune ofas \
+		--latency-samples 2 --latency-runs 1 --latency-rounds 1 --server-batch 4 --thresholds 0.4,0.5,0.6 \
+		--choice-images 64 --no-progress --output $(DEMO_OUT)-smoke/compare --work $(DEMO_OUT)-smoke/compare-runs

@@ -57,7 +57,7 @@ from benchmarks._runner import (  # noqa: E402
     write_report,
 )
 from benchmarks._timing import InterleavedTimer, control_patterns, timed_model  # noqa: E402
-from benchmarks.verdict import RULE, decide, sentence  # noqa: E402
+from ofas_wrap.compare import RULE, decide, sentence  # noqa: E402
 
 # the lossless copy: published CIFAR-10 numbers are comparable on it (the JPEG copy costs about 10 pp; old tables
 # used it: --data ../shared/data/cifar10-jpeg.tar.gz reproduces them)

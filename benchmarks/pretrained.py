@@ -54,7 +54,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from benchmarks._runner import run_or_reuse, run_recipe, save_figure, work_folders, write_report  # noqa: E402
 from benchmarks._timing import InterleavedTimer, control_patterns, timed_model  # noqa: E402
-from benchmarks.verdict import RULE, decide, sentence  # noqa: E402
+from ofas_wrap.compare import RULE, decide, sentence  # noqa: E402
 
 RELEASED = REPO.parent / "shared" / "data" / "pretrained" / "akamaster-cifar10"
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-png.tar.gz"

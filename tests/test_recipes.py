@@ -455,6 +455,10 @@ def test_demo_smoke(env, tmp_path):
     assert "chosen on validation" in result.stdout and "exported TorchScript model" in result.stdout
     exported = list((tmp_path / "demo-smoke" / "rl" / "eval").glob("model_T*.pt"))
     assert len(exported) == 1
+    # the demo ends with the comparison: what to deploy at the target, beside the static network and depth pruning
+    verdict = json.loads((tmp_path / "demo-smoke" / "compare" / "compare.json").read_text())["meta"]["verdict"]
+    assert verdict["per_target"][0]["sentence"].startswith("at <= ")
+    assert "deploy" in (tmp_path / "demo-smoke" / "compare" / "compare.md").read_text()
 
 
 def test_non_finite_optimiser_flags_are_refused(env, tmp_path, capsys):

@@ -105,6 +105,9 @@ def compare_parser() -> argparse.ArgumentParser:
                       help="also fine-tune each static network with the same teacher and budget (static_NAME_ft)")
     what.add_argument("--methods", nargs="+", choices=METHODS, default=None,
                       help="default: all (channel_prune only where Torch-Pruning is installed)")
+    what.add_argument("--ofas-runs", nargs=2, default=None, metavar=("E2E_RUN", "RL_RUN"),
+                      help="OFAS already trained from this model at the same budget (e2e and RL run folders): used "
+                           "for the ofas rows instead of training them (one seed)")
     what.add_argument("--ofas-e2e-args", default=OFAS_E2E_ARGS)
     what.add_argument("--ofas-rl-args", default="")
     what.add_argument("--ofas-rl-share", type=float, default=0.2, help="share of the budget's steps for RL")
@@ -158,6 +161,12 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         raise RunError("--distill-weight must be >= 0 and --distill-tau > 0")
     if min(args.latency_samples, args.latency_runs, args.latency_rounds, args.threads) < 1:
         raise RunError("--latency-samples, --latency-runs, --latency-rounds and --threads must be >= 1")
+    if args.ofas_runs:
+        missing = [run for run in args.ofas_runs if not (Path(run) / "config.json").is_file()]
+        if missing:
+            raise RunError(f"--ofas-runs: {missing} hold no saved OFAS model (config.json)")
+        if len(args.seeds) > 1:
+            raise RunError("--ofas-runs gives one trained OFAS model: use one --seeds value with it")
     statics = [_parse_static(s) for s in args.static]
     if len({s[0] for s in statics}) != len(statics):
         raise RunError(f"--static names must differ, got {[s[0] for s in statics]}")
@@ -289,6 +298,10 @@ class _Runs:
         budget's steps."""
         from ..training import e2e_finetune, rl_finetune
 
+        if self.args.ofas_runs:
+            e2e_run, rl_run = self.args.ofas_runs
+            return tuple(OFASModel.from_pretrained(run, trust_remote_code=self.args.trust_remote_code).eval()
+                         for run in (e2e_run, rl_run))
         rl_steps = max(1, round(self.steps * self.args.ofas_rl_share))
         e2e_steps = max(1, self.steps - rl_steps)
         e2e_run, e2e_flags = self._folder(f"ofas_e2e-seed{seed}")
@@ -544,7 +557,8 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             "timing": {"runtime": args.runtime, "threads": args.threads, "samples": int(min(args.latency_samples,
                                                                                             len(test_y))),
                        "runs": args.latency_runs, "rounds": args.latency_rounds, "server_batch": args.server_batch},
-            "ofas_e2e_args": args.ofas_e2e_args, "ofas_rl_share": args.ofas_rl_share,
+            "ofas_e2e_args": None if args.ofas_runs else args.ofas_e2e_args, "ofas_rl_share": args.ofas_rl_share,
+            "ofas_runs": args.ofas_runs,
             "seconds": round(time.time() - started, 1), "verdict": verdict,
             "not_compared": ["early_exit (benchmarks/baselines.py; not yet a method of compare)"]}
     report = {"rows": rows, "meta": meta}
