@@ -11,7 +11,18 @@ from torch import Tensor, nn
 
 from ._gating import mix_gated
 
-__all__ = ["GatedBlock"]
+__all__ = ["GatedBlock", "CarryNothing"]
+
+
+class CarryNothing(nn.Module):
+    """The link of a plain chain of blocks: nothing is carried across blocks, ``(x, carried)`` pass through.
+
+    Where an outer shortcut spans several blocks, the surgery's links (``torch.fx`` graphs) take and return the
+    list ``carried`` instead: the values the backbone computed before a block and adds back after a later one.
+    """
+
+    def forward(self, x: Tensor, carried: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        return x, carried
 
 
 class GatedBlock(nn.Module):
@@ -21,15 +32,20 @@ class GatedBlock(nn.Module):
     computes (``nn.Identity`` or the projection path); ``after`` is whatever the backbone runs between this
     block and the next one (usually nothing). ``gate_index`` is the column of the head's output that gates
     this block, or -1 for a block that always runs.
+
+    ``link`` is that computation instead when it reads or keeps values across blocks (an outer shortcut's input,
+    added back after a later block): ``(x, carried) -> (x, carried)``, run by the model after this block (``after``
+    is then the identity); :class:`CarryNothing` in a plain chain.
     """
 
     def __init__(self, name: str, block: nn.Module, shortcut: nn.Module, gate_index: int,
-                 after: Optional[nn.Module] = None) -> None:
+                 after: Optional[nn.Module] = None, link: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.name = name
         self.block = block
         self.shortcut = shortcut
         self.after = after if after is not None else nn.Identity()
+        self.link = link if link is not None else CarryNothing()
         self.gate_index = gate_index
         self.identity_shortcut = isinstance(shortcut, nn.Identity)
 

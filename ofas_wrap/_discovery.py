@@ -10,9 +10,14 @@ the module's single tensor input ``x`` (Eq. 4's ``x + B(x)``):
   (the final ReLU of a post-activation block, an identity, a dropout).
 
 Each such addition belongs to the innermost module call for which it qualifies (so a stage holding a single
-block gives the block, not the stage); a residual structure nested inside another one (a global-context
-module inside a block) is dropped, so gates never overlap. No ``isinstance`` check on block classes is
-used: a user's own ResNet is found the same way as torchvision's and timm's.
+block gives the block, not the stage). Residual structures nested in one another are resolved innermost first
+(:func:`_select_blocks`): a residual module around two or more inner residual structures, or around one and no
+weights of its own, is an *outer shortcut* (a RoR stage, a long skip around a stage, a residual adapter): its
+inner blocks get the gates and its addition stays, ungated, in the links between them. A block with weights of
+its own around a single inner residual (a global-context module inside a block) is one block, the inner
+structure listed as ``nested``, so gates never overlap. An outer shortcut around residual additions written
+inline (no module each, so no block to gate) is refused. No ``isinstance`` check on block classes is used: a
+user's own ResNet is found the same way as torchvision's and timm's.
 """
 
 from __future__ import annotations
@@ -26,8 +31,12 @@ import torch.fx as fx
 from torch import nn
 
 from ._errors import SurgeryError
+from ._plan import OuterShortcutPlan
 
-__all__ = ["ResidualBlock", "DiscoveryTracer", "find_residual_blocks", "trace_with_blocks_as_leaves"]
+__all__ = ["ResidualBlock", "DiscoveryTracer", "find_residual_blocks", "find_outer_shortcuts",
+           "trace_with_blocks_as_leaves", "MODULE_META"]
+
+MODULE_META = "ofas_module"  # node.meta key: the module whose forward computed the node (trace_with_blocks_as_leaves)
 
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 _ADD_METHODS = ("add", "add_")
@@ -267,7 +276,7 @@ def find_residual_blocks(model: nn.Module, leaf_modules: tuple[type, ...] = ()) 
     _trace(tracer, model)
     # innermost first: a call's node list is shorter than that of any call enclosing it
     calls = sorted(tracer.calls, key=lambda c: len(c.nodes))
-    owner: dict[fx.Node, tuple[_ModuleCall, fx.Node]] = {}
+    owner: dict[fx.Node, tuple[_ModuleCall, fx.Node, fx.Node]] = {}
     for call in calls:
         if len(call.input_nodes) != 1 or call.output_node is None or not call.name:
             continue
@@ -281,10 +290,13 @@ def find_residual_blocks(model: nn.Module, leaf_modules: tuple[type, ...] = ()) 
             operands = _classify_operands(node, x, scope, model)
             if operands is None:
                 continue
-            owner[node] = (call, operands[0])
+            owner[node] = (call, operands[0], operands[1])
     found: dict[str, ResidualBlock] = {}
     spans: dict[str, set[fx.Node]] = {}
-    for add, (call, shortcut) in owner.items():
+    branch_only: dict[str, set[fx.Node]] = {}  # the nodes of each residual's branch that its shortcut does not run
+    adds: dict[str, fx.Node] = {}
+    ordered: dict[str, list[fx.Node]] = {}
+    for add, (call, shortcut, branch) in owner.items():
         if call.name in found:
             raise SurgeryError(
                 f"module {call.name!r} is called more than once in the forward pass, or holds two residual "
@@ -292,6 +304,10 @@ def find_residual_blocks(model: nn.Module, leaf_modules: tuple[type, ...] = ()) 
                 "module, or pass it in leaf_modules= to leave it ungated inside its parent."
             )
         x = call.input_nodes[0]
+        scope = set(call.nodes)
+        branch_only[call.name] = _ancestors(branch, scope) - _ancestors(shortcut, scope)
+        adds[call.name] = add
+        ordered[call.name] = [x, *call.nodes]  # the input first: an inline residual may start from it
         if shortcut is not x and _is_identity_path(shortcut, x, set(call.nodes), model):
             shortcut = x
         found[call.name] = ResidualBlock(
@@ -302,21 +318,117 @@ def find_residual_blocks(model: nn.Module, leaf_modules: tuple[type, ...] = ()) 
             add_node_name=add.name,
         )
         spans[call.name] = set(call.nodes)
-    # drop residual structures nested in another block (outermost wins)
-    outer: list[str] = []
-    for name in found:
-        enclosing = [other for other in found if other != name and spans[name] < spans[other]]
-        if enclosing:
-            found[min(enclosing, key=lambda other: len(spans[other]))].nested.append(name)
-        else:
-            outer.append(name)
+    selected = _select_blocks(found, ordered, branch_only, adds, model)
     node_order = {node: index for index, node in enumerate(tracer.graph.nodes)}
-    outer.sort(key=lambda name: min(node_order[n] for n in spans[name]))
-    return [found[name] for name in outer]
+    selected.sort(key=lambda name: min(node_order[n] for n in spans[name]))
+    return [found[name] for name in selected]
+
+
+def _select_blocks(found: dict[str, ResidualBlock], ordered: dict[str, list[fx.Node]],
+                   branch_only: dict[str, set[fx.Node]], adds: dict[str, fx.Node], root: nn.Module) -> list[str]:
+    """The residual structures that get the gates, when some are nested in others (innermost first).
+
+    A structure's *inner* residuals are the largest ones inside it: the residual modules it calls (directly or
+    through plain modules) and the residual additions it writes inline (:func:`_inline_residual_branch`). A structure
+    is an outer shortcut when it has two or more inner residuals, one that is an outer shortcut itself, or one and
+    no weights in its branch outside it; the gates then go to its inner blocks. Otherwise it is a block, and its
+    inner residual modules are recorded as ``nested``. Raises :class:`SurgeryError` for an outer shortcut around
+    inline residual additions: they have no module to gate, and one gate for the whole would skip all of them.
+    """
+    spans = {name: set(nodes[1:]) for name, nodes in ordered.items()}  # the nodes each call computes
+    names = sorted(found, key=lambda name: len(spans[name]))  # a structure after everything nested in it
+    parent: dict[str, str | None] = {}
+    for name in names:
+        enclosing = [other for other in names if other != name and spans[name] < spans[other]]
+        parent[name] = min(enclosing, key=lambda other: len(spans[other])) if enclosing else None
+    children = {name: [child for child in names if parent[child] == name] for name in names}
+    outer: set[str] = set()
+    for name in names:
+        inside = set().union(*(spans[child] for child in children[name]))
+        inline = []
+        for node in ordered[name]:
+            if node in inside or node is adds[name] or not _is_add(node):
+                continue
+            inline_branch = _inline_residual_branch(node, {ordered[name][0], *spans[name]}, root)
+            if inline_branch is not None:
+                inline.append(node)
+                inside |= inline_branch
+        inner = len(children[name]) + len(inline)
+        own_weights = _parametrised_modules(branch_only[name] - inside, root)
+        one_block_inside = inner == 1 and not (children[name] and children[name][0] in outer)
+        if inner == 0 or (one_block_inside and own_weights):  # an attention module or term inside a block
+            found[name].nested = list(children[name])
+            continue
+        if inline:
+            listed = ", ".join(repr(node.name) for node in inline)
+            raise SurgeryError(
+                f"module {name!r} ({type(found[name].module).__name__}) is a residual block (its addition "
+                f"{adds[name].name!r}) around {inner} inner residual structures, of which the additions {listed} are "
+                "written inline, not as modules of their own: they cannot be gated one by one, and one gate for "
+                f"{name!r} would skip them all. Write each inner x + f(x) as a module (an nn.Module whose forward "
+                f"returns it), or pass leaf_modules=[{type(found[name].module).__name__}] to leave {name!r} ungated."
+            )
+        outer.add(name)
+    selected = []
+    stack = [name for name in names if parent[name] is None]
+    while stack:
+        name = stack.pop()
+        if name in outer:
+            stack.extend(children[name])
+        else:
+            selected.append(name)
+    return selected
+
+
+def _inline_residual_branch(add: fx.Node, scope: set[fx.Node], root: nn.Module) -> set[fx.Node] | None:
+    """The branch of ``add`` when it computes ``v + f(v)`` inline (one operand derives from the other through
+    modules with weights; an addition of two splits, as in Res2Net, is none), else None."""
+    left, right = add.args
+    for shortcut, branch in ((left, right), (right, left)):
+        branch_ancestors = _ancestors(branch, scope)
+        if shortcut in branch_ancestors and shortcut is not branch:
+            only_branch = branch_ancestors - _ancestors(shortcut, scope)
+            if _parametrised_modules(only_branch, root):
+                return only_branch
+    return None
+
+
+def find_outer_shortcuts(nodes: list[fx.Node], calls: list[fx.Node], blocks: list[ResidualBlock],
+                         root: nn.Module) -> list[OuterShortcutPlan]:
+    """The outer shortcuts in a graph traced with the blocks as leaves (``calls``, in order): the additions between
+    blocks whose operands come from different blocks. A value's *origin* is the last block it is computed from
+    (0: the stem); an addition of a value of origin i and one of origin j > i spans blocks i + 1 .. j. Its shortcut
+    is the operand of origin i: a projection when it runs a module with weights that block i + 1's input does not.
+    """
+    scope = set(nodes)
+    index = {call: position for position, call in enumerate(calls, 1)}
+    origin: dict[fx.Node, int] = {}
+    for node in nodes:
+        origin[node] = index.get(node) or max((origin[v] for v in node.all_input_nodes), default=0)
+    outer = []
+    for node in nodes:
+        if node in index or not _is_add(node) or origin[node.args[0]] == origin[node.args[1]]:
+            continue
+        shortcut, branch = sorted(node.args, key=origin.__getitem__)
+        first, last = origin[shortcut], origin[branch]
+        path = _ancestors(shortcut, scope) - _ancestors(calls[first].args[0], scope)
+        outer.append(OuterShortcutPlan(
+            module=node.meta.get(MODULE_META, ""), add=node.name,
+            shortcut="projection" if _parametrised_modules(path, root) else "identity",
+            blocks=[block.name for block in blocks[first:last]],
+        ))
+    return outer
 
 
 def trace_with_blocks_as_leaves(model: nn.Module, block_names: list[str],
                                 leaf_modules: tuple[type, ...] = ()) -> fx.Graph:
-    """Trace ``model`` again with the residual blocks as leaves: each block becomes one call_module node."""
+    """Trace ``model`` again with the residual blocks as leaves: each block becomes one call_module node.
+
+    Each node's ``meta[MODULE_META]`` names the innermost module whose forward computed it ("" for the model's own),
+    for the plan and the errors to say where an outer shortcut's addition is written."""
     tracer = DiscoveryTracer(leaf_modules=leaf_modules, leaf_names=frozenset(block_names))
-    return _trace(tracer, model)
+    graph = _trace(tracer, model)
+    for call in tracer.calls:  # recorded as each call returns: the innermost first
+        for node in call.nodes:
+            node.meta.setdefault(MODULE_META, call.name)
+    return graph

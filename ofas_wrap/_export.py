@@ -410,12 +410,17 @@ class _CondRouter(nn.Module):
         features, probs = self.model.gate_probabilities(x)
         gates = probs >= self.model.gate_threshold  # (1, gates): the second output, which blocks ran
         run = gates[0]
+        carried: list[Tensor] = []  # outer shortcuts' inputs, as in OFASModel._blocks_inference
+        if self.model.carries:
+            features, carried = self.model.entry(features, carried)
         for block in self.model.blocks:
             if block.gate_index < 0:
                 features = block.after(block.block(features))
-                continue
-            skip = _clone if block.identity_shortcut else block.shortcut  # cond branches must not alias inputs
-            features = block.after(torch.cond(run[block.gate_index], block.block, skip, (features,)))
+            else:
+                skip = _clone if block.identity_shortcut else block.shortcut  # cond branches must not alias inputs
+                features = block.after(torch.cond(run[block.gate_index], block.block, skip, (features,)))
+            if self.model.carries:
+                features, carried = block.link(features, carried)
         logits = self.model.tail(features)
         return (logits, gates) if self.with_gates else logits
 

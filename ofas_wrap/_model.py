@@ -23,7 +23,7 @@ from huggingface_hub import ModelHubMixin
 from torch import Tensor, nn
 
 from ._assembly import _absolute_factory, _build_backbone, _bundle_factory_code, build_config, infer_backbone_spec
-from ._block import GatedBlock
+from ._block import CarryNothing, GatedBlock
 from ._config import OFASConfig, check_threshold, float32_repr
 from ._gating import check_gate_mask, straight_through_gates
 from ._hub import (
@@ -335,12 +335,17 @@ class OFASModel(OFASHubMixin, nn.Module):
     forced_gate_mask: Optional[Tensor]
 
     def __init__(self, stem: nn.Module, head: nn.Module, blocks: List[GatedBlock], tail: nn.Module,
-                 threshold: float, backbone: nn.Module, plan=None, config: Optional[dict] = None) -> None:
+                 threshold: float, backbone: nn.Module, plan=None, config: Optional[dict] = None,
+                 entry: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.stem = stem
         self.head = head
         self.blocks = nn.ModuleList(blocks)
         self.tail = tail
+        # outer shortcuts (docs/surgery.md): values carried across blocks, from the entry (what the stem's output
+        # gives them) through each block's link; a plain chain carries nothing and skips these calls
+        self.carries = entry is not None
+        self.entry = entry if entry is not None else CarryNothing()
         self.register_buffer("gate_threshold", torch.tensor(0.0))
         self.threshold = threshold
         num_gates = sum(1 for b in blocks if b.gate_index >= 0)
@@ -403,12 +408,17 @@ class OFASModel(OFASHubMixin, nn.Module):
 
     def _blocks_training(self, features: Tensor, gates: Tensor) -> Tensor:
         checkpointing = self.grad_checkpointing and torch.is_grad_enabled()
+        carried: List[Tensor] = []
+        if self.carries:
+            features, carried = self.entry(features, carried)
         for block in self.blocks:
             gate = gates[:, max(block.gate_index, 0)]
             if checkpointing:  # activations recomputed in the backward pass instead of kept (timm's option)
                 features = torch.utils.checkpoint.checkpoint(block, features, gate, use_reentrant=False)
             else:
                 features = block(features, gate)
+            if self.carries:
+                features, carried = block.link(features, carried)
         return features
 
     def _run_inference(self, features: Tensor, decisions: Tensor) -> Tensor:
@@ -416,15 +426,22 @@ class OFASModel(OFASHubMixin, nn.Module):
         return self.tail(self._blocks_inference(features, decisions))
 
     def _blocks_inference(self, features: Tensor, decisions: Tensor) -> Tensor:
+        carried: List[Tensor] = []
+        if self.carries:
+            features, carried = self.entry(features, carried)
         if features.shape[0] == 1:
             row: List[bool] = decisions[0].tolist()
             for block in self.blocks:
                 features = block.forward_single(features, block.gate_index < 0 or row[block.gate_index])
+                if self.carries:
+                    features, carried = block.link(features, carried)
             return features
         counts: List[int] = decisions.sum(0).tolist()
         for block in self.blocks:
             index = max(block.gate_index, 0)
             features = block.forward_routed(features, decisions[:, index], counts[index])
+            if self.carries:
+                features, carried = block.link(features, carried)
         return features
 
     def forward(self, x: Tensor) -> Tensor:
@@ -635,8 +652,12 @@ def adaptify(
 
     Raises:
         TypeError / ValueError: bad arguments, before anything is traced.
-        SurgeryError: no residual block, an untraceable module (named, with a hint), blocks that do not
-            form a chain.
+        SurgeryError: no residual block, an untraceable module (named, with a hint), nesting the surgery
+            cannot hold (residual additions written inline inside an outer shortcut, an outer shortcut that
+            starts inside the stem; named, with what to write or pass instead).
+
+    Where residuals are nested (a RoR stage, a long skip around a stage, a residual adapter), the innermost blocks
+    are gated and the outer shortcuts stay ungated around them (``model.plan.outer_shortcuts``; docs/surgery.md).
 
     Example:
         >>> import torch, ofas_wrap

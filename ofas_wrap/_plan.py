@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["BlockPlan", "SurgeryPlan", "count_flops", "FLOPS_NOTE"]
+__all__ = ["BlockPlan", "OuterShortcutPlan", "SurgeryPlan", "count_flops", "FLOPS_NOTE"]
 
 # said once under every table that prints FLOPs: torchvision and many papers list multiply-adds (ResNet-50: 4.09
 # "GFLOPS"), torch.utils.flop_counter counts 2 per multiply-add (8,178 MFLOPs for the same network)
@@ -60,6 +60,17 @@ class BlockPlan:
 
 
 @dataclass
+class OuterShortcutPlan:
+    """A residual addition around several blocks (a RoR stage or root shortcut, a long skip, a residual adapter):
+    its blocks are gated, it is not; it adds its input back around whatever they did, run or skipped."""
+
+    module: str  # the module whose forward holds the addition ("" for the model's own forward)
+    add: str  # the addition's node in the traced graph
+    shortcut: str  # "identity" or "projection"
+    blocks: list[str]  # the blocks it spans, in order
+
+
+@dataclass
 class SurgeryPlan:
     """The plan of an adapted model; iterating it yields one :class:`BlockPlan` per block, in order."""
 
@@ -72,6 +83,7 @@ class SurgeryPlan:
     head_variant: str
     head_params: int
     head_flops: int
+    outer_shortcuts: list[OuterShortcutPlan] = field(default_factory=list)
 
     def __iter__(self):
         return iter(self.blocks)
@@ -120,6 +132,7 @@ class SurgeryPlan:
                 f"{index:>3}  {block.name:<28} {block.shortcut:<10} {_shape(block.output_shape):<14} "
                 f"{block.flops / 1e6:>9.2f} {block.skip_flops / 1e6:>11.2f}  {gate}"
             )
+        lines += self._outer_shortcut_lines()
         lines += [
             "",
             f"tail: {self.tail_flops / 1e6:.2f} MFLOPs",
@@ -131,8 +144,24 @@ class SurgeryPlan:
         ]
         return "\n".join(lines)
 
+    def _outer_shortcut_lines(self) -> list[str]:
+        if not self.outer_shortcuts:
+            return []
+        index = {block.name: position for position, block in enumerate(self.blocks)}
+        lines = ["", "outer shortcuts (not gated; each adds its input back around the blocks it spans, run or "
+                 "skipped):"]
+        for outer in self.outer_shortcuts:
+            first, last = outer.blocks[0], outer.blocks[-1]
+            lines.append(f"     {_where(outer):<28} {outer.shortcut:<10} blocks {index[first]}-{index[last]} "
+                         f"({first} .. {last})")
+        return lines
+
     def __str__(self) -> str:
         return self.table()
+
+
+def _where(outer: OuterShortcutPlan) -> str:
+    return f"{outer.module or 'forward'} ({outer.add})"
 
 
 def _shape(shape: tuple[int, ...]) -> str:

@@ -4,6 +4,7 @@ builds the :class:`ofas_wrap.OFASModel` from these parts."""
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections.abc import Sequence
 from typing import NamedTuple, Optional
@@ -14,10 +15,16 @@ from torch import nn
 
 from ._block import GatedBlock
 from ._config import OFASConfig
-from ._discovery import ResidualBlock, find_residual_blocks, opaque_modules, trace_with_blocks_as_leaves
+from ._discovery import (
+    ResidualBlock,
+    find_outer_shortcuts,
+    find_residual_blocks,
+    opaque_modules,
+    trace_with_blocks_as_leaves,
+)
 from ._errors import SurgeryError
 from ._head import OFASHead, resolve_variant
-from ._plan import BlockPlan, SurgeryPlan, count_flops
+from ._plan import BlockPlan, OuterShortcutPlan, SurgeryPlan, count_flops
 from .models import default_input_size
 from .models._specs import input_size_is_known
 
@@ -35,6 +42,7 @@ class BackboneCut(NamedTuple):
     backbone: nn.Module
     plan: SurgeryPlan
     config: dict
+    entry: Optional[nn.Module] = None  # where outer shortcuts carry values across blocks (_split_chain)
 
 
 def cut_backbone(
@@ -87,24 +95,32 @@ def cut_backbone(
             f"leaf_modules=, remove it from there.{hidden}"
         )
     graph = trace_with_blocks_as_leaves(model, [b.name for b in found], leaf_modules)
-    stem, links, tail, stem_nodes = _split_chain(model, graph, found)
+    cut = _split_chain(model, graph, found)
     # code that branches on self.training is frozen into a trace: trace the other mode too, and where the two
     # differ, run the graph of the mode the adapted model is in (as torchvision's feature extraction does)
     with _mode(model, not model.training):
         other = trace_with_blocks_as_leaves(model, [b.name for b in found], leaf_modules)
-    other_stem, other_links, other_tail, _ = _split_chain(model, other, found)
-    stem = _by_mode(stem, other_stem, model.training)
-    tail = _by_mode(tail, other_tail, model.training)
-    links = [_by_mode(link, other_link, model.training) for link, other_link in zip(links, other_links)]
+    other_cut = _split_chain(model, other, found)
+    if (cut.entry is None) != (other_cut.entry is None):
+        raise SurgeryError(
+            f"{type(model).__name__}'s forward keeps values across blocks (outer shortcuts) in "
+            f"{'training' if (cut.entry is None) != model.training else 'eval'} mode only; the surgery needs the same "
+            "outer shortcuts in both modes")
+    stem = _by_mode(cut.stem, other_cut.stem, model.training)
+    tail = _by_mode(cut.tail, other_cut.tail, model.training)
+    entry = _by_mode(cut.entry, other_cut.entry, model.training)
+    afters = [_by_mode(after, other_after, model.training) for after, other_after in zip(cut.afters, other_cut.afters)]
+    links = [_by_mode(link, other_link, model.training) for link, other_link in zip(cut.links, other_cut.links)]
 
     gated_blocks: list[GatedBlock] = []
     gate_index = 0
-    for block, after in zip(found, links):
+    for block, after, link in zip(found, afters, links):
         gated = gate_downsample or block.shortcut == "identity"
         shortcut: nn.Module = nn.Identity()
         if block.shortcut_graph is not None:
             shortcut = fx.GraphModule(model, block.shortcut_graph, class_name="Shortcut")
-        gated_blocks.append(GatedBlock(block.name, block.module, shortcut, gate_index if gated else -1, after))
+        gated_blocks.append(GatedBlock(block.name, block.module, shortcut, gate_index if gated else -1, after,
+                                       link))
         gate_index += int(gated)
     if gate_index == 0:
         raise SurgeryError("every residual block has a projection shortcut and gate_downsample=False: "
@@ -126,6 +142,10 @@ def cut_backbone(
                         settings.pool_grid)
         head.to(device=features.device, dtype=features.dtype)
         head_flops, _ = count_flops(head.eval(), features)
+        carried: list[torch.Tensor] = []
+        if entry is not None:  # computed from the stem's output for later blocks only: counted with the stem
+            entry_flops, (features, carried) = count_flops(entry, features, carried)
+            stem_flops += entry_flops
         block_plans = []
         for gated_block, block in zip(gated_blocks, found):
             skip_flops, skipped = count_flops(gated_block.shortcut, features)
@@ -138,6 +158,9 @@ def cut_backbone(
                     "final ReLU); move the rest (pooling, a resize) out of the block, or pass the block's class in "
                     "leaf_modules= so that it is never gated")
             after_flops, features = count_flops(gated_block.after, features)
+            if cut.entry is not None:
+                link_flops, (features, carried) = count_flops(gated_block.link, features, carried)
+                after_flops += link_flops
             block_plans.append(BlockPlan(
                 name=block.name, shortcut=block.shortcut, gated=gated_block.gate_index >= 0,
                 gate_index=gated_block.gate_index, flops=block_flops + after_flops,
@@ -176,14 +199,15 @@ def cut_backbone(
             "size you feed (the recipes pass the dataset's)", UserWarning, stacklevel=3)  # adaptify's caller
     head.train(model.training)
     plan = SurgeryPlan(
-        input_size=size, stem_nodes=stem_nodes, stem_output_shape=stem_shape,
+        input_size=size, stem_nodes=cut.stem_nodes, stem_output_shape=stem_shape,
         stem_flops=stem_flops, blocks=block_plans, tail_flops=tail_flops, head_variant=resolved,
         head_params=sum(p.numel() for p in head.parameters()), head_flops=head_flops,
+        outer_shortcuts=cut.outer_shortcuts,
     )
     settings = settings.replace(variant=resolved, input_size=size,
                                 gated_blocks=[b.name for b in gated_blocks if b.gate_index >= 0],
                                 blocks=[b.name for b in gated_blocks])
-    return BackboneCut(stem, head, gated_blocks, tail, settings.threshold, model, plan, settings.to_dict())
+    return BackboneCut(stem, head, gated_blocks, tail, settings.threshold, model, plan, settings.to_dict(), entry)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -247,11 +271,13 @@ class _mode:
 
 
 def _by_mode(part: Optional[nn.Module], other: Optional[nn.Module], part_is_training: bool) -> Optional[nn.Module]:
-    """``part`` when both traces agree, else a :class:`ModeDispatch` of the two graphs."""
+    """``part`` when both traces agree, else a :class:`ModeDispatch` (:class:`CarryingModeDispatch` for a link that
+    carries values) of the two graphs."""
     if not (isinstance(part, fx.GraphModule) and isinstance(other, fx.GraphModule)) or part.code == other.code:
         return part
     train, evaluation = (part, other) if part_is_training else (other, part)
-    return ModeDispatch(train, evaluation)
+    carrying = sum(node.op == "placeholder" for node in part.graph.nodes) == 2
+    return CarryingModeDispatch(train, evaluation) if carrying else ModeDispatch(train, evaluation)
 
 
 class ModeDispatch(nn.Module):
@@ -270,8 +296,41 @@ class ModeDispatch(nn.Module):
         return self.eval_graph(x)
 
 
-def _split_chain(model: nn.Module, graph: fx.Graph, blocks: list[ResidualBlock]):
-    """Cut the traced graph into stem, the links between blocks, and tail; each a GraphModule."""
+class CarryingModeDispatch(nn.Module):
+    """:class:`ModeDispatch` for an entry or a link that carries values across blocks (``(x, carried)``)."""
+
+    def __init__(self, train_graph: nn.Module, eval_graph: nn.Module) -> None:
+        super().__init__()
+        self.train_graph = train_graph
+        self.eval_graph = eval_graph
+
+    def forward(self, x: torch.Tensor, carried: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self.training:
+            return self.train_graph(x, carried)
+        return self.eval_graph(x, carried)
+
+
+class _Cut(NamedTuple):
+    """The traced graph cut into the surgery's parts (:func:`_split_chain`)."""
+
+    stem: nn.Module
+    afters: list[Optional[nn.Module]]  # per block: what runs after it in a plain chain (GatedBlock.after)
+    links: list[Optional[nn.Module]]  # per block: what runs after it when values are carried (GatedBlock.link)
+    tail: nn.Module
+    stem_nodes: list[str]
+    entry: Optional[nn.Module]  # carried values computed from the stem's output; None in a plain chain
+    outer_shortcuts: list[OuterShortcutPlan]
+
+
+def _split_chain(model: nn.Module, graph: fx.Graph, blocks: list[ResidualBlock]) -> _Cut:
+    """Cut the traced graph into stem, the links between blocks, and tail; each a GraphModule.
+
+    In a plain chain only the previous block's output crosses a block: each link is a graph from one tensor to
+    one tensor (``GatedBlock.after``). Where outer shortcuts span several blocks, values computed before a block are
+    used after a later one (:func:`_carried_values`); the structure then grows (:func:`_split_carrying`): an entry
+    computes, from the stem's output, the carried values that only later links use, and every link takes and
+    returns the list of values carried across the next block (``GatedBlock.link``).
+    """
     nodes = list(graph.nodes)
     placeholders = [n for n in nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
@@ -292,6 +351,12 @@ def _split_chain(model: nn.Module, graph: fx.Graph, blocks: list[ResidualBlock])
                                "OFAS needs blocks that take one tensor")
     (output,) = [n for n in nodes if n.op == "output"]
     positions = {n: i for i, n in enumerate(nodes)}
+    stem_nodes = [str(n.target) if n.op == "call_module" else n.name
+                  for n in nodes[1:positions[calls[0]]] if n.op != "get_attr"]
+    segment = _segments(nodes, calls)
+    last_use = _carried_values(nodes, calls, segment)
+    if last_use:
+        return _split_carrying(model, nodes, calls, output, segment, last_use, blocks, stem_nodes)
     boundaries = [placeholders[0], *calls]
     ends = [c.args[0] for c in calls] + [output.args[0]]
     segments = []
@@ -303,10 +368,202 @@ def _split_chain(model: nn.Module, graph: fx.Graph, blocks: list[ResidualBlock])
         segments.append(_extract(model, start, inner, end, where, kind))
     stem, *links = segments
     tail = links.pop()
-    stem_nodes = [str(n.target) if n.op == "call_module" else n.name
-                  for n in nodes[1:positions[calls[0]]] if n.op != "get_attr"]
     links = [None if isinstance(link, nn.Identity) else link for link in links] + [None]  # none after the last
-    return stem, links, tail, stem_nodes
+    return _Cut(stem, links, [None] * len(calls), tail, stem_nodes, None, [])
+
+
+def _segments(nodes: list[fx.Node], calls: list[fx.Node]) -> dict[fx.Node, int]:
+    """Each node's segment: 0 for the stem's nodes, k for block k's output and what runs after it."""
+    blocks, segment, index = set(calls), {}, 0
+    for node in nodes:
+        index += node in blocks
+        segment[node] = index
+    return segment
+
+
+def _carried_values(nodes: list[fx.Node], calls: list[fx.Node], segment: dict[fx.Node, int]) -> dict[fx.Node, int]:
+    """The values used after a later block than the one they follow (the inputs of outer shortcuts): each mapped
+    to the last segment that uses it. Empty for a plain chain. A block's input is used in the segment before it;
+    attributes (``get_attr``) are copied wherever they are used, never carried."""
+    blocks = set(calls)
+    last_use: dict[fx.Node, int] = {}
+    for user in nodes:
+        used_in = segment[user] - (user in blocks)
+        for value in user.all_input_nodes:
+            if value.op != "get_attr" and segment[value] < used_in:
+                last_use[value] = max(last_use.get(value, 0), used_in)
+    return last_use
+
+
+def _split_carrying(model: nn.Module, nodes: list[fx.Node], calls: list[fx.Node], output: fx.Node,
+                    segment: dict[fx.Node, int], last_use: dict[fx.Node, int], blocks: list[ResidualBlock],
+                    stem_nodes: list[str]) -> _Cut:
+    """:func:`_split_chain` where outer shortcuts carry values across blocks.
+
+    The carried list crossing block k holds, in graph order, the values computed before it and used after it. The
+    stem's segment splits in two: the stem proper (what the stem's output needs; the head reads that output) and
+    the entry (from the stem's output, what only later links use, e.g. a root shortcut's projection). The tail's
+    segment splits where nothing carried is needed any more: the last link adds the last outer shortcuts back, the
+    tail (classifier) runs on one tensor. Refused with a :class:`SurgeryError` naming the outer shortcut when it
+    starts inside the stem, or when the tail cannot be cut so.
+    """
+    count = len(calls)
+    outer = find_outer_shortcuts(nodes, calls, blocks, model)
+    order = {node: index for index, node in enumerate(nodes)}
+
+    def crossing(boundary: int) -> list[fx.Node]:  # carried across block `boundary` (1-based)
+        return sorted((v for v, last in last_use.items() if segment[v] < boundary <= last), key=order.__getitem__)
+
+    features = calls[0].args[0]
+    (placeholder,) = [n for n in nodes if n.op == "placeholder"]
+    stem_segment = [n for n in nodes if segment[n] == 0 and n.op not in ("placeholder", "output")]
+    feeding = _ancestors_in(features, {placeholder, *stem_segment})
+    needed_later = set().union(*(_ancestors_in(v, set(stem_segment)) for v in crossing(1)))
+    entry_nodes = [n for n in stem_segment if n not in feeding and n in needed_later and n.op != "get_attr"]
+    for value in crossing(1):
+        if value is not features and value not in entry_nodes:
+            raise SurgeryError(_stem_start_message(value, features, nodes, outer, blocks))
+    for node in entry_nodes:
+        for value in node.all_input_nodes:
+            if value is not features and value in feeding and value.op != "get_attr":
+                raise SurgeryError(_stem_start_message(value, features, nodes, outer, blocks))
+    stem = _extract(model, placeholder, [n for n in stem_segment if n not in entry_nodes], features, "the stem",
+                    "Stem")
+    entry = _extract_carrying(model, features, [], entry_nodes, features, crossing(1), "Entry")
+    links = []
+    for k in range(1, count):
+        inner = [n for n in nodes[order[calls[k - 1]] + 1:order[calls[k]]]]
+        links.append(_extract_carrying(model, calls[k - 1], crossing(k), inner, calls[k].args[0], crossing(k + 1),
+                                       "Link"))
+    last_segment = [n for n in nodes[order[calls[-1]] + 1:order[output]]]
+    cut = _tail_cut(last_segment, calls[-1], set(crossing(count)), output, blocks)
+    before_cut = last_segment[:last_segment.index(cut) + 1] if cut is not calls[-1] else []
+    links.append(_extract_carrying(model, calls[-1], crossing(count), before_cut, cut, [], "Link"))
+    tail = _extract(model, cut, last_segment[len(before_cut):], output.args[0], "the tail", "Tail")
+    return _Cut(stem, [None] * count, links, tail, stem_nodes, entry, outer)
+
+
+def _ancestors_in(node: fx.Node, scope: set[fx.Node]) -> set[fx.Node]:
+    """The nodes of ``scope`` that ``node`` is computed from, ``node`` included."""
+    seen: set[fx.Node] = set()
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current in seen or current not in scope:
+            continue
+        seen.add(current)
+        stack.extend(current.all_input_nodes)
+    return seen
+
+
+def _tail_cut(segment_nodes: list[fx.Node], last_block: fx.Node, carried: set[fx.Node], output: fx.Node,
+              blocks: list[ResidualBlock]) -> fx.Node:
+    """The node after which the tail needs nothing carried and nothing computed before it but that node (the last
+    block itself when the tail reads nothing carried): the last link ends there, the tail starts there."""
+    readers = [i for i, node in enumerate(segment_nodes) if any(v in carried for v in node.all_input_nodes)]
+    if not readers:
+        return last_block
+    for index in range(max(readers), len(segment_nodes)):
+        cut, before = segment_nodes[index], {last_block, *carried, *segment_nodes[:index + 1]}
+        if all(v is cut or v not in before or v.op == "get_attr"
+               for user in [*segment_nodes[index + 1:], output] for v in user.all_input_nodes):
+            return cut
+    raise SurgeryError(
+        f"after the last block {blocks[-1].name!r}, the model's forward adds back values kept from before it "
+        f"({', '.join(sorted(v.name for v in carried))}), but what follows does not run on one tensor from some point "
+        "on: the surgery cuts the tail where every outer shortcut has been added back and the rest (pooling, the "
+        "classifier) reads that one result. Add the outer shortcuts back before the rest of the tail in forward()."
+    )
+
+
+def _stem_start_message(value: fx.Node, features: fx.Node, nodes: list[fx.Node], outer: list[OuterShortcutPlan],
+                        blocks: list[ResidualBlock]) -> str:
+    """A SurgeryError's text for a value carried from inside the stem, naming the outer shortcut that uses it."""
+    by_name = {node.name: node for node in nodes}
+    scope = set(nodes)
+    using = [o for o in outer if value in _ancestors_in(by_name[o.add], scope)]
+    head = (f"the value {value.name!r} is computed inside the stem, before its output {features.name!r} that the "
+            "OFAS head reads, and used after a block")
+    if using:
+        o = using[0]
+        spanned = [b for b in blocks if b.name in o.blocks]
+        inner = ", ".join(f"{b.name!r} (addition {b.add_node_name!r})" for b in spanned[:3])
+        where = f"the forward of {o.module!r}" if o.module else "the model's forward"
+        head = (f"the outer shortcut {o.add!r} (in {where}) starts inside the stem, at {value.name!r}, before the "
+                f"stem's output {features.name!r} that the OFAS head reads; it spans the {len(spanned)} blocks "
+                f"{inner}{', ...' if len(spanned) > 3 else ''}")
+    holder = _common_parent([b.name for b in blocks])
+    instead = f", or adapt the module holding the blocks: adaptify(model.{holder})" if holder else ""
+    return (f"{head}. An outer shortcut must start at the stem's output or later (the input of a block): start "
+            f"it there in forward(){instead}.")
+
+
+def _common_parent(names: list[str]) -> str:
+    """The longest dotted module name that holds every one of ``names`` ("" for the model itself)."""
+    parts = [name.split(".")[:-1] for name in names]
+    common: list[str] = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return ".".join(common)
+
+
+def _extract_carrying(model: nn.Module, start: fx.Node, carried_in: list[fx.Node], inner: list[fx.Node], end: fx.Node,
+                      carried_out: list[fx.Node], class_name: str) -> fx.GraphModule:
+    """A link that carries values: ``forward(x, carried) -> (x, carried)``, ``x`` standing for ``start``, the
+    input list for ``carried_in``, the outputs ``end`` and the values of ``carried_out``."""
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {start: graph.placeholder("x")}
+    carried = graph.placeholder("carried", type_expr=list[torch.Tensor])
+    slots = {value: index for index, value in enumerate(carried_in)}
+
+    def lookup(node: fx.Node) -> fx.Node:
+        if node not in env:
+            if node in slots:
+                env[node] = graph.call_function(operator.getitem, (carried, slots[node]))
+            elif node.op == "get_attr":
+                env[node] = graph.node_copy(node)
+            else:  # _carried_values lists every value a segment reads from an earlier one
+                raise SurgeryError(f"internal error: {node.name!r} is not carried to {class_name.lower()} "
+                                   f"{start.name!r}; please report this with the model's code")
+        return env[node]
+
+    for node in inner:
+        env[node] = graph.node_copy(node, lookup)
+        _out_of_place(env[node], {env[start], carried}, model)
+    graph.output((lookup(end), [lookup(value) for value in carried_out]))
+    return fx.GraphModule(model, graph, class_name=class_name)
+
+
+_IN_PLACE_OPERATORS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
+                       operator.itruediv: operator.truediv}
+
+
+def _out_of_place(node: fx.Node, inputs: set[fx.Node], root: nn.Module) -> None:
+    """Make ``node`` compute a new tensor where it would change a link's input or a carried value in place.
+
+    A skipped identity block hands its input on as its output, so a link's ``x`` may be the very tensor an outer
+    shortcut carries (a RoR stage whose blocks are all skipped: ``out = blocks(x); out += shortcut(x)`` would also
+    change the ``x`` the root shortcut adds back later). In the backbone the block's output was a new tensor; here
+    the in-place operation becomes its out-of-place form (``+=`` -> ``+``, ``add_`` -> ``add``, ``inplace=False``),
+    or runs on a copy (a module built with ``inplace=True``)."""
+    target = node.args[0] if node.args else None
+    carried_value = (isinstance(target, fx.Node) and target.op == "call_function" and target.target is operator.getitem
+                     and target.args[0] in inputs)
+    if not (target in inputs or carried_value):
+        return
+    if node.op == "call_function" and node.target in _IN_PLACE_OPERATORS:
+        node.target = _IN_PLACE_OPERATORS[node.target]
+    elif node.op == "call_function" and node.kwargs.get("inplace") is True:
+        node.kwargs = {**node.kwargs, "inplace": False}
+    elif (node.op == "call_method" and node.target.endswith("_") and not node.target.endswith("__")
+          and hasattr(torch.Tensor, node.target[:-1])):
+        node.target = node.target[:-1]
+    elif node.op == "call_module" and getattr(root.get_submodule(node.target), "inplace", False) is True:
+        with node.graph.inserting_before(node):
+            copy = node.graph.call_method("clone", (target,))
+        node.args = (copy, *node.args[1:])
 
 
 def _extract(model: nn.Module, start: fx.Node, inner: list[fx.Node], end, where: str, class_name: str):
@@ -316,6 +573,8 @@ def _extract(model: nn.Module, start: fx.Node, inner: list[fx.Node], end, where:
     env: dict[fx.Node, fx.Node] = {start: graph.placeholder("x")}
 
     def lookup(node: fx.Node) -> fx.Node:
+        if node not in env and node.op == "get_attr":  # an attribute is read where it is used
+            env[node] = graph.node_copy(node)
         if node not in env:
             raise SurgeryError(
                 f"the residual blocks do not form a chain: {where}, the graph uses {node.name!r} computed "
