@@ -26,7 +26,7 @@ from ._gating import hard_gates, mix_gated, straight_through_gates
 from ._head import OFASHead
 from ._hub import CheckpointError
 from ._model import GatedBlock, OFASModel, adaptify
-from ._plan import BlockPlan, SurgeryPlan, count_flops
+from ._plan import BlockPlan, OuterShortcutPlan, SurgeryPlan, count_flops
 from ._prune import prune_blocks
 from ._version import __version__
 
@@ -44,6 +44,7 @@ __all__ = [
     "SurgeryError",
     "SurgeryPlan",
     "BlockPlan",
+    "OuterShortcutPlan",
     "count_flops",
     "gate_costs",
     "measure_block_table",

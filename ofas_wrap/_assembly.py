@@ -13,6 +13,7 @@ the model class or the surgery, and the files layer imports nothing from here.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
@@ -148,6 +149,8 @@ def _flops_summary(model: Any) -> Optional[dict[str, Any]]:
         "fixed": int(plan.stem_flops + plan.head_flops + plan.tail_flops),
         "blocks": [{"name": b.name, "gated": b.gated, "gate_index": b.gate_index, "flops": int(b.flops),
                     "skip_flops": int(b.skip_flops)} for b in plan],
+        # outer shortcuts (issue 28): recorded only where there are some, so a plain chain's config is as before
+        **({"outer_shortcuts": [asdict(o) for o in plan.outer_shortcuts]} if plan.outer_shortcuts else {}),
     }
 
 

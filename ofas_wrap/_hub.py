@@ -512,9 +512,22 @@ def model_card(config: dict[str, Any], model_name: Optional[str] = None, repo_id
         lines += [f"| {b['name']} | {b['flops'] / 1e6:.2f} | {b['skip_flops'] / 1e6:.2f} |"
                   for b in flops["blocks"] if b["gated"]]
         lines.append("")
+        lines += _outer_shortcut_lines(flops.get("outer_shortcuts") or [])
     lines += _input_lines(config)
     content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)
     return str(ModelCard(content))
+
+
+def _outer_shortcut_lines(outer: list[dict[str, Any]]) -> list[str]:
+    """The card's table of outer shortcuts: residual additions around several gated blocks, not gated themselves."""
+    if not outer:
+        return []
+    lines = ["Outer shortcuts (residual additions around several blocks, not gated: each adds its input back around "
+             "the blocks it spans, run or skipped):", "",
+             "| shortcut | kind | blocks |", "|---|---|---|"]
+    lines += [f"| {o['module'] or 'forward'} ({o['add']}) | {o['shortcut']} | {o['blocks'][0]} .. {o['blocks'][-1]} |"
+              for o in outer]
+    return lines + [""]
 
 
 def _pruned_card_lines(config: dict[str, Any], title: str, where: str) -> list[str]:
