@@ -123,6 +123,7 @@ class SkipNetStyle(nn.Module):
         super().__init__()
         if not isinstance(model, OFASModel):
             raise TypeError(f"SkipNetStyle wraps an ofas_wrap.OFASModel, got {type(model).__name__}")
+        _refuse_outer_shortcuts(model, "SkipNetStyle")
         if model.plan is None:
             raise ValueError("the OFAS model has no surgery plan (needed for the blocks' input channels)")
         threshold = check_threshold(threshold)
@@ -197,6 +198,15 @@ class SkipNetStyle(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------- naive masking
+def _refuse_outer_shortcuts(model: OFASModel, name: str) -> None:
+    """These baselines run the blocks as a plain chain; a model whose links carry values across blocks (outer
+    shortcuts, docs/surgery.md) needs ``OFASModel``'s own loop."""
+    if model.carries:
+        raise ValueError(f"{name} runs the blocks as a plain chain, but this model has outer shortcuts that carry "
+                         f"values across blocks ({len(model.plan.outer_shortcuts)} in model.plan.outer_shortcuts); "
+                         "use it with a plain ResNet")
+
+
 class MaskedExecution(nn.Module):
     """The naive per-sample gating of an OFAS model: compute every block for every sample, mask the result.
 
@@ -220,6 +230,7 @@ class MaskedExecution(nn.Module):
         super().__init__()
         if not isinstance(model, OFASModel):
             raise TypeError(f"MaskedExecution wraps an ofas_wrap.OFASModel, got {type(model).__name__}")
+        _refuse_outer_shortcuts(model, "MaskedExecution")
         self.stem = model.stem
         self.head = model.head
         self.blocks = model.blocks

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -412,6 +413,15 @@ def test_a_link_that_depends_on_the_mode_follows_the_models_mode():
         first = model(x)
         torch.manual_seed(2)
         assert not torch.allclose(first, model(x))  # training: the dropout runs
+
+
+@pytest.mark.parametrize("baseline", ["SkipNetStyle", "MaskedExecution"])
+def test_the_chain_baselines_refuse_a_model_with_outer_shortcuts(baseline, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))  # the repository: benchmarks/
+    from benchmarks import baselines
+
+    with pytest.raises(ValueError, match="outer shortcuts that carry values across blocks"):
+        getattr(baselines, baseline)(_adapt(_backbone("adapter")))
 
 
 # ---------------------------------------------------------------------------------------------------- refusals
