@@ -28,9 +28,10 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE  # the source beside the te
 # the [train] extra (pyproject.toml) as import names: only training code may import them at module level
 TRAINING_ONLY = {"accelerate", "datasets", "PIL", "matplotlib", "tensorboard"}
 TRAINING_CODE = ("ofas_wrap.training",)
-# the modules that may import ofas_wrap.training: itself, the entry points, and the ofas_wrap.rl alias module
+# the modules that may import ofas_wrap.training: itself, the entry points, the ofas_wrap.rl alias module, and
+# ofas_wrap.compare (the [train] extra's comparison, which runs the recipes' phases)
 # (the package's __init__ too, but only inside its lazy module __getattr__: checked on its own)
-TRAINING_IMPORTERS = ("ofas_wrap.training", "ofas_wrap.recipes", "ofas_wrap.cli", "ofas_wrap.rl")
+TRAINING_IMPORTERS = ("ofas_wrap.training", "ofas_wrap.recipes", "ofas_wrap.cli", "ofas_wrap.rl", "ofas_wrap.compare")
 # leaf modules, which import nothing of ofas_wrap, so that every module may use them: the atomic file write
 LEAVES = ("ofas_wrap._atomic",)
 

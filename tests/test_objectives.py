@@ -54,8 +54,16 @@ def test_e2e_runs_with_every_term_and_records_them(tmp_path, monkeypatch):
     monkeypatch.setenv("OFAS_WRAP_CACHE", str(tmp_path / "cache"))
     dataset = write_tiny_idx(tmp_path / "idx")
     out = tmp_path / "e2e"
-    e2e_finetune(["--model", "cifar:resnet8", "--dataset", dataset, "--val-size", "16", "--max-steps", "2",
-                  "--gate-sampling", "bernoulli", "--target-rate", "0.6", "--rate-bounds", "0.2", "0.9",
-                  "--info-weight", "0.1", "--distill-weight", "1.0", "--output", str(out), *TINY])
+    # distillation needs a trained starting backbone: weights written here stand for one
+    from safetensors.torch import save_file
+
+    import ofas_wrap
+
+    weights = tmp_path / "resnet8.safetensors"
+    backbone = ofas_wrap.create_model("cifar:resnet8", num_classes=4, in_chans=1, input_size=(1, 12, 12)).unwrap()
+    save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(weights))
+    e2e_finetune(["--model", "cifar:resnet8", "--weights", str(weights), "--dataset", dataset, "--val-size", "16",
+                  "--max-steps", "2", "--gate-sampling", "bernoulli", "--target-rate", "0.6", "--rate-bounds", "0.2",
+                  "0.9", "--info-weight", "0.1", "--distill-weight", "1.0", "--output", str(out), *TINY])
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert {"rate_loss", "rate_hinge", "gate_info_bits", "distill"} <= set(history[0])

@@ -53,7 +53,7 @@ from ._phases import (
     train_backbone,
 )
 from ._runs import DATA_KEYS, latest_checkpoint, read_run
-from ._schedule import LRSchedule, make_scheduler
+from ._schedule import LRSchedule, make_scheduler, ramp_factor
 from ._speed import (
     MIXED_PRECISION_CHOICES,
     ChannelsLastLoader,
@@ -74,6 +74,7 @@ __all__ = [
     # flags, schedule, run folders, the loop, errors and exit codes
     "build_parser",
     "LRSchedule",
+    "ramp_factor",
     "make_scheduler",
     "read_run",
     "latest_checkpoint",
