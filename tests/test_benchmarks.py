@@ -374,7 +374,7 @@ def test_the_interleaved_timer_rotates_the_jobs_every_round_and_fills_the_rows()
 
     import torch
 
-    from benchmarks._timing import InterleavedTimer
+    from ofas_wrap.compare import InterleavedTimer
 
     calls = []
 
@@ -395,8 +395,8 @@ def test_the_interleaved_timer_rotates_the_jobs_every_round_and_fills_the_rows()
     results = timer.run()
     assert [name for name, _ in itertools.groupby(calls)] == list("abcbcacab")
     timer.fill(rows)
-    assert [row["latency_ms"] for row in rows] == [results["a"], results["b"], results["c"], results["a"]]
-    assert all("_timing" not in row for row in rows) and all(value > 0 for value in results.values())
+    assert [row["latency_ms"] for row in rows] == [results[k]["latency_ms"] for k in "abca"]
+    assert all("_timing" not in row for row in rows) and all(v["latency_ms"] > 0 for v in results.values())
 
 
 def test_head_probe_separates_what_is_separable_and_not_noise() -> None:

@@ -52,7 +52,7 @@ from ..training._errors import RunError
 from ..training._evaluate import adaptivity, parse_thresholds
 from ._channel import INSTALL_HINT, channel_ratio_for_target, prune_channels
 from ._depth import choose_keep, removal_harm
-from ._timing import InterleavedTimer, deployed, set_threshold
+from ._timing import InterleavedTimer, control_patterns, deployed, set_threshold
 from ._verdict import decide, sentence
 
 __all__ = ["METHODS", "compare_parser", "compare", "deploy_decision", "main"]
@@ -596,18 +596,11 @@ def _controls(model, threshold, target, seed, test, val, timed_images, scripted,
               control_rows) -> None:
     """fixed_subset / shuffled / random_rates at OFAS's T: same cost, no input dependence; timed with their gates
     forced on ``timed_images`` (the timer's), one pattern per image."""
-    from ..training import random_rate_patterns, shuffled_patterns
-
     with torch.no_grad():
         _, probs = model.gate_probabilities(timed_images)
     own = probs >= threshold
     for control in control_rows(model, threshold, test, val, seeds=(seed,)):
-        if control["method"] == "fixed_subset":
-            patterns = torch.tensor(control["pattern"]).expand(own.shape[0], -1)
-        elif control["method"] == "shuffled":
-            patterns = shuffled_patterns(own, control["seed"])
-        else:
-            patterns = random_rate_patterns(own, control["seed"])
+        patterns = control_patterns(control, own)
         row = {"method": control["method"], "target": target, "seed": seed, "threshold": threshold,
                "top1": control["top1"], "control": True}
         add_row(f"{control['method']}-{target}-{seed}", model, row, threshold=threshold, patterns=patterns,

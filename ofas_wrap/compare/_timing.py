@@ -17,7 +17,7 @@ from torch import nn
 
 from .._bench import latency_over_images, measure_latency
 
-__all__ = ["deployed", "set_threshold", "InterleavedTimer"]
+__all__ = ["deployed", "set_threshold", "control_patterns", "InterleavedTimer"]
 
 
 def deployed(model: nn.Module, runtime: str = "torchscript") -> tuple[Any, str]:
@@ -44,6 +44,19 @@ def set_threshold(model: Any, threshold: float) -> None:
         model.gate_threshold.fill_(threshold)
     else:
         model.threshold = threshold
+
+
+def control_patterns(control: dict[str, Any], own: torch.Tensor) -> torch.Tensor:
+    """The gates a control row of ``ofas_wrap.training.control_rows`` forces on the timed images, one row per image:
+    ``fixed_subset`` its one pattern, ``shuffled`` / ``random_rates`` OFAS's own patterns ``own`` on those images
+    (bool, images x gates), permuted / redrawn with the control's seed."""
+    from ..training import random_rate_patterns, shuffled_patterns
+
+    if control["method"] == "fixed_subset":
+        return torch.tensor(control["pattern"]).expand(own.shape[0], -1)
+    if control["method"] == "shuffled":
+        return shuffled_patterns(own, control["seed"])
+    return random_rate_patterns(own, control["seed"])
 
 
 class InterleavedTimer:
@@ -114,3 +127,13 @@ class InterleavedTimer:
         self.results = {key: {name: statistics.median(values) for name, values in series.items()}
                         for key, series in times.items()}
         return self.results
+
+    def fill(self, rows: list[dict[str, Any]]) -> None:
+        """Put each row's timed batch-1 latency in ``latency_ms`` (rows that registered a job, by their ``_timing``
+        key; a row may share another's key, e.g. a copied row of the same model), and ``server_ms`` where timed."""
+        for row in rows:
+            key = row.pop("_timing", None)
+            if key is not None:
+                row["latency_ms"] = self.results[key]["latency_ms"]
+                if "server_ms" in self.results[key]:
+                    row["server_ms"] = self.results[key]["server_ms"]
