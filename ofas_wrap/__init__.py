@@ -28,6 +28,7 @@ from ._hub import CheckpointError
 from ._model import GatedBlock, OFASModel, adaptify
 from ._plan import BlockPlan, OuterShortcutPlan, SurgeryPlan, count_flops
 from ._prune import prune_blocks
+from ._quantize import quantize_onnx
 from ._version import __version__
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "load_torchscript",
     "export_program",
     "export_onnx",
+    "quantize_onnx",
     "per_image_latency",
     "set_onnx_threshold",
     "measure_latency",

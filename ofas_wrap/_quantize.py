@@ -1,0 +1,388 @@
+"""INT8 for an exported OFAS model: ONNX Runtime's static quantization, with the gated blocks still ``If`` branches.
+
+ONNX Runtime's ``quantize_static`` neither calibrates nor quantizes the nodes inside an ``If`` (QDQ format: the
+subgraphs are left in float; QOperator with ``EnableSubgraph`` fails on them), and torchao's PT2E flow leaves the
+``torch.cond`` branches in float the same way (``docs/deployment.md``, "INT8"). So :func:`quantize_onnx` lets the
+library quantize a *flat* copy of the graph and only moves nodes around:
+
+1. each gate's ``If`` is replaced by the nodes of its "run" branch (every block then runs, so every block is
+   calibrated on every image);
+2. ``onnxruntime.quantization.quantize_static`` (QDQ format, per-channel weights) quantizes that flat graph,
+   calibrated on the user's images, with the stem and the head excluded: every node the gate decisions depend on
+   stays float, so the INT8 model takes exactly the float model's decisions;
+3. the nodes of each block (its original nodes, and the Quantize/DequantizeLinear nodes the library put on its
+   tensors and weights) go back into the ``If`` they came from, whose "skip" branch is unchanged.
+
+The result is checked with onnxruntime before it is written (atomically): same gate decisions as the float graph
+on every calibration image, and the convolutions inside the branches quantized.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._atomic import atomic_path
+
+__all__ = ["INT8_CONFIG_KEY", "quantize_onnx"]
+
+INT8_CONFIG_KEY = "int8"  # the key of the quantization record inside the ofas_config metadata
+PathLike = Union[str, os.PathLike]
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+def quantize_onnx(source: Any, path: PathLike, calibration: Tensor, *, per_channel: bool = True,
+                  max_logit_difference: Optional[float] = None) -> Path:
+    """Write an INT8 copy of an OFAS model's ONNX export to ``path``: the blocks quantized, still skipped for real.
+
+    ``source`` is an OFASModel (exported first with :func:`ofas_wrap.export_onnx`, batch of one) or the path of
+    a ``.onnx`` file written by it. ``calibration`` is a float tensor ``(N, C, H, W)`` of images prepared as the
+    model's inputs (normalised as for ``model(x)``): a few hundred training or validation images, never the test
+    images you report. The stem and the gating head stay float32, so the gates are the float model's decisions;
+    the blocks' convolutions and additions run in INT8 (per-channel weights with ``per_channel``).
+
+    Checks before anything is written: the calibration shape and channels; onnxruntime's quantization tools;
+    that ``source`` exports (or is an ``export_onnx`` file). After quantizing, the INT8 graph must take the float
+    graph's gate decisions on every calibration image, or nothing is written; with ``max_logit_difference`` the
+    largest |logit difference| on those images must stay within it too. The file carries the float file's
+    metadata plus an ``int8`` record (calibration count, largest logit difference, float nodes). Returns ``path``.
+
+    Example:
+        >>> import tempfile, torch, ofas_wrap
+        >>> model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16))
+        >>> path = ofas_wrap.quantize_onnx(model, tempfile.mkdtemp() + "/m-int8.onnx",
+        ...                                torch.randn(16, 3, 16, 16))  # doctest: +SKIP
+    """
+    onnx, quantization = _quantization_tools()
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name such as {path / 'model-int8.onnx'}")
+    if max_logit_difference is not None and not max_logit_difference > 0:
+        raise ValueError(f"max_logit_difference must be positive, got {max_logit_difference}")
+    with tempfile.TemporaryDirectory(prefix="ofas-int8-") as work:
+        work = Path(work)
+        float_path = _float_graph(source, work / "float.onnx")
+        proto = onnx.load(str(float_path))
+        config = _ofas_config(proto, source)
+        images = _check_calibration(calibration, proto)
+        flat, blocks = _inline_gates(onnx, proto)
+        excluded = _gate_ancestors(flat)
+        onnx.save(flat, str(work / "flat.onnx"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantization.quantize_static(
+                str(work / "flat.onnx"), str(work / "flat-int8.onnx"), _reader(quantization, proto.graph.input[0].name, images),
+                quant_format=quantization.QuantFormat.QDQ, per_channel=per_channel,
+                activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
+                nodes_to_exclude=sorted(excluded), calibrate_method=quantization.CalibrationMethod.MinMax,
+            )
+        quantized = onnx.load(str(work / "flat-int8.onnx"))
+        _fold_gates(onnx, quantized, blocks, {init.name: init for init in proto.graph.initializer})
+        difference = _check_quantized(proto, quantized, images, max_logit_difference)
+        config[INT8_CONFIG_KEY] = {"library": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+                                   "per_channel": per_channel, "activations": "uint8", "weights": "int8",
+                                   "calibration_images": int(images.shape[0]),
+                                   "max_logit_difference_on_calibration": difference,
+                                   "float_nodes": sorted(excluded)}
+        _set_config(quantized, config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, suffix=".onnx") as temporary:
+            onnx.save(quantized, str(temporary))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ checks
+
+
+def _quantization_tools() -> tuple[Any, Any]:
+    try:
+        import onnx
+    except ImportError as exc:
+        raise RuntimeError("quantize_onnx needs onnx and onnxruntime: pip install 'ofas-wrap[onnx]'") from exc
+    try:
+        import onnxruntime  # noqa: F401
+        from onnxruntime import quantization
+        quantization.quantize_static, quantization.CalibrationDataReader  # noqa: B018 (an old build lacks them)
+    except (ImportError, AttributeError) as exc:
+        raise RuntimeError(
+            "quantize_onnx needs onnxruntime's quantization tools (onnxruntime.quantization.quantize_static), which "
+            f"this installation does not have ({exc}); install the full CPU package: pip install 'ofas-wrap[onnx]' "
+            "(onnxruntime, not onnxruntime-gpu builds without the tools)"
+        ) from exc
+    return onnx, quantization
+
+
+def _float_graph(source: Any, target: Path) -> Path:
+    from ._model import OFASModel
+
+    if isinstance(source, OFASModel):
+        from ._export import export_onnx
+
+        try:
+            return export_onnx(source, target)
+        except Exception as exc:
+            raise RuntimeError(f"this model cannot be exported to ONNX, so it cannot be quantized ({exc}); nothing "
+                               "was written. export_onnx must succeed first (batch of one, an If per gate)") from exc
+    if isinstance(source, (str, os.PathLike)):
+        source = Path(source)
+        if not source.is_file():
+            raise FileNotFoundError(f"{source}: no such file (give an OFASModel or a .onnx file from export_onnx)")
+        return source
+    raise TypeError(f"quantize_onnx takes an OFASModel or the path of a file from export_onnx, got "
+                    f"{type(source).__name__}")
+
+
+def _ofas_config(proto: Any, source: Any) -> dict:
+    from ._export import ONNX_CONFIG_KEY
+
+    entries = {entry.key: entry.value for entry in proto.metadata_props}
+    if ONNX_CONFIG_KEY not in entries or not any(node.op_type == "If" for node in proto.graph.node):
+        raise ValueError(f"{source} is not an ONNX file from ofas_wrap.export_onnx (no {ONNX_CONFIG_KEY} metadata or "
+                         "no If node per gate); export the model with export_onnx first")
+    config = json.loads(entries[ONNX_CONFIG_KEY])
+    if INT8_CONFIG_KEY in config:
+        raise ValueError(f"{source} is already quantized; give the float32 file from export_onnx")
+    return config
+
+
+def _check_calibration(calibration: Any, proto: Any) -> np.ndarray:
+    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    expected = tuple(dims[1:])
+    if not isinstance(calibration, Tensor):
+        raise TypeError(f"calibration must be a float tensor (N, {', '.join(map(str, expected))}) of images prepared "
+                        f"as the model's inputs, got {type(calibration).__name__}")
+    if calibration.dim() != len(dims):
+        raise ValueError(f"calibration must be a batch of images (N, {', '.join(map(str, expected))}), got shape "
+                         f"{tuple(calibration.shape)}; stack the images along a first dimension")
+    if calibration.shape[1] != expected[0]:
+        raise ValueError(f"calibration has {calibration.shape[1]} channels, the model takes {expected[0]} "
+                         f"(input {expected}); give images with the channels the model was trained on")
+    if tuple(calibration.shape[1:]) != expected:
+        raise ValueError(f"calibration images are {tuple(calibration.shape[1:])}, the exported model takes "
+                         f"{expected}; resize them as for the model's inputs")
+    if calibration.shape[0] < 1:
+        raise ValueError("calibration has no images; give a few hundred training or validation images")
+    if not calibration.is_floating_point():
+        raise TypeError(f"calibration must be float images normalised as the model's inputs, got {calibration.dtype}"
+                        " (uint8 images need the model's normalisation first)")
+    if not torch.isfinite(calibration).all():
+        raise ValueError("calibration has NaN or infinite values")
+    return calibration.detach().cpu().float().numpy()
+
+
+# --------------------------------------------------------------------------------------- graph surgery
+
+
+def _inline_gates(onnx: Any, proto: Any) -> tuple[Any, list[dict]]:
+    """A copy of ``proto`` with each top-level ``If`` replaced by its then-branch's nodes, and where they came from."""
+    flat = type(proto)()
+    flat.CopyFrom(proto)
+    nodes, blocks = [], []
+    for node in flat.graph.node:
+        if node.op_type != "If":
+            nodes.append(node)
+            continue
+        branches = {attribute.name: attribute.g for attribute in node.attribute}
+        run = branches["then_branch"]
+        if len(run.output) != 1 or len(node.output) != 1:
+            raise ValueError(f"{node.name}: a gate's If with {len(node.output)} outputs; export_onnx writes one")
+        for inner in run.node:
+            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in inner.attribute):
+                raise ValueError(f"{node.name}: a nested branch inside a gated block cannot be quantized yet")
+        names = []
+        for inner in run.node:  # node names need only be unique inside a branch: make them unique in the graph
+            inner.name = f"{node.name}/{inner.name or inner.op_type}"
+            names.append(inner.name)
+        nodes.extend(run.node)
+        link = onnx.helper.make_node("Identity", [run.output[0].name], [node.output[0]], name=f"{node.name}/output")
+        nodes.append(link)
+        flat.graph.initializer.extend(run.initializer)
+        flat.graph.value_info.extend(run.value_info)
+        original = onnx.NodeProto()
+        original.CopyFrom(node)
+        blocks.append({"if": original, "nodes": set(names), "link": link.name, "output": run.output[0]})
+    del flat.graph.node[:]
+    flat.graph.node.extend(nodes)
+    return flat, blocks
+
+
+def _gate_ancestors(graph_proto: Any) -> set[str]:
+    """Names of the nodes the ``gates`` output depends on (the stem and the head): they stay float."""
+    producers = {output: node for node in graph_proto.graph.node for output in node.output}
+    wanted = [output.name for output in graph_proto.graph.output if output.name == "gates"]
+    if not wanted:
+        raise ValueError("the ONNX graph has no `gates` output (not from export_onnx)")
+    names, seen = set(), set()
+    while wanted:
+        tensor = wanted.pop()
+        if tensor in seen or tensor not in producers:
+            continue
+        seen.add(tensor)
+        node = producers[tensor]
+        names.add(node.name)
+        wanted.extend(node.input)
+    return names
+
+
+def _fold_gates(onnx: Any, quantized: Any, blocks: list[dict], float_initializers: dict) -> None:
+    """Put each block's nodes (original and Quantize/DequantizeLinear) back into its If, in place. The skip
+    branches are the float graph's; the float weights they read (a projection shortcut's), which the quantizer
+    dropped from the flat graph as unused, go inside them."""
+    graph = quantized.graph
+    nodes = list(graph.node)
+    producer = {output: index for index, node in enumerate(nodes) for output in node.output}
+    consumers: dict[str, list[int]] = {}
+    for index, node in enumerate(nodes):
+        for name in node.input:
+            consumers.setdefault(name, []).append(index)
+    member = [-1] * len(nodes)
+    by_name = {node.name: index for index, node in enumerate(nodes)}
+    for k, block in enumerate(blocks):
+        if block["link"] not in by_name:
+            raise RuntimeError(f"the quantizer removed node {block['link']}; please report this with the "
+                               "onnxruntime version")
+        for name in block["nodes"] | {block["link"]}:  # the quantizer removes some (a Relu folded into a range)
+            if name in by_name:
+                member[by_name[name]] = k
+    outputs_of_links = {nodes[by_name[block["link"]]].output[0] for block in blocks}
+    originals = set().union(*(block["nodes"] | {block["link"]} for block in blocks)) if blocks else set()
+    for index, node in enumerate(nodes):  # Q/DQ on a block's activations: in that block
+        if node.name in originals or node.name in by_name and member[index] >= 0:
+            continue
+        sources = {member[producer[name]] for name in node.input
+                   if name in producer and name not in outputs_of_links}
+        if len(sources) == 1 and min(sources) >= 0:
+            member[index] = sources.pop()
+    graph_outputs = {output.name for output in graph.output}
+    changed = True
+    while changed:  # a Quantize/DequantizeLinear that only one block reads (a weight's, the block input's): in it,
+        changed = False  # so a skipped block computes none of them and ORT fuses DQ -> Conv -> Q inside the branch
+        for index in reversed(range(len(nodes))):
+            node = nodes[index]
+            if member[index] >= 0 or node.name in originals or node.op_type not in _QDQ:
+                continue
+            if any(output in graph_outputs for output in node.output):
+                continue
+            users = {member[user] for output in node.output for user in consumers.get(output, [])}
+            if len(users) == 1 and min(users) >= 0:
+                member[index] = users.pop()
+                changed = True
+    kept, value_infos = [], {info.name: info for info in graph.value_info}
+    moved_infos: set[str] = set()
+    for k, block in enumerate(blocks):
+        inside = [index for index in range(len(nodes)) if member[index] == k]
+        produced = {output for index in inside for output in nodes[index].output}
+        for index, node in enumerate(nodes):
+            if member[index] != k and any(name in produced - outputs_of_links for name in node.input):
+                raise RuntimeError(f"{node.name} outside gated block {k} reads a tensor of the block; the INT8 graph "
+                                   "could not be folded back (please report this with the onnxruntime version)")
+        link = nodes[by_name[block["link"]]]
+        body = [nodes[index] for index in inside if index != by_name[block["link"]]]
+        own = [init for init in graph.initializer
+               if all(member[user] == k for user in consumers.get(init.name, [None]) if user is not None)
+               and consumers.get(init.name)]
+        block["own_initializers"] = own
+        result = onnx.ValueInfoProto()  # what the link reads (the quantizer may have folded the last Relu away)
+        result.CopyFrom(block["output"])
+        result.name = link.input[0]
+        if result.name not in produced:
+            raise RuntimeError(f"the output of gated block {k} is not computed inside it after quantization; "
+                               "please report this with the onnxruntime version")
+        then = onnx.helper.make_graph(body, f"{block['if'].name}_int8", [], [result], initializer=own,
+                                      value_info=[value_infos[name] for name in produced
+                                                  if name in value_infos and name != result.name])
+        moved_infos |= produced
+        folded = onnx.NodeProto()
+        folded.CopyFrom(block["if"])
+        present = {init.name for init in graph.initializer}
+        for attribute in folded.attribute:
+            if attribute.name == "then_branch":
+                attribute.g.CopyFrom(then)
+            elif attribute.name == "else_branch":
+                wanted = {name for inner in attribute.g.node for name in inner.input}
+                local = {init.name for init in attribute.g.initializer}
+                attribute.g.initializer.extend(float_initializers[name] for name in sorted(wanted - local - present)
+                                               if name in float_initializers)
+        block["folded"] = folded
+        block["position"] = by_name[block["link"]]
+    moved_initializers = {init.name for block in blocks for init in block["own_initializers"]}
+    positions = {block["position"]: block["folded"] for block in blocks}
+    for index, node in enumerate(nodes):
+        if index in positions:
+            kept.append(positions[index])
+        elif member[index] < 0:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    remaining = [init for init in graph.initializer if init.name not in moved_initializers]
+    del graph.initializer[:]
+    graph.initializer.extend(remaining)
+    infos = [info for info in graph.value_info if info.name not in moved_infos]
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
+
+
+def _set_config(proto: Any, config: dict) -> None:
+    from ._export import ONNX_CONFIG_KEY
+
+    entries = [(entry.key, entry.value) for entry in proto.metadata_props if entry.key != ONNX_CONFIG_KEY]
+    del proto.metadata_props[:]
+    for key, value in entries + [(ONNX_CONFIG_KEY, json.dumps(config))]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def _check_quantized(float_proto: Any, quantized: Any, images: np.ndarray,
+                     max_logit_difference: Optional[float]) -> float:
+    import onnxruntime
+
+    for node in quantized.graph.node:
+        if node.op_type == "If":
+            then = next(a.g for a in node.attribute if a.name == "then_branch")
+            if not any(inner.op_type == "QuantizeLinear" for inner in then.node):
+                raise RuntimeError(f"{node.name}: the quantizer left this gated block in float; nothing was written "
+                                   "(please report this with the onnxruntime version)")
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    sessions = [onnxruntime.InferenceSession(p.SerializeToString(), options, providers=["CPUExecutionProvider"])
+                for p in (float_proto, quantized)]
+    name = float_proto.graph.input[0].name
+    difference = 0.0
+    for i in range(images.shape[0]):
+        (logits, gates), (q_logits, q_gates) = (s.run(["logits", "gates"], {name: images[i:i + 1]}) for s in sessions)
+        if not np.array_equal(gates, q_gates):
+            raise RuntimeError(f"the INT8 graph takes other gate decisions than the float graph on calibration image "
+                               f"{i}; nothing was written (please report this: the stem and head should be float)")
+        difference = max(difference, float(np.abs(logits - q_logits).max()))
+    if max_logit_difference is not None and difference > max_logit_difference:
+        raise RuntimeError(f"the INT8 logits differ from float32 by up to {difference:.3g} on the calibration images "
+                           f"(> max_logit_difference={max_logit_difference:g}); nothing was written. Calibrate on "
+                           "more or more typical images, or accept a larger difference")
+    return difference
+
+
+def _reader(quantization: Any, name: str, images: np.ndarray) -> Any:
+    """onnxruntime's CalibrationDataReader over ``images``: one image per call, batch of one as exported."""
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.index = 0
+
+        def get_next(self) -> Optional[dict]:
+            if self.index >= images.shape[0]:
+                return None
+            self.index += 1
+            return {name: images[self.index - 1:self.index]}
+
+        def rewind(self) -> None:
+            self.index = 0
+
+    return Reader()
