@@ -17,6 +17,7 @@ from ._block import GatedBlock
 from ._config import OFASConfig
 from ._discovery import (
     ResidualBlock,
+    _ancestors,
     find_outer_shortcuts,
     find_residual_blocks,
     opaque_modules,
@@ -417,8 +418,8 @@ def _split_carrying(model: nn.Module, nodes: list[fx.Node], calls: list[fx.Node]
     features = calls[0].args[0]
     (placeholder,) = [n for n in nodes if n.op == "placeholder"]
     stem_segment = [n for n in nodes if segment[n] == 0 and n.op not in ("placeholder", "output")]
-    feeding = _ancestors_in(features, {placeholder, *stem_segment})
-    needed_later = set().union(*(_ancestors_in(v, set(stem_segment)) for v in crossing(1)))
+    feeding = _ancestors(features, {placeholder, *stem_segment})
+    needed_later = set().union(*(_ancestors(v, set(stem_segment)) for v in crossing(1)))
     entry_nodes = [n for n in stem_segment if n not in feeding and n in needed_later and n.op != "get_attr"]
     for value in crossing(1):
         if value is not features and value not in entry_nodes:
@@ -441,19 +442,6 @@ def _split_carrying(model: nn.Module, nodes: list[fx.Node], calls: list[fx.Node]
     links.append(_extract_carrying(model, calls[-1], crossing(count), before_cut, cut, [], "Link"))
     tail = _extract(model, cut, last_segment[len(before_cut):], output.args[0], "the tail", "Tail")
     return _Cut(stem, [None] * count, links, tail, stem_nodes, entry, outer)
-
-
-def _ancestors_in(node: fx.Node, scope: set[fx.Node]) -> set[fx.Node]:
-    """The nodes of ``scope`` that ``node`` is computed from, ``node`` included."""
-    seen: set[fx.Node] = set()
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        if current in seen or current not in scope:
-            continue
-        seen.add(current)
-        stack.extend(current.all_input_nodes)
-    return seen
 
 
 def _tail_cut(segment_nodes: list[fx.Node], last_block: fx.Node, carried: set[fx.Node], output: fx.Node,
@@ -481,7 +469,7 @@ def _stem_start_message(value: fx.Node, features: fx.Node, nodes: list[fx.Node],
     """A SurgeryError's text for a value carried from inside the stem, naming the outer shortcut that uses it."""
     by_name = {node.name: node for node in nodes}
     scope = set(nodes)
-    using = [o for o in outer if value in _ancestors_in(by_name[o.add], scope)]
+    using = [o for o in outer if value in _ancestors(by_name[o.add], scope)]
     head = (f"the value {value.name!r} is computed inside the stem, before its output {features.name!r} that the "
             "OFAS head reads, and used after a block")
     if using:

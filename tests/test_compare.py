@@ -4,32 +4,15 @@ before anything runs. Tiny IDX data written here, a CIFAR ResNet-8 and ResNet-8 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from ofas_wrap import compare as cmp
-from ofas_wrap import data
 from ofas_wrap.training import RunError
+from tests.test_recipes import write_tiny_idx
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit.*deprecated:FutureWarning")
-
-
-def write_tiny_idx(root: Path, n_train=96, n_test=48, size=12) -> str:
-    """Four classes, each a bright square in its own corner, plus noise."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        labels = np.arange(n) % 4
-        images = rng.integers(0, 60, (n, size, size)).astype(np.uint8)
-        for i, label in enumerate(labels):
-            r, c = divmod(int(label), 2)
-            images[i, r * 6:r * 6 + 6, c * 6:c * 6 + 6] += 180
-        data.write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
-        data.write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
-    return str(root)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +20,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield {"root": root, "dataset": write_tiny_idx(root / "idx")}
+    yield {"root": root, "dataset": write_tiny_idx(root / "idx", n_train=96, n_test=48)}
     torch.set_num_threads(threads)
 
 
