@@ -56,8 +56,24 @@ BACKBONES = {
     "resnet110": ("cifar:resnet110", [], "c10-r110"),
     "resnet56": ("cifar:resnet56", [], "c10-r56"),
 }
-# backbones whose budget is part of their name; the others train for --epochs
+# issue 26: OFAS trained from the first step (e2e_finetune without weights, the gate terms annealed in), then RL,
+# together the 30-epoch budget of the static curve (29 + 1 epochs). The gate flags are the pilot's choice
+# (benchmarks/scratch_pilot.py, docs/results/scratch_pilot.md), fixed here before the long runs.
+SCRATCH_COMMON = ["--lr", "0.1", "--gate-bias-init", "2", "--penalty-ramp", "0.1", "0.5"]
+SCRATCH_GATES: list[str] = []  # set from the pilot's choice
+BACKBONES.update({
+    "resnet38_ofas_scratch": ("cifar:resnet38", ["--variant", "I", *SCRATCH_COMMON], "c10-r38-ofas-scratch"),
+    "resnet38_ofas_scratch_rl": ("resnet38_ofas_scratch", [], "c10-r38-ofas-scratch-rl"),
+    "resnet110_ofas_scratch": ("cifar:resnet110", ["--variant", "II", *SCRATCH_COMMON], "c10-r110-ofas-scratch"),
+    "resnet110_ofas_scratch_rl": ("resnet110_ofas_scratch", [], "c10-r110-ofas-scratch-rl"),
+})
+# the recipe of each run that is not a plain backbone; an rl_finetune run starts from the run its spec names
+RECIPES = {"resnet38_ofas_scratch": "e2e_finetune", "resnet38_ofas_scratch_rl": "rl_finetune",
+           "resnet110_ofas_scratch": "e2e_finetune", "resnet110_ofas_scratch_rl": "rl_finetune"}
+# budgets that are part of the name; the others train for --epochs
 EPOCHS = {name: 60 for name in BACKBONES if name.endswith("_e60")}
+EPOCHS.update({"resnet38_ofas_scratch": 29, "resnet38_ofas_scratch_rl": 1, "resnet110_ofas_scratch": 29,
+               "resnet110_ofas_scratch_rl": 1})
 KEPT_FILES = ("config.json", "model.safetensors", "README.md", "args.json", "data.json", "metrics.json")
 RUN_FILES = ("args.json", "data.json")  # what a run folder holds before it finishes, beside checkpoints/
 
@@ -68,7 +84,14 @@ def complete(run: Path) -> bool:
 
 def command_for(name: str, args: argparse.Namespace) -> list[str]:
     spec, extra, folder = BACKBONES[name]
-    command = [sys.executable, str(REPO / "recipes" / "train_backbone.py"), "--model", spec, "--dataset", args.data,
+    recipe = RECIPES.get(name, "train_backbone")
+    if recipe == "rl_finetune":  # starts from the e2e run it names (its data flags come with it)
+        source = ["--init", str(Path(args.runs) / BACKBONES[spec][2])]
+    else:
+        source = ["--model", spec, "--dataset", args.data]
+    if recipe == "e2e_finetune":
+        extra = [*extra, *SCRATCH_GATES]
+    command = [sys.executable, str(REPO / "recipes" / f"{recipe}.py"), *source,
                "--epochs", str(EPOCHS.get(name, args.epochs)), *extra, "--output", str(Path(args.runs) / folder),
                "--no-progress", "--mixed-precision", args.mixed_precision, *args.extra.split()]
     if (Path(args.runs) / folder / "checkpoints").is_dir():
@@ -158,6 +181,7 @@ def keep(name: str, run: Path, command: list[str], keep_root: Path, dataset: str
     recorded = json.loads((run / "args.json").read_text()) if (run / "args.json").is_file() else {}
     record = {
         "model": BACKBONES[name][0] if name in BACKBONES else None,
+        "recipe": RECIPES.get(name, "train_backbone"),
         "command": " ".join(["python", *[str(Path(c).relative_to(REPO)) if c.startswith(str(REPO)) else c
                                          for c in command[1:] if c != "--resume"]]),
         "epochs": metrics.get("epochs_completed"), "train_seconds": metrics.get("train_seconds"),

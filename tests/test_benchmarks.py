@@ -225,6 +225,23 @@ def test_cifar10_backbones_resumes_a_stashed_run_on_a_new_machine_and_keeps_it(t
     assert not stashed.exists()  # kept: the stash is gone
 
 
+def test_cifar10_backbones_trains_ofas_from_scratch_then_rl_from_that_run(tmp_path) -> None:
+    """Issue 26's runs: e2e_finetune from random weights with the pilot's gate flags (29 epochs), then RL (1 epoch)
+    starting from that run folder."""
+    import argparse
+
+    from benchmarks import cifar10_backbones
+
+    args = argparse.Namespace(runs=str(tmp_path), data="DATA", epochs=30, mixed_precision="bf16", extra="")
+    e2e = cifar10_backbones.command_for("resnet38_ofas_scratch", args)
+    assert e2e[1].endswith("e2e_finetune.py") and e2e[2:4] == ["--model", "cifar:resnet38"] and "--weights" not in e2e
+    assert e2e[e2e.index("--epochs") + 1] == "29" and "--penalty-ramp" in e2e
+    assert all(flag in e2e for flag in cifar10_backbones.SCRATCH_GATES)
+    rl = cifar10_backbones.command_for("resnet38_ofas_scratch_rl", args)
+    assert rl[1].endswith("rl_finetune.py") and rl[2:4] == ["--init", str(tmp_path / "c10-r38-ofas-scratch")]
+    assert rl[rl.index("--epochs") + 1] == "1"
+
+
 def test_cifar10_backbones_does_not_retrain_a_kept_backbone_on_a_machine_without_its_run(tmp_path, capsys) -> None:
     from benchmarks import cifar10_backbones
 
