@@ -79,7 +79,8 @@ def quantize_onnx(source: Any, path: PathLike, calibration: Tensor, *, per_chann
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             quantization.quantize_static(
-                str(work / "flat.onnx"), str(work / "flat-int8.onnx"), _reader(quantization, proto.graph.input[0].name, images),
+                str(work / "flat.onnx"), str(work / "flat-int8.onnx"),
+                _reader(quantization, proto.graph.input[0].name, images),
                 quant_format=quantization.QuantFormat.QDQ, per_channel=per_channel,
                 activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
                 nodes_to_exclude=sorted(excluded), calibrate_method=quantization.CalibrationMethod.MinMax,
@@ -108,8 +109,9 @@ def _quantization_tools() -> tuple[Any, Any]:
     except ImportError as exc:
         raise RuntimeError("quantize_onnx needs onnx and onnxruntime: pip install 'ofas-wrap[onnx]'") from exc
     try:
-        import onnxruntime  # noqa: F401
-        from onnxruntime import quantization
+        import importlib
+
+        quantization = importlib.import_module("onnxruntime.quantization")
         quantization.quantize_static, quantization.CalibrationDataReader  # noqa: B018 (an old build lacks them)
     except (ImportError, AttributeError) as exc:
         raise RuntimeError(
@@ -302,18 +304,19 @@ def _fold_gates(onnx: Any, quantized: Any, blocks: list[dict], float_initializer
         moved_infos |= produced
         folded = onnx.NodeProto()
         folded.CopyFrom(block["if"])
-        present = {init.name for init in graph.initializer}
         for attribute in folded.attribute:
             if attribute.name == "then_branch":
                 attribute.g.CopyFrom(then)
-            elif attribute.name == "else_branch":
-                wanted = {name for inner in attribute.g.node for name in inner.input}
-                local = {init.name for init in attribute.g.initializer}
-                attribute.g.initializer.extend(float_initializers[name] for name in sorted(wanted - local - present)
-                                               if name in float_initializers)
         block["folded"] = folded
         block["position"] = by_name[block["link"]]
     moved_initializers = {init.name for block in blocks for init in block["own_initializers"]}
+    remaining = [init for init in graph.initializer if init.name not in moved_initializers]
+    present = {init.name for init in remaining}
+    for block in blocks:  # the float weights a skip branch reads, wherever the quantizer or the fold put them
+        skip = next(attribute.g for attribute in block["folded"].attribute if attribute.name == "else_branch")
+        wanted = {name for inner in skip.node for name in inner.input} - {init.name for init in skip.initializer}
+        skip.initializer.extend(float_initializers[name] for name in sorted(wanted - present)
+                                if name in float_initializers)
     positions = {block["position"]: block["folded"] for block in blocks}
     for index, node in enumerate(nodes):
         if index in positions:
@@ -322,7 +325,6 @@ def _fold_gates(onnx: Any, quantized: Any, blocks: list[dict], float_initializer
             kept.append(node)
     del graph.node[:]
     graph.node.extend(kept)
-    remaining = [init for init in graph.initializer if init.name not in moved_initializers]
     del graph.initializer[:]
     graph.initializer.extend(remaining)
     infos = [info for info in graph.value_info if info.name not in moved_infos]
