@@ -1,6 +1,7 @@
 """INT8 with real skipping (issue 27): ofas_wrap.quantize_onnx, `ofas-wrap export --int8` and benchmarks/int8.py."""
 
 import json
+from pathlib import Path
 import sys
 
 import numpy as np
@@ -94,10 +95,14 @@ def test_int8_quantizes_the_convolutions_inside_each_gate(int8):
 
 def _executed(path, threshold, image):
     """Names of the nodes onnxruntime's profiler saw run (subgraph nodes included)."""
-    session = _session(path, threshold, enable_profiling=True)
+    # the profile goes beside the model (a temporary folder), never into the working directory
+    session = _session(path, threshold, enable_profiling=True,
+                       profile_file_prefix=str(path.parent / f"profile-T{threshold}"))
     session.run(None, {"image": image})
-    with open(session.end_profiling()) as stream:
+    profile = Path(session.end_profiling())
+    with open(profile) as stream:
         events = json.load(stream)
+    profile.unlink()
     return {event["args"].get("op_name") for event in events if event.get("cat") == "Node"}
 
 
