@@ -1,8 +1,8 @@
 """INT8 with real skipping (issue 27): ofas_wrap.quantize_onnx, `ofas-wrap export --int8` and benchmarks/int8.py."""
 
 import json
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
