@@ -187,9 +187,9 @@ def e2e_parser() -> argparse.ArgumentParser:
     extra.add_argument("--distill-tau", type=float, default=4.0)
     extra.add_argument("--penalty-ramp", type=float, nargs=2, default=None, metavar=("START", "END"),
                        help="switch the gate terms (skip penalty, rate terms, information) on over training: "
-                            "weight 0 before START, rising linearly to full at END (fractions of the steps). For OFAS trained from random "
-                            "initialisation (--model without --weights), e.g. 0.1 0.5: the network learns as a "
-                            "whole before the gates are asked to save")
+                            "weight 0 before START, rising linearly to full at END (fractions of the steps). For "
+                            "OFAS trained from random initialisation (--model without --weights), e.g. 0.1 0.5: "
+                            "the network learns as a whole before the gates are asked to save")
     extra.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=DEFAULT_FREEZE_BN,
                        help="keep the backbone's BatchNorm layers in eval mode: the running statistics of a trained "
                             "backbone are neither used per batch nor shifted by sampled skip patterns (affine "
