@@ -111,7 +111,11 @@ def compare_parser() -> argparse.ArgumentParser:
     what.add_argument("--ofas-e2e-args", default=OFAS_E2E_ARGS)
     what.add_argument("--ofas-rl-args", default="")
     what.add_argument("--ofas-rl-share", type=float, default=0.2, help="share of the budget's steps for RL")
-    what.add_argument("--thresholds", default="0.05:0.95:0.05")
+    what.add_argument("--thresholds", default="0.02:0.98:0.02")
+    what.add_argument("--calibrate-head", action=argparse.BooleanOptionalAction, default=True,
+                      help="before the sweep, fold into each OFAS head the temperature that spreads its outputs "
+                           "over (0.05, 0.95), chosen on the held-out images (ofas_wrap.calibrate_head): a head whose "
+                           "outputs sit in a narrow band otherwise leaves the sweep one or two usable thresholds")
     what.add_argument("--choice-images", type=int, default=2000, help="held-out images that rank the blocks")
     what.add_argument("--no-controls", action="store_true")
     timing = parser.add_argument_group("timing (as deployed)")
@@ -504,6 +508,10 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         for seed in args.seeds:
             e2e, rl = runs.ofas(original, seed)
             for method, model in (("ofas_e2e", e2e), ("ofas_rl", rl)):
+                if args.calibrate_head:
+                    from .._calibration import calibrate_head
+
+                    calibrate_head(model, val_x[:args.choice_images].split(250))
                 sweep = _sweep(model, thresholds, val_x, val_y, choice_x, args)
                 scripted, runtime = deployed(model, args.runtime)
                 runtimes[method] = runtime
@@ -558,7 +566,7 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                                                                                             len(test_y))),
                        "runs": args.latency_runs, "rounds": args.latency_rounds, "server_batch": args.server_batch},
             "ofas_e2e_args": None if args.ofas_runs else args.ofas_e2e_args, "ofas_rl_share": args.ofas_rl_share,
-            "ofas_runs": args.ofas_runs,
+            "ofas_runs": args.ofas_runs, "calibrate_head": args.calibrate_head,
             "seconds": round(time.time() - started, 1), "verdict": verdict,
             "not_compared": ["early_exit (benchmarks/baselines.py; not yet a method of compare)"]}
     report = {"rows": rows, "meta": meta}
