@@ -63,19 +63,29 @@ SCRATCH_COMMON = ["--lr", "0.1", "--gate-bias-init", "2", "--penalty-ramp", "0.1
 # the pilot's choice (clause 2 of its rule: the only candidate that cut FLOPs by 35 % with 5 or more input-dependent
 # gates): sampled gates, a per-gate rate target of 0.6 and the information term
 SCRATCH_GATES = ["--gate-sampling", "bernoulli", "--skip-weight", "0", "--target-rate", "0.6", "--info-weight", "0.1"]
+# the fine-tune route's e2e flags: the recipe of the kept curve's OFAS rows (benchmarks/cifar10.py's E2E_ARGS)
+FINETUNE_GATES = ["--gate-sampling", "bernoulli", "--gate-bias-init", "2", "--head-lr", "0.1", "--skip-weight", "1.0"]
 BACKBONES.update({
     "resnet38_ofas_scratch": ("cifar:resnet38", ["--variant", "I", *SCRATCH_COMMON], "c10-r38-ofas-scratch"),
     "resnet38_ofas_scratch_rl": ("resnet38_ofas_scratch", [], "c10-r38-ofas-scratch-rl"),
     "resnet110_ofas_scratch": ("cifar:resnet110", ["--variant", "II", *SCRATCH_COMMON], "c10-r110-ofas-scratch"),
     "resnet110_ofas_scratch_rl": ("resnet110_ofas_scratch", [], "c10-r110-ofas-scratch-rl"),
+    # issue 26: the fine-tune route on the same network, for the two routes side by side: OFAS-II e2e from the kept
+    # 30-epoch ResNet-110 with the recipe of the kept curve's OFAS rows (benchmarks/cifar10.py's --e2e-args, 3 epochs),
+    # then RL (1 epoch)
+    "resnet110_ofas_ft": ("resnet110", ["--variant", "II", *FINETUNE_GATES], "c10-r110-ofas-ft"),
+    "resnet110_ofas_ft_rl": ("resnet110_ofas_ft", [], "c10-r110-ofas-ft-rl"),
 })
 # the recipe of each run that is not a plain backbone; an rl_finetune run starts from the run its spec names
 RECIPES = {"resnet38_ofas_scratch": "e2e_finetune", "resnet38_ofas_scratch_rl": "rl_finetune",
-           "resnet110_ofas_scratch": "e2e_finetune", "resnet110_ofas_scratch_rl": "rl_finetune"}
+           "resnet110_ofas_scratch": "e2e_finetune", "resnet110_ofas_scratch_rl": "rl_finetune",
+           "resnet110_ofas_ft": "e2e_finetune", "resnet110_ofas_ft_rl": "rl_finetune"}
+# e2e runs that start from a kept backbone (the fine-tune route) instead of random weights
+FROM_KEPT = {"resnet110_ofas_ft"}
 # budgets that are part of the name; the others train for --epochs
 EPOCHS = {name: 60 for name in BACKBONES if name.endswith("_e60")}
 EPOCHS.update({"resnet38_ofas_scratch": 29, "resnet38_ofas_scratch_rl": 1, "resnet110_ofas_scratch": 29,
-               "resnet110_ofas_scratch_rl": 1})
+               "resnet110_ofas_scratch_rl": 1, "resnet110_ofas_ft": 3, "resnet110_ofas_ft_rl": 1})
 KEPT_FILES = ("config.json", "model.safetensors", "README.md", "args.json", "data.json", "metrics.json")
 RUN_FILES = ("args.json", "data.json")  # what a run folder holds before it finishes, beside checkpoints/
 
@@ -89,9 +99,11 @@ def command_for(name: str, args: argparse.Namespace) -> list[str]:
     recipe = RECIPES.get(name, "train_backbone")
     if recipe == "rl_finetune":  # starts from the e2e run it names (its data flags come with it)
         source = ["--init", str(Path(args.runs) / BACKBONES[spec][2])]
+    elif name in FROM_KEPT:  # the fine-tune route: from the kept backbone it names (its data flags come with it)
+        source = ["--init", str(Path(args.keep) / spec)]
     else:
         source = ["--model", spec, "--dataset", args.data]
-    if recipe == "e2e_finetune":
+    if recipe == "e2e_finetune" and name not in FROM_KEPT:
         extra = [*extra, *SCRATCH_GATES]
     command = [sys.executable, str(REPO / "recipes" / f"{recipe}.py"), *source,
                "--epochs", str(EPOCHS.get(name, args.epochs)), *extra, "--output", str(Path(args.runs) / folder),
