@@ -18,6 +18,7 @@ from ._export import (
     export_program,
     export_torchscript,
     load_torchscript,
+    quantize_onnx,
     script_with_fx_fallback,
     set_onnx_threshold,
 )
@@ -28,7 +29,6 @@ from ._hub import CheckpointError
 from ._model import GatedBlock, OFASModel, adaptify
 from ._plan import BlockPlan, OuterShortcutPlan, SurgeryPlan, count_flops
 from ._prune import prune_blocks
-from ._quantize import quantize_onnx
 from ._version import __version__
 
 __all__ = [

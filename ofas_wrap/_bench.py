@@ -246,22 +246,36 @@ def sweep_thresholds(model: Any, example_input: Tensor, thresholds: Sequence[flo
 
 class OnnxRuntimeModel:
     """An ``export_onnx`` file in onnxruntime that answers like the TorchScript export: call it on a tensor (a batch
-    of one), set T with ``gate_threshold.fill_(T)`` (the session is rebuilt with the threshold initializer
-    overridden on the next call), read ``last_gates`` (the file's ``gates`` output) and ``config``. So
+    of one), set T with ``gate_threshold.fill_(T)`` or ``threshold = T`` (the session is rebuilt with the threshold
+    initializer overridden on the next call), read ``last_gates`` (the file's ``gates`` output) and ``config``. So
     :func:`sweep_thresholds` and ``ofas-wrap bench`` time ``.onnx`` files as they time ``.pt`` files.
+
+    ``source`` is the file's path or its bytes (an INT8 file of :func:`ofas_wrap.quantize_onnx` alike: ``precision``
+    says which); ``threads`` the session's intra-op threads (default: onnxruntime's).
     """
 
-    def __init__(self, path: Union[str, os.PathLike], threads: Optional[int] = None) -> None:
+    def __init__(self, source: Union[str, os.PathLike, bytes], threads: Optional[int] = None) -> None:
         import onnxruntime
 
-        self._ort, self.path, self.threads = onnxruntime, str(path), threads
+        self._ort, self.threads = onnxruntime, threads
+        self.path = source if isinstance(source, bytes) else str(source)
         self._session, self._session_threshold = self._open(None), None
         raw = self._session.get_modelmeta().custom_metadata_map.get(ONNX_CONFIG_KEY)
         if not raw:
-            raise ValueError(f"{path} is ONNX but not an OFAS export (no {ONNX_CONFIG_KEY} metadata)")
+            name = "these bytes" if isinstance(source, bytes) else source
+            raise ValueError(f"{name} is ONNX but not an OFAS export (no {ONNX_CONFIG_KEY} metadata)")
         self.config = json.loads(raw)
+        self.precision = "int8" if "int8" in self.config else "fp32"
         self.gate_threshold = torch.tensor(float(self.config["ofas"]["threshold"]))
         self.last_gates: Optional[Tensor] = None
+
+    @property
+    def threshold(self) -> float:
+        return float(self.gate_threshold)
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self.gate_threshold.fill_(check_threshold(value))
 
     def _open(self, threshold: Optional[float]) -> Any:
         options = self._ort.SessionOptions()
@@ -281,6 +295,19 @@ class OnnxRuntimeModel:
         outputs = self._session.run(None, {self._session.get_inputs()[0].name: x.detach().cpu().numpy()})
         self.last_gates = torch.from_numpy(outputs[1]).bool() if len(outputs) > 1 else None
         return torch.from_numpy(outputs[0])
+
+    def classify(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Each image's predicted class and gates at the current T, one image at a time (as deployed): a tensor
+        ``(N,)`` of class indices and a bool tensor ``(N, num_gates)``."""
+        predicted, gates = [], []
+        for index in range(images.shape[0]):
+            logits = self(images[index:index + 1])
+            predicted.append(int(logits.argmax()))
+            gates.append(self.last_gates[0])
+        if not gates:
+            return torch.zeros(0, dtype=torch.int64), torch.zeros(0, len(self.config["ofas"].get("gated_blocks", [])),
+                                                                   dtype=torch.bool)
+        return torch.tensor(predicted, dtype=torch.int64), torch.stack(gates)
 
 
 def executed_flops_from_config(flops: dict[str, Any], gates: Tensor) -> Tensor:

@@ -22,11 +22,17 @@ from ._atomic import write_atomic
 from ._version import __version__
 
 __all__ = ["OFASConfig", "ConfigFieldError", "CheckpointError", "check_threshold", "read_document", "FORMAT_NAME",
-           "FORMAT_VERSION", "CONFIG_NAME"]
+           "FORMAT_VERSION", "CONFIG_NAME", "ONNX_CONFIG_KEY", "ONNX_THRESHOLD_NAME",
+           "DEFAULT_CALIBRATION_IMAGES"]
 
 FORMAT_NAME = "ofas-wrap"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
+# an export_onnx file: the metadata_props key holding the config JSON, and the initializer holding T (here, below
+# _export and _quantize, which both read them)
+ONNX_CONFIG_KEY = "ofas_config"
+ONNX_THRESHOLD_NAME = "model.gate_threshold"
+DEFAULT_CALIBRATION_IMAGES = 256  # INT8: the training images `ofas-wrap export --int8` and evaluate calibrate on
 
 PathLike = Union[str, os.PathLike]
 

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import json
 import os
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,14 +23,11 @@ from torch import Tensor, nn
 
 from ._assembly import build_config
 from ._atomic import atomic_path
-from ._config import check_threshold
+from ._config import ONNX_CONFIG_KEY, ONNX_THRESHOLD_NAME, check_threshold
 from ._hub import CheckpointError, read_config
 
 __all__ = ["EXTRA_CONFIG_NAME", "ONNX_CONFIG_KEY", "ONNX_THRESHOLD_NAME", "export_torchscript", "load_torchscript",
-           "export_program", "export_onnx", "set_onnx_threshold", "script_with_fx_fallback"]
-
-ONNX_CONFIG_KEY = "ofas_config"  # metadata_props key holding the config JSON
-ONNX_THRESHOLD_NAME = "model.gate_threshold"  # the initializer holding T
+           "export_program", "export_onnx", "quantize_onnx", "set_onnx_threshold", "script_with_fx_fallback"]
 
 EXTRA_CONFIG_NAME = "ofas_config.json"
 PathLike = Union[str, os.PathLike]
@@ -303,7 +301,9 @@ def export_program(model: nn.Module, example_input: Optional[Tensor] = None) -> 
 
 
 def export_onnx(model: nn.Module, path: PathLike, example_input: Optional[Tensor] = None, *,
-                opset_version: Optional[int] = None, atol: float = 1e-5, rtol: float = 1e-4) -> Path:
+                opset_version: Optional[int] = None, atol: float = 1e-5, rtol: float = 1e-4,
+                quantize: Optional[str] = None, calibration: Any = None, calibration_images: Optional[int] = None,
+                per_channel: bool = True, max_logit_difference: Optional[float] = None) -> Path:
     """Export to ONNX for a **batch of one**: each gated block an ONNX ``If``, so a skipped block is not computed.
 
     Built from the same ``torch.cond`` routing as :func:`export_program` with the dynamo-based
@@ -315,28 +315,117 @@ def export_onnx(model: nn.Module, path: PathLike, example_input: Optional[Tensor
     onnxruntime is installed the file is checked against eager mode at the model's T and at T = 0 before it is
     written (atomically). Needs the ``onnx`` extra (onnx, onnxscript; onnxruntime for the check).
 
+    ``quantize="int8"`` writes the INT8 graph instead, in one call (:func:`quantize_onnx`): the float32 graph is
+    exported into a temporary folder and checked as above, then onnxruntime's static quantization (QDQ,
+    ``per_channel`` int8 weights, uint8 activations) quantizes the blocks inside their ``If`` branches, calibrated
+    on ``calibration``; the stem and the gating head stay float32, so the INT8 graph takes the float graph's gate
+    decisions (checked on every calibration image). ``calibration``: a float tensor ``(N, C, H, W)`` of images
+    prepared as the model's inputs, a ``DataLoader`` / iterable of such batches (or ``(images, labels)``), or an
+    onnxruntime ``CalibrationDataReader``; a few hundred **training or held-out** images, never the test images you
+    report. ``calibration_images`` takes the first N of them (default: all). ``max_logit_difference`` bounds the
+    largest |INT8 - float32 logit| on them. Everything is checked before anything is written (onnxruntime and its
+    quantization tools, the calibration images' shape, type and count against the model's input); ``path`` gets
+    the whole INT8 file or stays as it was, and no float32 file is left anywhere.
+
     Example:
-        >>> import tempfile, ofas_wrap
-        >>> path = ofas_wrap.export_onnx(ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16)),
-        ...                              tempfile.mkdtemp() + "/m.onnx")  # doctest: +SKIP
+        >>> import tempfile, torch, ofas_wrap
+        >>> model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16))
+        >>> path = ofas_wrap.export_onnx(model, tempfile.mkdtemp() + "/m.onnx")  # doctest: +SKIP
+        >>> path = ofas_wrap.export_onnx(model, tempfile.mkdtemp() + "/m-int8.onnx", quantize="int8",
+        ...                              calibration=torch.randn(64, 3, 16, 16))  # doctest: +SKIP
     """
     from ._model import OFASModel
 
     if not isinstance(model, OFASModel):
         raise TypeError(f"export_onnx expects an OFASModel (from ofas_wrap.adaptify), got {type(model).__name__}")
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name such as {path / 'model.onnx'}")
+    example_input = _onnx_example(model, example_input)
+    if quantize is None:
+        if calibration is not None or calibration_images is not None:
+            raise ValueError("calibration images are for quantize='int8'; pass quantize='int8' to write the INT8 "
+                             "graph, or leave calibration out for the float32 one")
+        return _export_float_onnx(model, path, example_input, opset_version, atol, rtol)
+    from ._quantize import QUANTIZE_CHOICES, calibration_batch, check_quantization_tools, quantize_file
+
+    if quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"quantize must be one of {', '.join(map(repr, QUANTIZE_CHOICES))} or None, got {quantize!r}")
+    if calibration is None:
+        raise ValueError("quantize='int8' needs calibration images: a float tensor (N, C, H, W) of a few hundred "
+                         "training images prepared as the model's inputs (never the test images you report)")
+    if max_logit_difference is not None and not max_logit_difference > 0:
+        raise ValueError(f"max_logit_difference must be positive, got {max_logit_difference}")
+    check_quantization_tools()
+    images = calibration_batch(calibration, model.config["input_size"], calibration_images)
+    with tempfile.TemporaryDirectory(prefix="ofas-export-") as work:
+        try:
+            float_path = _export_float_onnx(model, Path(work) / "float.onnx", example_input, opset_version, atol,
+                                            rtol)
+        except Exception as exc:
+            raise RuntimeError(f"this model cannot be exported to ONNX, so it cannot be quantized ({exc}); nothing "
+                               "was written. The float32 export_onnx must succeed first (batch of one, an If per "
+                               "gate)") from exc
+        return quantize_file(float_path, path, images, per_channel=per_channel,
+                             max_logit_difference=max_logit_difference)
+
+
+def quantize_onnx(source: Any, path: PathLike, calibration: Any, *, calibration_images: Optional[int] = None,
+                  per_channel: bool = True, max_logit_difference: Optional[float] = None) -> Path:
+    """Write an INT8 copy of an OFAS model's ONNX export to ``path``: the blocks quantized, still skipped for real.
+
+    ``source`` is an OFASModel (the same as ``export_onnx(model, path, quantize="int8", calibration=...)``) or the
+    path of a float32 ``.onnx`` file written by :func:`export_onnx`. ``calibration`` is a float tensor
+    ``(N, C, H, W)`` of images prepared as the model's inputs (normalised as for ``model(x)``), or a ``DataLoader``
+    / iterable of such batches, or an onnxruntime ``CalibrationDataReader``: a few hundred training or validation
+    images, never the test images you report (``calibration_images`` takes the first N). The stem and the gating
+    head stay float32, so the gates are the float model's decisions; the blocks' convolutions and additions run in
+    INT8 (per-channel weights with ``per_channel``).
+
+    Checks before anything is written: the calibration shape, channels and type; onnxruntime's quantization tools;
+    that ``source`` exports (or is an ``export_onnx`` file). After quantizing, the INT8 graph must take the float
+    graph's gate decisions on every calibration image, or nothing is written; with ``max_logit_difference`` the
+    largest |logit difference| on those images must stay within it too. The file carries the float file's
+    metadata plus an ``int8`` record (calibration count, largest logit difference, float nodes). Returns ``path``.
+
+    Example:
+        >>> import tempfile, torch, ofas_wrap
+        >>> model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16))
+        >>> path = ofas_wrap.quantize_onnx(model, tempfile.mkdtemp() + "/m-int8.onnx",
+        ...                                torch.randn(16, 3, 16, 16))  # doctest: +SKIP
+    """
+    from ._model import OFASModel
+    from ._quantize import quantize_file
+
+    if isinstance(source, OFASModel):
+        return export_onnx(source, path, quantize="int8", calibration=calibration,
+                           calibration_images=calibration_images, per_channel=per_channel,
+                           max_logit_difference=max_logit_difference)
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"quantize_onnx takes an OFASModel or the path of a file from export_onnx, got "
+                        f"{type(source).__name__}")
+    return quantize_file(source, path, calibration, calibration_images=calibration_images, per_channel=per_channel,
+                         max_logit_difference=max_logit_difference)
+
+
+def _onnx_example(model: nn.Module, example_input: Optional[Tensor]) -> Tensor:
+    if example_input is None:
+        example_input = torch.randn(1, *model.config["input_size"], generator=torch.Generator().manual_seed(0))
+    if not isinstance(example_input, Tensor) or example_input.dim() < 1 or example_input.shape[0] != 1:
+        got = f"batch {example_input.shape[0]}" if isinstance(example_input, Tensor) and example_input.dim() else (
+            type(example_input).__name__)
+        raise ValueError(f"export_onnx exports a batch of one (an ONNX If routes one input), got {got}; use "
+                         "export_torchscript for per-sample routing in batches")
+    return example_input.to(_device_of(model))
+
+
+def _export_float_onnx(model: nn.Module, path: Path, example_input: Tensor, opset_version: Optional[int],
+                       atol: float, rtol: float) -> Path:
+    """The float32 ``export_onnx`` (``model``, ``path`` and ``example_input`` checked by the caller)."""
     try:
         import onnx
     except ImportError as exc:
         raise RuntimeError("export_onnx needs onnx and onnxscript: pip install 'ofas-wrap[onnx]'") from exc
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder; give a file name such as {path / 'model.onnx'}")
-    if example_input is None:
-        example_input = torch.randn(1, *model.config["input_size"], generator=torch.Generator().manual_seed(0))
-    if example_input.dim() < 1 or example_input.shape[0] != 1:
-        raise ValueError(f"export_onnx exports a batch of one (an ONNX If routes one input), got batch "
-                         f"{example_input.shape[0]}; use export_torchscript for per-sample routing in batches")
-    example_input = example_input.to(_device_of(model))
     config = build_config(model)
     config["export"] = {"format": "onnx", "torch_version": torch.__version__.split("+")[0], "batch_size": 1,
                         "threshold_initializer": ONNX_THRESHOLD_NAME}
@@ -369,7 +458,9 @@ def export_onnx(model: nn.Module, path: PathLike, example_input: Optional[Tensor
 
 
 def set_onnx_threshold(proto: Any, threshold: float) -> Any:
-    """Set T in an ONNX model written by :func:`export_onnx` (an ``onnx.ModelProto``, changed in place)."""
+    """Set T in an ONNX model written by :func:`export_onnx` (an ``onnx.ModelProto``, changed in place): the
+    ``model.gate_threshold`` initializer, and the threshold of the config in its metadata (which
+    ``ofas-wrap bench`` and ``recipes/device_latency.py`` start from)."""
     from onnx import numpy_helper
 
     threshold = check_threshold(threshold)
@@ -378,6 +469,12 @@ def set_onnx_threshold(proto: Any, threshold: float) -> Any:
             current = numpy_helper.to_array(init)
             init.CopyFrom(numpy_helper.from_array(current.copy().astype(current.dtype) * 0 + threshold,
                                                   ONNX_THRESHOLD_NAME))
+            for entry in proto.metadata_props:
+                if entry.key == ONNX_CONFIG_KEY:
+                    config = json.loads(entry.value)
+                    if isinstance(config.get("ofas"), dict) and "threshold" in config["ofas"]:
+                        config["ofas"]["threshold"] = threshold
+                        entry.value = json.dumps(config)
             return proto
     raise ValueError(f"this ONNX model has no {ONNX_THRESHOLD_NAME} initializer (not written by export_onnx)")
 
@@ -388,7 +485,9 @@ def _check_onnx(model: nn.Module, proto: Any, x: Tensor, threshold: float, atol:
     except ImportError:
         return  # nothing to check with; the export itself succeeded
     set_onnx_threshold(proto, threshold)
-    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # not the exporter's unused initializer
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     model.threshold = threshold
     with torch.no_grad():
         expected = model(x).cpu().numpy()

@@ -1,8 +1,12 @@
 """INT8 for an exported OFAS model: ONNX Runtime's static quantization, with the gated blocks still ``If`` branches.
 
+This module is the machinery behind :func:`ofas_wrap.quantize_onnx` and ``ofas_wrap.export_onnx(...,
+quantize="int8")`` (both in ``_export``, which exports the float graph first): it takes the *file* that
+``export_onnx`` wrote and writes its INT8 copy. It imports nothing of ``_export`` (which imports it).
+
 ONNX Runtime's ``quantize_static`` neither calibrates nor quantizes the nodes inside an ``If`` (QDQ format: the
 subgraphs are left in float; QOperator with ``EnableSubgraph`` fails on them), and torchao's PT2E flow leaves the
-``torch.cond`` branches in float the same way (``docs/deployment.md``, "INT8"). So :func:`quantize_onnx` lets the
+``torch.cond`` branches in float the same way (``docs/deployment.md``, "INT8"). So :func:`quantize_file` lets the
 library quantize a *flat* copy of the graph and only moves nodes around:
 
 1. each gate's ``If`` is replaced by the nodes of its "run" branch (every block then runs, so every block is
@@ -19,10 +23,13 @@ on every calibration image, and the convolutions inside the branches quantized.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -31,52 +38,44 @@ import torch
 from torch import Tensor
 
 from ._atomic import atomic_path
+from ._config import DEFAULT_CALIBRATION_IMAGES, ONNX_CONFIG_KEY
 
-__all__ = ["INT8_CONFIG_KEY", "quantize_onnx"]
+__all__ = ["DEFAULT_CALIBRATION_IMAGES", "INT8_CONFIG_KEY", "QUANTIZE_CHOICES", "calibration_batch",
+           "calibration_sample", "check_quantization_tools", "quantize_file"]
 
 INT8_CONFIG_KEY = "int8"  # the key of the quantization record inside the ofas_config metadata
+QUANTIZE_CHOICES = ("int8",)  # what export_onnx(quantize=...) takes
 PathLike = Union[str, os.PathLike]
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
-def quantize_onnx(source: Any, path: PathLike, calibration: Tensor, *, per_channel: bool = True,
-                  max_logit_difference: Optional[float] = None) -> Path:
-    """Write an INT8 copy of an OFAS model's ONNX export to ``path``: the blocks quantized, still skipped for real.
+def quantize_file(source: PathLike, path: PathLike, calibration: Any, *, calibration_images: Optional[int] = None,
+                  per_channel: bool = True, max_logit_difference: Optional[float] = None) -> Path:
+    """Write an INT8 copy of the ``export_onnx`` file ``source`` to ``path`` (see :func:`ofas_wrap.quantize_onnx`).
 
-    ``source`` is an OFASModel (exported first with :func:`ofas_wrap.export_onnx`, batch of one) or the path of
-    a ``.onnx`` file written by it. ``calibration`` is a float tensor ``(N, C, H, W)`` of images prepared as the
-    model's inputs (normalised as for ``model(x)``): a few hundred training or validation images, never the test
-    images you report. The stem and the gating head stay float32, so the gates are the float model's decisions;
-    the blocks' convolutions and additions run in INT8 (per-channel weights with ``per_channel``).
-
-    Checks before anything is written: the calibration shape and channels; onnxruntime's quantization tools;
-    that ``source`` exports (or is an ``export_onnx`` file). After quantizing, the INT8 graph must take the float
-    graph's gate decisions on every calibration image, or nothing is written; with ``max_logit_difference`` the
-    largest |logit difference| on those images must stay within it too. The file carries the float file's
-    metadata plus an ``int8`` record (calibration count, largest logit difference, float nodes). Returns ``path``.
-
-    Example:
-        >>> import tempfile, torch, ofas_wrap
-        >>> model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16))
-        >>> path = ofas_wrap.quantize_onnx(model, tempfile.mkdtemp() + "/m-int8.onnx",
-        ...                                torch.randn(16, 3, 16, 16))  # doctest: +SKIP
+    Every check runs before anything is written: onnxruntime's quantization tools, that ``source`` is an
+    ``export_onnx`` file (float32, with an ``If`` per gate), and the calibration images (:func:`calibration_batch`)
+    against its input. ``path`` gets the whole INT8 file or is left as it was.
     """
-    onnx, quantization = _quantization_tools()
+    onnx, quantization = check_quantization_tools()
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; give a file name such as {path / 'model-int8.onnx'}")
     if max_logit_difference is not None and not max_logit_difference > 0:
         raise ValueError(f"max_logit_difference must be positive, got {max_logit_difference}")
+    source = Path(source)
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: no such file (give an OFASModel or a .onnx file from export_onnx)")
+    proto = onnx.load(str(source))
+    config = _ofas_config(proto, source)
+    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    images = calibration_batch(calibration, tuple(dims[1:]), calibration_images).numpy()
     with tempfile.TemporaryDirectory(prefix="ofas-int8-") as work:
         work = Path(work)
-        float_path = _float_graph(source, work / "float.onnx")
-        proto = onnx.load(str(float_path))
-        config = _ofas_config(proto, source)
-        images = _check_calibration(calibration, proto)
         flat, blocks = _inline_gates(onnx, proto)
         excluded = _gate_ancestors(flat)
         onnx.save(flat, str(work / "flat.onnx"))
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_logging():  # its advice to pre-process, per-axis notes on 1-d weights
             warnings.simplefilter("ignore")
             quantization.quantize_static(
                 str(work / "flat.onnx"), str(work / "flat-int8.onnx"),
@@ -86,65 +85,61 @@ def quantize_onnx(source: Any, path: PathLike, calibration: Tensor, *, per_chann
                 nodes_to_exclude=sorted(excluded), calibrate_method=quantization.CalibrationMethod.MinMax,
             )
         quantized = onnx.load(str(work / "flat-int8.onnx"))
-        _fold_gates(onnx, quantized, blocks, {init.name: init for init in proto.graph.initializer})
-        difference = _check_quantized(proto, quantized, images, max_logit_difference)
-        config[INT8_CONFIG_KEY] = {"library": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-                                   "per_channel": per_channel, "activations": "uint8", "weights": "int8",
-                                   "calibration_images": int(images.shape[0]),
-                                   "max_logit_difference_on_calibration": difference,
-                                   "float_nodes": sorted(excluded)}
-        _set_config(quantized, config)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path, suffix=".onnx") as temporary:
-            onnx.save(quantized, str(temporary))
+    _fold_gates(onnx, quantized, blocks, {init.name: init for init in proto.graph.initializer})
+    difference = _check_quantized(proto, quantized, images, max_logit_difference)
+    config[INT8_CONFIG_KEY] = {"library": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+                               "per_channel": per_channel, "activations": "uint8", "weights": "int8",
+                               "calibration_images": int(images.shape[0]),
+                               "max_logit_difference_on_calibration": difference,
+                               "float_nodes": sorted(excluded)}
+    _set_config(quantized, config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".onnx") as temporary:
+        onnx.save(quantized, str(temporary))
     return path
+
+
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[None]:
+    """Python logging below ERROR off while onnxruntime's quantizer runs (it logs through the root logger)."""
+    previous = logging.root.manager.disable
+    logging.disable(max(previous, logging.WARNING))
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 # ------------------------------------------------------------------------------------------------ checks
 
 
-def _quantization_tools() -> tuple[Any, Any]:
-    try:
-        import onnx
-    except ImportError as exc:
-        raise RuntimeError("quantize_onnx needs onnx and onnxruntime: pip install 'ofas-wrap[onnx]'") from exc
-    try:
-        import importlib
+def check_quantization_tools() -> tuple[Any, Any]:
+    """``(onnx, onnxruntime.quantization)``, or a RuntimeError that says what to install."""
+    import importlib
 
+    missing = []
+    for name in ("onnx", "onnxruntime"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise RuntimeError(f"INT8 quantization needs onnx and onnxruntime, and {' and '.join(missing)} "
+                           f"{'is' if len(missing) == 1 else 'are'} not installed: pip install 'ofas-wrap[onnx]' "
+                           "(onnx, onnxscript, onnxruntime)")
+    try:
         quantization = importlib.import_module("onnxruntime.quantization")
         quantization.quantize_static, quantization.CalibrationDataReader  # noqa: B018 (an old build lacks them)
     except (ImportError, AttributeError) as exc:
         raise RuntimeError(
-            "quantize_onnx needs onnxruntime's quantization tools (onnxruntime.quantization.quantize_static), which "
-            f"this installation does not have ({exc}); install the full CPU package: pip install 'ofas-wrap[onnx]' "
-            "(onnxruntime, not onnxruntime-gpu builds without the tools)"
+            "INT8 quantization needs onnxruntime's quantization tools (onnxruntime.quantization.quantize_static), "
+            f"which this installation does not have ({exc}); install the full CPU package: pip install "
+            "'ofas-wrap[onnx]' (onnxruntime, not onnxruntime-gpu builds without the tools)"
         ) from exc
-    return onnx, quantization
-
-
-def _float_graph(source: Any, target: Path) -> Path:
-    from ._model import OFASModel
-
-    if isinstance(source, OFASModel):
-        from ._export import export_onnx
-
-        try:
-            return export_onnx(source, target)
-        except Exception as exc:
-            raise RuntimeError(f"this model cannot be exported to ONNX, so it cannot be quantized ({exc}); nothing "
-                               "was written. export_onnx must succeed first (batch of one, an If per gate)") from exc
-    if isinstance(source, (str, os.PathLike)):
-        source = Path(source)
-        if not source.is_file():
-            raise FileNotFoundError(f"{source}: no such file (give an OFASModel or a .onnx file from export_onnx)")
-        return source
-    raise TypeError(f"quantize_onnx takes an OFASModel or the path of a file from export_onnx, got "
-                    f"{type(source).__name__}")
+    return importlib.import_module("onnx"), quantization
 
 
 def _ofas_config(proto: Any, source: Any) -> dict:
-    from ._export import ONNX_CONFIG_KEY
-
     entries = {entry.key: entry.value for entry in proto.metadata_props}
     if ONNX_CONFIG_KEY not in entries or not any(node.op_type == "If" for node in proto.graph.node):
         raise ValueError(f"{source} is not an ONNX file from ofas_wrap.export_onnx (no {ONNX_CONFIG_KEY} metadata or "
@@ -155,29 +150,119 @@ def _ofas_config(proto: Any, source: Any) -> dict:
     return config
 
 
-def _check_calibration(calibration: Any, proto: Any) -> np.ndarray:
-    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    expected = tuple(dims[1:])
-    if not isinstance(calibration, Tensor):
-        raise TypeError(f"calibration must be a float tensor (N, {', '.join(map(str, expected))}) of images prepared "
-                        f"as the model's inputs, got {type(calibration).__name__}")
-    if calibration.dim() != len(dims):
-        raise ValueError(f"calibration must be a batch of images (N, {', '.join(map(str, expected))}), got shape "
-                         f"{tuple(calibration.shape)}; stack the images along a first dimension")
-    if calibration.shape[1] != expected[0]:
-        raise ValueError(f"calibration has {calibration.shape[1]} channels, the model takes {expected[0]} "
-                         f"(input {expected}); give images with the channels the model was trained on")
-    if tuple(calibration.shape[1:]) != expected:
-        raise ValueError(f"calibration images are {tuple(calibration.shape[1:])}, the exported model takes "
-                         f"{expected}; resize them as for the model's inputs")
-    if calibration.shape[0] < 1:
+def calibration_batch(calibration: Any, input_size: Any, count: Optional[int] = None) -> Tensor:
+    """The calibration images as one checked float32 CPU tensor ``(N, *input_size)``.
+
+    ``calibration`` is a float tensor ``(N, C, H, W)``; or an iterable of such batches, of single ``(C, H, W)``
+    images, or of ``(images, labels, ...)`` tuples (a ``DataLoader``, a dataset); or an onnxruntime
+    ``CalibrationDataReader`` (its ``get_next()`` dicts, one input each). ``count`` takes the first ``count``
+    images (an iterable is read only that far); ``None`` takes all of them. The images must be prepared as the
+    model's inputs (normalised as for ``model(x)``) and come from training or held-out data, never from the test
+    images you report.
+
+    Example:
+        >>> calibration_batch([(torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]))] * 3, (3, 8, 8), count=5).shape
+        torch.Size([5, 3, 8, 8])
+    """
+    expected = tuple(int(size) for size in input_size)
+    shape = ", ".join(map(str, expected))
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise ValueError(f"the number of calibration images must be a positive integer, got {count!r}")
+    if isinstance(calibration, Tensor):
+        images = calibration
+    elif isinstance(calibration, np.ndarray):
+        images = torch.from_numpy(calibration)
+    elif callable(getattr(calibration, "get_next", None)):  # onnxruntime's CalibrationDataReader
+        images = _collect(_reader_items(calibration), expected, count)
+    elif isinstance(calibration, Iterable) and not isinstance(calibration, (str, bytes, dict)):
+        images = _collect(iter(calibration), expected, count)
+    else:
+        raise TypeError(f"calibration must be a float tensor (N, {shape}) of images prepared as the model's inputs, "
+                        f"a DataLoader / iterable of such batches, or an onnxruntime CalibrationDataReader; got "
+                        f"{type(calibration).__name__}")
+    if images.dim() != len(expected) + 1:
+        raise ValueError(f"calibration must be a batch of images (N, {shape}), got shape {tuple(images.shape)}; "
+                         "stack the images along a first dimension")
+    if images.shape[1] != expected[0]:
+        raise ValueError(f"calibration has {images.shape[1]} channels, the model takes {expected[0]} (input "
+                         f"{expected}); give images with the channels the model was trained on")
+    if tuple(images.shape[1:]) != expected:
+        raise ValueError(f"calibration images are {tuple(images.shape[1:])}, the model takes {expected}; resize "
+                         "them as for the model's inputs")
+    if images.shape[0] < 1:
         raise ValueError("calibration has no images; give a few hundred training or validation images")
-    if not calibration.is_floating_point():
-        raise TypeError(f"calibration must be float images normalised as the model's inputs, got {calibration.dtype}"
+    if count is not None:
+        if images.shape[0] < count:
+            raise ValueError(f"{count} calibration images were asked for, but the calibration data holds only "
+                             f"{images.shape[0]}")
+        images = images[:count]
+    if not images.is_floating_point():
+        raise TypeError(f"calibration must be float images normalised as the model's inputs, got {images.dtype}"
                         " (uint8 images need the model's normalisation first)")
-    if not torch.isfinite(calibration).all():
+    if not torch.isfinite(images).all():
         raise ValueError("calibration has NaN or infinite values")
-    return calibration.detach().cpu().float().numpy()
+    return images.detach().cpu().float().contiguous()
+
+
+def calibration_sample(dataset: Any, count: int, seed: int = 0) -> Tensor:
+    """``count`` images of ``dataset`` (an ``ofas_wrap.data`` split: its ``__getitems__`` gives normalised images)
+    picked at random with ``seed``, as one batch: what the CLI and ``recipes/evaluate.py`` calibrate INT8 on, from
+    the training split (never the test split).
+
+    Example:
+        >>> from ofas_wrap.data import ImageTensorDataset
+        >>> split = ImageTensorDataset(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.zeros(10, dtype=torch.int64),
+        ...                            [0.5], [0.25])
+        >>> calibration_sample(split, 4).shape
+        torch.Size([4, 1, 4, 4])
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"the number of calibration images must be a positive integer, got {count!r}")
+    if len(dataset) < count:
+        raise ValueError(f"{count} calibration images were asked for, but the training split holds only "
+                         f"{len(dataset)}; ask for fewer")
+    pick = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
+    images = dataset.__getitems__(pick.tolist())
+    return images[0] if isinstance(images, (tuple, list)) else images
+
+
+def _reader_items(reader: Any) -> Any:
+    while True:
+        item = reader.get_next()
+        if item is None:
+            return
+        if not isinstance(item, dict) or len(item) != 1:
+            raise ValueError("a CalibrationDataReader for an OFAS export gives one input per call ({'image': "
+                             f"array}}), got {type(item).__name__}"
+                             + (f" with {len(item)} entries" if isinstance(item, dict) else ""))
+        yield next(iter(item.values()))
+
+
+def _collect(items: Any, expected: tuple, count: Optional[int]) -> Tensor:
+    """Concatenate an iterable's batches (or single images, or the first element of tuples) up to ``count``."""
+    batches, total = [], 0
+    for item in items:
+        if isinstance(item, (tuple, list)):
+            if not item:
+                raise ValueError("calibration data gave an empty item; give batches of images")
+            item = item[0]
+        if isinstance(item, np.ndarray):
+            item = torch.from_numpy(item)
+        if not isinstance(item, Tensor):
+            raise TypeError(f"calibration data must give image tensors (or (images, labels) pairs), got "
+                            f"{type(item).__name__}")
+        if item.dim() == len(expected):  # a single image, as a dataset gives them
+            item = item.unsqueeze(0)
+        if batches and item.shape[1:] != batches[0].shape[1:]:
+            raise ValueError(f"calibration batches differ in shape: {tuple(batches[0].shape[1:])} and "
+                             f"{tuple(item.shape[1:])}")
+        batches.append(item.detach().cpu())
+        total += item.shape[0] if item.dim() else 0
+        if count is not None and total >= count:
+            break
+    if not batches:
+        return torch.zeros(0, *expected)
+    return torch.cat(batches)
 
 
 # --------------------------------------------------------------------------------------- graph surgery
@@ -333,8 +418,6 @@ def _fold_gates(onnx: Any, quantized: Any, blocks: list[dict], float_initializer
 
 
 def _set_config(proto: Any, config: dict) -> None:
-    from ._export import ONNX_CONFIG_KEY
-
     entries = [(entry.key, entry.value) for entry in proto.metadata_props if entry.key != ONNX_CONFIG_KEY]
     del proto.metadata_props[:]
     for key, value in entries + [(ONNX_CONFIG_KEY, json.dumps(config))]:
@@ -354,6 +437,7 @@ def _check_quantized(float_proto: Any, quantized: Any, images: np.ndarray,
                                    "(please report this with the onnxruntime version)")
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
+    options.log_severity_level = 3  # not the exporter's unused initializer, once per session
     sessions = [onnxruntime.InferenceSession(p.SerializeToString(), options, providers=["CPUExecutionProvider"])
                 for p in (float_proto, quantized)]
     name = float_proto.graph.input[0].name

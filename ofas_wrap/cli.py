@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Optional
 
-from ._config import OFASConfig, check_threshold
+from ._config import DEFAULT_CALIBRATION_IMAGES, OFASConfig, check_threshold
 
 __all__ = ["main", "build_parser"]
 
@@ -130,15 +130,35 @@ def _add_export(subparsers) -> None:
                     "--format export: torch.export with torch.cond gates, batch of one (a .pt2 file). With "
                     "--format onnx: an ONNX If per gated block, batch of one (a .onnx file). With --prune PATTERN: "
                     "the depth-pruned network instead, the plain backbone with the blocks PATTERN removes taken "
-                    "out (TorchScript, no gates), checked against the model with PATTERN forced.",
+                    "out (TorchScript, no gates), checked against the model with PATTERN forced. With --int8 "
+                    "--calib-data DATASET: the INT8 ONNX graph (onnxruntime static quantization, the blocks still an "
+                    "If each, the stem and the gating head float32), calibrated on --calib-images images of "
+                    "DATASET's training split, never its test split.",
     )
     parser.add_argument("model", help="save_pretrained folder, Hub repo id, or backbone spec (cifar:resnet20)")
     parser.add_argument("output", help="the file to write, e.g. model.pt")
-    parser.add_argument("--format", default="torchscript", choices=["torchscript", "export", "onnx"])
+    parser.add_argument("--format", default=None, choices=["torchscript", "export", "onnx"],
+                        help="default: torchscript (onnx with --int8)")
     parser.add_argument("--batch-size", type=int, default=2, help="batch of the example input used for the check")
     parser.add_argument("--prune", type=_keep_pattern, default=None, metavar="PATTERN",
                         help="write the depth-pruned network: one 1 (keep) or 0 (remove) per gated block, in the "
                              "order `ofas-wrap inspect` lists them, e.g. 1,1,0,1 (commas optional)")
+    int8 = parser.add_argument_group("INT8 (ONNX, batch of one; pip install 'ofas-wrap[onnx]')")
+    int8.add_argument("--int8", action="store_true",
+                      help="write the INT8 ONNX graph: onnxruntime's static quantization of the blocks (QDQ, "
+                           "per-channel int8 weights, uint8 activations), each still an If, so a skipped block is "
+                           "not computed; the stem and the gating head stay float32, so the gates are the float "
+                           "model's decisions (checked on every calibration image)")
+    int8.add_argument("--calib-data", default=None, metavar="DATASET",
+                      help="the images to calibrate on, a dataset as the recipes take it (an image folder with "
+                           "train/ and test/ or its .tar.gz, an IDX folder, a save_to_disk folder, a Hub id, "
+                           "fashion-mnist); only its training split is read, never the test split. Normalised as "
+                           "the model's config says (a run folder's recorded --image-size, --train-split and "
+                           "--in-chans apply)")
+    int8.add_argument("--calib-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
+                      help="training images picked at random (seed 0) to calibrate on")
+    int8.add_argument("--per-tensor", action="store_true",
+                      help="one weight scale per tensor instead of one per output channel")
     _add_source_arguments(parser)
     parser.set_defaults(func=_run_export)
 
@@ -152,12 +172,80 @@ def _keep_pattern(text: str) -> list[bool]:
     return [digit == "1" for digit in digits]
 
 
+def _check_int8_flags(args: argparse.Namespace) -> None:
+    """``export --int8``: every flag checked, and onnxruntime's quantization tools found, before any loading."""
+    if not args.int8:
+        if args.calib_data is not None or args.per_tensor:
+            raise ValueError("--calib-data and --per-tensor are for --int8 (the INT8 ONNX graph); add --int8 or "
+                             "leave them out")
+        return
+    if args.calib_data is None:
+        raise ValueError("--int8 needs --calib-data DATASET: the training images to calibrate on (a few hundred "
+                         "are picked from its training split, never from its test split)")
+    if args.format not in (None, "onnx"):
+        raise ValueError(f"--int8 writes an ONNX file (the INT8 graph with an If per gate): leave out --format "
+                         f"{args.format} or give --format onnx")
+    if args.prune is not None:
+        raise ValueError("--int8 quantizes the adaptive ONNX graph; --prune writes the depth-pruned TorchScript "
+                         "network: give one of them")
+    if args.calib_images < 1:
+        raise ValueError(f"--calib-images must be positive, got {args.calib_images}")
+    from ._quantize import check_quantization_tools
+
+    try:
+        check_quantization_tools()
+    except RuntimeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _calibration_from_dataset(args: argparse.Namespace, model):
+    """``--calib-images`` images of ``--calib-data``'s training split, normalised for ``model``; a dataset whose
+    images differ from the model's input in channels or size is refused."""
+    import json
+
+    from ._quantize import calibration_sample
+    from .data import load_image_data
+
+    run_args = {}
+    recorded = Path(args.model) / "args.json"  # a recipe's run folder: the data flags it trained with
+    if recorded.is_file():
+        run_args = json.loads(recorded.read_text())
+    expected = tuple(model.config["input_size"])
+    in_chans = run_args.get("in_chans")
+    normalization = model.config.get("normalization")
+    if normalization is None:
+        print("note: the model records no normalisation; the calibration images are normalised with the training "
+              "split's own statistics", file=sys.stderr)
+    if normalization is not None and len(normalization["mean"]) != expected[0]:
+        normalization = None  # a mismatched dataset is refused below, with the channels named
+    data = load_image_data(args.calib_data, in_chans=in_chans if in_chans not in (None, "auto") else "auto",
+                           val_size=0, augment=False, image_size=run_args.get("image_size"),
+                           train_split=run_args.get("train_split") or "train",
+                           config_name=run_args.get("dataset_config"),
+                           image_column=run_args.get("image_column"), label_column=run_args.get("label_column"),
+                           normalization=normalization)
+    info = data.info
+    if info.channels != expected[0]:
+        raise ValueError(f"--calib-data {args.calib_data} has {info.channels}-channel images, the model takes "
+                         f"{expected[0]} channels (input {expected}); calibrate on the images it was trained on")
+    if tuple(info.image_size) != tuple(expected[1:]):
+        raise ValueError(f"--calib-data {args.calib_data} has {info.image_size[0]}x{info.image_size[1]} images, the "
+                         f"model takes {expected[1]}x{expected[2]} (input {expected}); calibrate on the images it "
+                         "was trained on")
+    return calibration_sample(data.train, args.calib_images)
+
+
 def _run_export(args: argparse.Namespace) -> int:
     import torch
 
+    _check_int8_flags(args)
+    if args.format is None:
+        args.format = "onnx" if args.int8 else "torchscript"
     if args.prune is not None and (args.format != "torchscript" or args.threshold):
         raise ValueError("--prune writes a TorchScript file of the pruned network, which has no gates and no "
                          "threshold: leave out --format and --threshold")
+    if Path(args.output).is_dir():
+        raise ValueError(f"{args.output} is a folder; give the file to write, e.g. {Path(args.output) / 'model.onnx'}")
     model, config, _ = _load_source(args, allow_torchscript=False)
     if args.prune is not None:
         from ._export import export_torchscript
@@ -188,6 +276,16 @@ def _run_export(args: argparse.Namespace) -> int:
 
         program = export_program(model, example)
         torch.export.save(program, args.output)
+    elif args.int8:
+        from ._export import export_onnx
+
+        calibration = _calibration_from_dataset(args, model)
+        _quiet_onnxruntime()
+        export_onnx(model, args.output, example, quantize="int8", calibration=calibration,
+                    per_channel=not args.per_tensor)
+        print(f"wrote {args.output} (onnx INT8, threshold {model.threshold:.3g}, {model.num_gates} gates; "
+              f"calibrated on {len(calibration)} training images of {args.calib_data}; stem and head float32)")
+        return 0
     elif args.format == "onnx":
         from ._export import export_onnx
 
@@ -198,6 +296,17 @@ def _run_export(args: argparse.Namespace) -> int:
         export_torchscript(model, args.output, example)
     print(f"wrote {args.output} ({args.format}, threshold {model.threshold:.3g}, {model.num_gates} gates)")
     return 0
+
+
+def _quiet_onnxruntime() -> None:
+    """onnxruntime's warnings about unused initializers and pre-processing (while quantizing) are not the user's to
+    act on: errors only, for this process (the command line's)."""
+    import logging
+
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
 
 
 def _add_bench(subparsers) -> None:
@@ -273,6 +382,8 @@ def _run_bench(args: argparse.Namespace) -> int:
     else:
         runtime = {"onnx": "onnxruntime", "torchscript": "TorchScript"}.get(kind, "TorchScript" if args.torchscript
                                                                             else "eager")
+        if kind == "onnx" and model.precision == "int8":
+            runtime = "onnxruntime, INT8"
         print(f"model: {args.model} ({runtime}), "
               f"input {args.batch_size}x{'x'.join(str(s) for s in size)} random normal")
         print(format_sweep(results))

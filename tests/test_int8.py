@@ -122,10 +122,24 @@ def test_int8_file_records_the_calibration(int8):
     assert record["calibration_images"] == len(calibration) and record["format"] == "QDQ"
 
 
-def test_int8_from_a_model_exports_first(tmp_path):
-    model = ofas_wrap.create_model("cifar:resnet8", input_size=SIZE, threshold=0.0).eval()
-    path = ofas_wrap.quantize_onnx(model, tmp_path / "m.onnx", torch.randn(4, *SIZE))
-    assert _session(path).run(["gates"], {"image": np.zeros((1, *SIZE), np.float32)})[0].all()
+def _gates(path, images):
+    session = _session(path)
+    return np.concatenate([session.run(["gates"], {"image": images[i:i + 1].numpy()})[0] for i in range(len(images))])
+
+
+def test_export_onnx_quantize_writes_int8_with_the_float_heads_gates(int8, tmp_path):
+    """One call, calibrated from a DataLoader of (images, labels), its first 16 images."""
+    model, calibration, _, _ = int8
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(calibration, torch.zeros(len(calibration))),
+                                         batch_size=8)
+    path = ofas_wrap.export_onnx(model, tmp_path / "m.onnx", quantize="int8", calibration=loader,
+                                 calibration_images=16)
+    config = json.loads({entry.key: entry.value for entry in onnx.load(str(path)).metadata_props}["ofas_config"])
+    assert config["int8"]["calibration_images"] == 16 and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    with torch.no_grad():
+        _, probs = model.gate_probabilities(calibration[:16])
+    expected = (probs >= model.threshold).numpy()
+    assert 0 < expected.mean() < 1 and np.array_equal(_gates(path, calibration[:16]), expected)
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -158,10 +172,38 @@ def test_int8_refuses_a_model_that_cannot_be_exported(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("torch.onnx.export failed")
 
-    monkeypatch.setattr(ofas_wrap._export, "export_onnx", broken)
+    monkeypatch.setattr(torch.onnx, "export", broken)
     with pytest.raises(RuntimeError, match="cannot be exported to ONNX"):
         ofas_wrap.quantize_onnx(model, tmp_path / "m.onnx", torch.randn(4, *SIZE))
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("arguments, error, message", [
+    ({"quantize": "int4", "calibration": torch.randn(4, *SIZE)}, ValueError, "quantize must be one of 'int8'"),
+    ({"quantize": "int8"}, ValueError, "needs calibration images"),
+    ({"calibration": torch.randn(4, *SIZE)}, ValueError, "calibration images are for quantize='int8'"),
+    ({"quantize": "int8", "calibration": [torch.randn(2, 1, 16, 16)] * 2}, ValueError, "1 channels"),
+    ({"quantize": "int8", "calibration": torch.randn(4, *SIZE), "calibration_images": 8}, ValueError,
+     "8 calibration images were asked for"),
+    ({"quantize": "int8", "calibration": "images/"}, TypeError, "DataLoader"),
+])
+def test_export_onnx_quantize_checks_its_arguments_before_writing(tmp_path, arguments, error, message):
+    model = ofas_wrap.create_model("cifar:resnet8", input_size=SIZE)
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"before")
+    with pytest.raises(error, match=message):
+        ofas_wrap.export_onnx(model, target, **arguments)
+    assert target.read_bytes() == b"before" and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+@pytest.mark.parametrize("module, message", [("onnxruntime.quantization", "quantization tools"),
+                                             ("onnxruntime", "onnxruntime is not installed: pip install")])
+def test_export_onnx_quantize_needs_onnxruntime_and_says_what_to_install(tmp_path, monkeypatch, module, message):
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(RuntimeError, match=message):
+        ofas_wrap.export_onnx(ofas_wrap.create_model("cifar:resnet8", input_size=SIZE), tmp_path / "m.onnx",
+                              quantize="int8", calibration=torch.randn(4, *SIZE))
+    assert not list(tmp_path.iterdir())
 
 
 def test_int8_refuses_an_onnx_file_not_from_export_onnx(tmp_path):

@@ -9,6 +9,13 @@ backbone (the ``train_backbone`` run at the root of the ``--init`` chain, or ``-
 same way and marked on the plots. Writes ``results.csv``, ``results.json``, ``accuracy_vs_cost.png`` and the
 TorchScript model at the chosen T into ``--output`` (default ``RUN/eval``).
 
+With ``--int8``, the model is also quantized (:func:`ofas_wrap.quantize_onnx`: onnxruntime's static quantization,
+calibrated on ``--calib-images`` images of the *training* split, never validation or test; the stem and the head
+stay float32) and evaluated through onnxruntime at batch 1, one image at a time as deployed: INT8 rows (runtime
+``onnxruntime-int8``) with the same columns, plus the float32 ONNX graph's latency at the same T for the INT8 /
+FP32 ratio, and the share of test images whose INT8 gates equal the float head's. T for INT8 is chosen on the INT8
+validation accuracy by the same rule; the INT8 file at that T is written beside the TorchScript one.
+
 Example:
     >>> from ofas_wrap.training import parse_thresholds
     >>> parse_thresholds("0.3:0.5:0.1")
@@ -32,7 +39,7 @@ from torch import nn
 from .._atomic import atomic_path
 from .._bench import latency_over_images
 from .._calibration import fold_head_temperature, head_temperature
-from .._config import check_threshold
+from .._config import DEFAULT_CALIBRATION_IMAGES, check_threshold
 from .._plan import FLOPS_NOTE
 from ..data import DataError, load_image_data, make_loader
 from ._errors import RunError
@@ -149,6 +156,18 @@ def evaluate_parser() -> argparse.ArgumentParser:
                         help="before the sweep, fold into the head the one temperature (chosen on the validation "
                              "images) that spreads its outputs over (0.05, 0.95): decisions at T = 0.5 unchanged, "
                              "a threshold cliff becomes a knob; the exported model carries it (docs/training.md)")
+    int8 = parser.add_argument_group("INT8 (pip install 'ofas-wrap[onnx]')")
+    int8.add_argument("--int8", action="store_true",
+                      help="also quantize the model (onnxruntime static quantization, stem and head float32) and "
+                           "evaluate it through onnxruntime at batch 1: INT8 rows (runtime onnxruntime-int8) with "
+                           "accuracy, executed blocks and latency beside the float ones, T for INT8 chosen on the "
+                           "INT8 validation accuracy, and the INT8 .onnx file at that T")
+    int8.add_argument("--calib-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
+                      help="training-split images (never validation or test) to calibrate INT8 on, picked at random "
+                           "with the run's split seed")
+    int8.add_argument("--int8-thresholds", type=parse_thresholds, default=None,
+                      help="the thresholds of the INT8 rows (default: the sweep's); each scores the validation and "
+                           "test images one at a time")
     return parser
 
 
@@ -204,8 +223,9 @@ def _script_backbone(backbone: nn.Module, example: torch.Tensor) -> Any:
 
 
 def format_table(rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, Any]] = None,
-                 chosen: Optional[float] = None) -> str:
-    """The per-threshold results as a text table (what ``evaluate.py`` prints)."""
+                 chosen: Optional[float] = None, int8: Optional[dict[str, Any]] = None) -> str:
+    """The per-threshold results as a text table (what ``evaluate.py`` prints); ``int8`` (``results.json``'s
+    ``int8`` section) adds its rows below, labelled."""
     header = (f"{'T':>5} {'val acc':>8} {'test acc':>8} {'blocks':>11} {'MFLOPs':>8} {'latency ms':>10} "
               f"{'adaptive':>8} {'patterns':>8}")
     lines = [header, "-" * len(header)]
@@ -226,6 +246,21 @@ def format_table(rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, An
                      f"{fmt(baseline['test_accuracy'], '8.4f')} {blocks:>11} {baseline['mflops']:>8.2f} "
                      f"{fmt(baseline.get('latency_ms'), '10.3f')} {'-':>8} {'-':>8}  original backbone "
                      f"({baseline['source']})")
+    if int8 and int8.get("rows"):
+        lines.append(f"INT8 ({int8['runtime']}, batch 1, calibrated on {int8['calibration_images']} training images; "
+                     "stem and head float32):")
+        lines.append(f"{'T':>5} {'val acc':>8} {'test acc':>8} {'blocks':>11} {'MFLOPs':>8} {'latency ms':>10} "
+                     f"{'precision':>9} {'vs fp32':>7}")
+        for row in int8["rows"]:
+            mark = "  <- chosen on INT8 validation" if row["threshold"] == int8.get("chosen_threshold") else ""
+            blocks = f"{row['executed_blocks']:.2f}/{row['num_blocks']}"
+            ratio = row.get("int8_over_fp32_onnx")
+            lines.append(f"{row['threshold']:>5.2f} {fmt(row.get('val_accuracy'), '8.4f')} "
+                         f"{fmt(row['test_accuracy'], '8.4f')} {blocks:>11} {row['mflops']:>8.2f} "
+                         f"{fmt(row.get('latency_ms'), '10.3f')} {'int8':>9} "
+                         f"{(format(ratio, '.2f') + 'x') if ratio is not None else '-':>7}{mark}")
+        lines.append("INT8 latency: onnxruntime (the rows above: TorchScript, float32); vs fp32: INT8 / float32 "
+                     "latency, both in onnxruntime at the same T")
     lines.append(f"MFLOPs: executed per test image; {FLOPS_NOTE}")
     return "\n".join(lines)
 
@@ -365,7 +400,8 @@ def adaptivity(outputs: torch.Tensor, threshold: float, labels: Optional[torch.T
 
 
 def _plot(rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, Any]], path: Path, title: str,
-          outputs: Optional[torch.Tensor] = None, chosen: Optional[float] = None) -> None:
+          outputs: Optional[torch.Tensor] = None, chosen: Optional[float] = None,
+          int8_rows: Optional[Sequence[dict[str, Any]]] = None) -> None:
     # the object API with its own Agg canvas: a library function must not switch pyplot's backend (a notebook's)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -381,6 +417,10 @@ def _plot(rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, Any]], pa
     for axis, (key, label) in zip(axes[0], axes_keys):
         xs = [r[key] for r in rows]
         axis.plot(xs, accuracy, "o-", color="tab:blue", label="OFAS, one point per T")
+        if int8_rows and all(r.get(key) is not None for r in int8_rows):
+            runtime = " (onnxruntime)" if key == "latency_ms" else ""
+            axis.plot([r[key] for r in int8_rows], [100 * r["test_accuracy"] for r in int8_rows], "s--",
+                      color="tab:green", label=f"OFAS INT8{runtime}, one point per T")
         for row, x, y in zip(rows, xs, accuracy):
             axis.annotate(f"{row['threshold']:.2f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         if baseline and baseline.get(key) is not None:
@@ -432,6 +472,17 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             raise RunError(str(exc)) from None
     if args.latency_samples < 0 or args.latency_runs < 1 or args.threads < 1:
         raise RunError("--latency-samples must be >= 0, --latency-runs and --threads >= 1")
+    if args.int8:
+        from .._quantize import check_quantization_tools
+
+        if args.calib_images < 1:
+            raise RunError(f"--calib-images must be positive, got {args.calib_images}")
+        try:
+            check_quantization_tools()
+        except RuntimeError as exc:
+            raise RunError(f"--int8: {exc}") from None
+    elif args.int8_thresholds is not None:
+        raise RunError("--int8-thresholds is for --int8; add --int8 or leave it out")
     dataset = args.dataset or run_args.get("dataset") or run_data.get("source")
     if not dataset:
         raise RunError(f"{args.run} records no dataset; pass --dataset")
@@ -450,6 +501,9 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             val_from=(run_args.get("val_from") if run_args else None) or "train",
         )
     info = data.info
+    if args.int8 and len(data.train) < args.calib_images:
+        raise RunError(f"--calib-images {args.calib_images}: the training split holds only {len(data.train)} images "
+                       "(INT8 calibrates on training images, never on validation or test); ask for fewer")
     test_loader = accelerator.prepare(make_loader(data.test, args.batch_size))
     val_loader = accelerator.prepare(make_loader(data.val, args.batch_size)) if len(data.val) else None
     if len(data.val) == 0:
@@ -547,6 +601,12 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                        "most accurate T", "export_threshold": export_t,
         "head_output_percentiles": percentiles, "timed_as": timed_as, "head_saturation": saturation_note(percentiles),
     }
+    if args.int8:
+        if accelerator.is_main_process:
+            result["int8"] = _evaluate_int8(cpu_model, data, latency_images, args.int8_thresholds or [
+                row["threshold"] for row in rows_sweep], reference_val, reference_name, args, out_dir,
+                accelerator.print)
+        accelerator.wait_for_everyone()
     if args.controls:
         if accelerator.num_processes > 1:
             accelerator.print("note: --controls runs in one process only; skipped")
@@ -573,15 +633,21 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             result["exported_model"] = None
             result["export_skipped"] = f"TorchScript export failed: {type(exc).__name__}: " + (
                 (str(exc).strip().splitlines() or [""])[0][:200])
-        _write_csv(out_dir / "results.csv", rows_sweep, baseline)
+        int8 = result.get("int8")
+        _write_csv(out_dir / "results.csv", rows_sweep, baseline, int8["rows"] if int8 else None)
         _write_json(out_dir / "results.json", result)
         if not args.no_plot:
             plot = out_dir / "accuracy_vs_cost.png"
             _plot(rows_sweep, baseline, plot, f"{Path(args.run).name}: {info.source} (test split, "
-                                              f"{reference['test_count']} images)", outputs, chosen)
+                                              f"{reference['test_count']} images)", outputs, chosen,
+                  int8["rows"] if int8 else None)
             result["plot"] = str(plot)
-        print(format_table(rows_sweep, baseline, chosen))
+        print(format_table(rows_sweep, baseline, chosen, int8))
         print(f"chosen on validation: T = {chosen:.2f} ({result['choice_rule']})")
+        if int8:
+            print(f"INT8: chosen on INT8 validation: T = {int8['chosen_threshold']:.2f}; test images whose INT8 gates "
+                  f"are the float head's: {min(r['gates_equal_float'] for r in int8['rows']):.2%} at worst; "
+                  f"INT8 model: {int8['exported_model']}")
         if result["head_output_percentiles"]:
             spread = ", ".join(f"p{q} {v:.3f}" for q, v in result["head_output_percentiles"].items())
             print(f"head outputs S_L: {spread}"
@@ -626,7 +692,8 @@ def _measure_baseline(accelerator, baseline_dir: Optional[Path], model, cpu_mode
     return baseline
 
 
-def _write_csv(path: Path, rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, Any]]) -> None:
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]], baseline: Optional[dict[str, Any]],
+               int8_rows: Optional[Sequence[dict[str, Any]]] = None) -> None:
     fields = ["threshold", "val_accuracy", "test_accuracy", "executed_blocks", "num_blocks", "executed_gates",
               "num_gates", "mflops", "latency_ms", "latency_p90_ms"]
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
@@ -634,11 +701,104 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]], baseline: Optional[di
         writer.writeheader()
         for row in rows:
             writer.writerow({"model": "ofas", **row})
+        for row in int8_rows or ():
+            writer.writerow({"model": "ofas-int8", **row})
         if baseline:
             writer.writerow({"model": "original", "threshold": "", "executed_blocks": baseline["num_blocks"],
                              "num_blocks": baseline["num_blocks"], **{k: baseline.get(k) for k in
                                                                         ("val_accuracy", "test_accuracy", "mflops",
                                                                          "latency_ms", "latency_p90_ms")}})
+
+
+def _evaluate_int8(model, data, latency_images: torch.Tensor, thresholds: Sequence[float], reference_val,
+                   reference_name: str, args, out_dir: Path, log) -> dict[str, Any]:
+    """``--int8``: quantize the (CPU) model on training images, then score and time it in onnxruntime per T."""
+    import tempfile
+
+    import onnx
+    import onnxruntime
+
+    from .._bench import OnnxRuntimeModel
+    from .._export import export_onnx, quantize_onnx, set_onnx_threshold
+    from .._quantize import calibration_sample
+
+    onnxruntime.set_default_logger_severity(3)  # the exporter's unused initializer, warned about per session
+    model.eval()
+    calibration = calibration_sample(data.train, args.calib_images, seed=data.info.split_seed)
+    with tempfile.TemporaryDirectory(prefix="ofas-eval-int8-") as work:
+        float_path = export_onnx(model, Path(work) / "float.onnx")
+        int8_path = quantize_onnx(float_path, Path(work) / "int8.onnx", calibration)
+        float_bytes, int8_bytes = float_path.read_bytes(), int8_path.read_bytes()
+    fp32, int8 = OnnxRuntimeModel(float_bytes, threads=args.threads), OnnxRuntimeModel(int8_bytes, threads=args.threads)
+    record = dict(int8.config["int8"])
+    log(f"INT8: quantized on {len(calibration)} training images (largest |logit difference| to float32 on them "
+        f"{record['max_logit_difference_on_calibration']:.3g})")
+    splits = {"test": data.test, "val": data.val}
+    float_probs = {name: _head_probabilities(model, split) for name, split in splits.items() if len(split)}
+    rows = []
+    for threshold in thresholds:
+        int8.threshold = fp32.threshold = threshold
+        scores = {name: _score_onnx(int8, split) for name, split in splits.items() if len(split)}
+        predicted, labels, gates = scores["test"]
+        executed = gates.sum(dim=1).double()
+        row = {"threshold": threshold, "runtime": "onnxruntime-int8", "precision": "int8",
+               "val_accuracy": float((scores["val"][0] == scores["val"][1]).double().mean()) if "val" in scores
+               else None,
+               "test_accuracy": float((predicted == labels).double().mean()),
+               "executed_blocks": float(executed.mean()) + (len(model.blocks) - model.num_gates),
+               "num_blocks": len(model.blocks), "executed_gates": float(executed.mean()),
+               "num_gates": model.num_gates, "mflops": float(model.plan.executed_flops(gates).mean()) / 1e6,
+               "latency_ms": None, "latency_p90_ms": None, "fp32_onnx_latency_ms": None, "int8_over_fp32_onnx": None,
+               "test_count": int(labels.numel()),
+               # the head is float32 in both: any difference is float rounding at a decision's edge
+               "gates_equal_float": float((gates == (float_probs["test"] >= threshold)).all(dim=1).double().mean())}
+        if len(latency_images):
+            row["latency_ms"], row["latency_p90_ms"] = latency_over_images(
+                int8, latency_images, args.latency_runs, args.latency_warmup, args.threads)
+            row["fp32_onnx_latency_ms"] = latency_over_images(
+                fp32, latency_images, args.latency_runs, args.latency_warmup, args.threads)[0]
+            row["int8_over_fp32_onnx"] = row["latency_ms"] / row["fp32_onnx_latency_ms"]
+        rows.append(row)
+        log(f"INT8 T={threshold:.2f}: test acc {row['test_accuracy']:.4f}, blocks {row['executed_blocks']:.2f}/"
+            f"{row['num_blocks']}" + (f", {row['latency_ms']:.3f} ms ({row['int8_over_fp32_onnx']:.2f}x the float32 "
+                                      "ONNX graph)" if row["latency_ms"] is not None else ""))
+    if rows[0]["val_accuracy"] is not None:
+        chosen = choose_threshold(rows, reference_val, args.max_drop)
+    else:
+        chosen = min(row["threshold"] for row in rows)
+    export_t = args.export_threshold if args.export_threshold is not None else chosen
+    proto = set_onnx_threshold(onnx.load_from_string(int8_bytes), export_t)
+    exported = out_dir / f"model_T{export_t:.2f}-int8.onnx"
+    with atomic_path(exported, suffix=".onnx") as temporary:
+        onnx.save(proto, str(temporary))
+    record.pop("float_nodes", None)
+    return {"runtime": "onnxruntime-int8", "rows": rows, "calibration_images": len(calibration),
+            "calibration_split": "train", "threads": args.threads, "chosen_threshold": chosen,
+            "choice_rule": f"largest T with INT8 validation accuracy >= {reference_name} - {args.max_drop} points, "
+                           "else the most accurate T", "export_threshold": export_t, "exported_model": str(exported),
+            "quantization": record}
+
+
+def _head_probabilities(model, split, batch: int = 256) -> torch.Tensor:
+    """The float head's outputs for every image of ``split``, in order (stem + head only)."""
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(split), batch):
+            images, _ = split.__getitems__(list(range(start, min(start + batch, len(split)))))
+            outputs.append(model.gate_probabilities(images)[1].float())
+    return torch.cat(outputs)
+
+
+def _score_onnx(runner, split, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Predicted classes, labels and gates of every image of ``split`` through an OnnxRuntimeModel, one at a time."""
+    predicted, labels, gates = [], [], []
+    for start in range(0, len(split), batch):
+        images, targets = split.__getitems__(list(range(start, min(start + batch, len(split)))))
+        classes, chunk_gates = runner.classify(images)
+        predicted.append(classes)
+        labels.append(targets.to(torch.int64))
+        gates.append(chunk_gates)
+    return torch.cat(predicted), torch.cat(labels), torch.cat(gates)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,0 +1,133 @@
+"""An INT8 row for a comparison: an OFAS model quantized (:func:`ofas_wrap.quantize_onnx`) and run by onnxruntime at
+batch 1, as deployed. :func:`int8_row` scores it at one threshold and returns the callable to time, which an
+:class:`~ofas_wrap.compare.InterleavedTimer` times beside the float rows (``timer.add(key, row.runner)``).
+
+The calibration images come from the training split (or another held-out part), never from the test images scored.
+The stem and the gating head stay float32, so the INT8 graph takes the float head's decisions; ``gates_equal_float``
+says on what share of the test images it did (float rounding at a decision's edge is the only way it can differ).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["INT8_RUNTIME", "Int8Row", "int8_row"]
+
+INT8_RUNTIME = "onnxruntime-int8"  # the runtime label of INT8 rows, as recipes/evaluate.py writes it
+
+
+@dataclass
+class Int8Row:
+    """What :func:`int8_row` measured; ``runner`` (not in :meth:`to_dict`) runs the INT8 session on a batch of one
+    at ``threshold``: ``runner(images[i:i + 1])`` returns the logits, ``runner.last_gates`` the gates."""
+
+    threshold: float
+    top1: float
+    executed_gates: float
+    executed_blocks: float
+    num_blocks: int
+    num_gates: int
+    mflops: float
+    gates_equal_float: float
+    test_count: int
+    calibration_images: int
+    max_logit_difference_on_calibration: float
+    runtime: str = INT8_RUNTIME
+    precision: str = "int8"
+    runner: Any = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row without its runner (JSON-ready)."""
+        row = asdict(self)
+        row.pop("runner")
+        return row
+
+
+def int8_row(model: Any, calibration: Any, threshold: float, test_images: Tensor, test_labels: Tensor, *,
+             threads: int = 1, calibration_images: Optional[int] = None, per_channel: bool = True,
+             path: Optional[Any] = None) -> Int8Row:
+    """Quantize ``model`` (an OFASModel) on ``calibration`` and score the INT8 graph at ``threshold`` on the test
+    images, one image at a time through onnxruntime.
+
+    ``calibration``: what :func:`ofas_wrap.export_onnx` takes for ``quantize="int8"`` (a float tensor ``(N, C, H,
+    W)`` of training images prepared as the model's inputs, a DataLoader, ...; ``calibration_images`` takes the
+    first N); never the test images. ``test_images`` ``(N, C, H, W)`` float, prepared as the model's inputs;
+    ``test_labels`` ``(N,)``. ``threads``: the session's intra-op threads (the timing's too). ``path``: also keep
+    the INT8 file there (at ``threshold``); by default nothing is left on disk, the session holds the graph.
+
+    Returns an :class:`Int8Row` whose ``runner`` is the session to time at batch 1.
+
+    Example:
+        >>> import torch, ofas_wrap
+        >>> from ofas_wrap.compare import InterleavedTimer
+        >>> model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16)).eval()
+        >>> row = int8_row(model, torch.randn(32, 3, 16, 16), 0.5, torch.randn(8, 3, 16, 16),
+        ...                torch.randint(0, 10, (8,)))  # doctest: +SKIP
+        >>> timer = InterleavedTimer(torch.randn(4, 3, 16, 16), runs=5, threads=1)  # doctest: +SKIP
+        >>> key = timer.add("ofas-int8", row.runner)  # doctest: +SKIP
+    """
+    from .._bench import OnnxRuntimeModel
+    from .._config import check_threshold
+    from .._export import export_onnx
+    from .._model import OFASModel
+
+    if not isinstance(model, OFASModel):
+        raise TypeError(f"int8_row expects an OFASModel, got {type(model).__name__}")
+    threshold = check_threshold(threshold)
+    expected = tuple(model.config["input_size"])
+    if not isinstance(test_images, Tensor) or tuple(test_images.shape[1:]) != expected or test_images.dim() != 4:
+        got = tuple(test_images.shape) if isinstance(test_images, Tensor) else type(test_images).__name__
+        raise ValueError(f"test_images must be a float tensor (N, {', '.join(map(str, expected))}), got {got}")
+    if not isinstance(test_labels, Tensor) or test_labels.shape != (test_images.shape[0],):
+        raise ValueError(f"test_labels must be a tensor ({test_images.shape[0]},), one label per test image")
+    if test_images.shape[0] == 0:
+        raise ValueError("int8_row needs at least one test image")
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    was_training = model.training
+    model.eval()
+    try:
+        with tempfile.TemporaryDirectory(prefix="ofas-compare-int8-") as work:
+            written = export_onnx(model, Path(work) / "int8.onnx", quantize="int8", calibration=calibration,
+                                  calibration_images=calibration_images, per_channel=per_channel)
+            graph = written.read_bytes()
+        runner = OnnxRuntimeModel(graph, threads=threads)
+        runner.threshold = threshold
+        predicted, gates = runner.classify(test_images)
+        with torch.no_grad():
+            _, probs = model.gate_probabilities(test_images)
+    finally:
+        model.train(was_training)
+    if path is not None:
+        _keep(graph, Path(path), threshold)
+    executed = gates.sum(dim=1).double()
+    record = runner.config["int8"]
+    return Int8Row(
+        threshold=threshold, top1=float((predicted == test_labels.cpu().to(torch.int64)).double().mean()),
+        executed_gates=float(executed.mean()), executed_blocks=float(executed.mean()) + (len(model.blocks) -
+                                                                                          model.num_gates),
+        num_blocks=len(model.blocks), num_gates=model.num_gates,
+        mflops=float(model.plan.executed_flops(gates).mean()) / 1e6,
+        gates_equal_float=float((gates == (probs.cpu() >= threshold)).all(dim=1).double().mean()),
+        test_count=int(test_images.shape[0]), calibration_images=int(record["calibration_images"]),
+        max_logit_difference_on_calibration=float(record["max_logit_difference_on_calibration"]), runner=runner,
+    )
+
+
+def _keep(graph: bytes, path: Path, threshold: float) -> None:
+    """The INT8 file at ``threshold``, written atomically."""
+    import onnx
+
+    from .._atomic import atomic_path
+    from .._export import set_onnx_threshold
+
+    proto = set_onnx_threshold(onnx.load_from_string(graph), threshold)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".onnx") as temporary:
+        onnx.save(proto, str(temporary))
