@@ -1,27 +1,26 @@
-"""The comparison baselines of the benchmarks (benchmarks/baselines.py): SkipNet-style gating, naive masking,
-BranchyNet-style early exit (issue 5). Small models, no timing."""
+"""The other input-adaptive networks of ofas_wrap.compare (``_baselines``): SkipNet-style gating, naive masking,
+BranchyNet-style early exit (issues 5 and 25), each built from an adapted model. Small models, no timing."""
 
 from __future__ import annotations
 
 import math
-import os
-import sys
 
 import pytest
 import torch
+from torch import nn
 
 import ofas_wrap
-from ofas_wrap.models import cifar_resnet
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.baselines import (  # noqa: E402
+from ofas_wrap.compare import (
     EarlyExitResNet,
     FFGate,
     MaskedExecution,
     SkipNetStyle,
     early_exit_loss,
+    exit_decisions,
     softmax_entropy,
+    stage_ends,
 )
+from ofas_wrap.models import cifar_resnet
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +116,7 @@ def test_masked_execution_matches_routing(ofas_model: ofas_wrap.OFASModel, scrip
 @pytest.fixture(scope="module")
 def early_exit() -> EarlyExitResNet:
     torch.manual_seed(0)
-    return EarlyExitResNet(cifar_resnet(20), threshold=0.0).eval()
+    return EarlyExitResNet(ofas_wrap.create_model("cifar:resnet20"), threshold=0.0).eval()
 
 
 def test_early_exit_threshold_zero_runs_the_backbone(early_exit: EarlyExitResNet) -> None:
@@ -167,7 +166,7 @@ def test_early_exit_mixed_batch(early_exit: EarlyExitResNet, scripted: bool) -> 
 
 
 def test_early_exit_training_helpers(early_exit: EarlyExitResNet) -> None:
-    model = EarlyExitResNet(cifar_resnet(20)).train()
+    model = EarlyExitResNet(ofas_wrap.create_model("cifar:resnet20")).train()
     x, target = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     logits = model.forward_all(x)
     assert len(logits) == model.num_exits == 3 and all(t.shape == (4, 10) for t in logits)
@@ -196,3 +195,49 @@ def test_skipnet_style_with_always_on_blocks() -> None:
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), expected, rtol=0, atol=1e-6)
     assert scripted.last_probs.shape == (3, model.num_gates)
+
+
+@pytest.mark.parametrize("scripted", [False, True])
+@pytest.mark.parametrize("batch", [1, 6])
+def test_exit_decisions_are_the_exits_the_network_takes(early_exit: EarlyExitResNet, scripted: bool,
+                                                        batch: int) -> None:
+    x = torch.randn(batch, 3, 32, 32)
+    with torch.no_grad():
+        all_logits = early_exit.forward_all(x)
+    threshold = float(softmax_entropy(all_logits[0]).median()) + 1e-4  # about half leave at the first exit
+    module = torch.jit.script(early_exit) if scripted else early_exit
+    module.threshold = threshold
+    try:
+        with torch.no_grad():
+            module(x)
+        exits = module.last_exit
+    finally:
+        early_exit.threshold = 0.0
+    assert exits.tolist() == exit_decisions(all_logits, threshold).tolist()
+
+
+@pytest.mark.parametrize("spec, size, ends, blocks", [
+    ("cifar:resnet20", 32, [2, 5], [3, 6, 9]),                 # three stages of three blocks
+    ("torchvision:resnet18", 64, [1, 3, 5], [2, 4, 6, 8]),    # four stages of two
+])
+def test_exits_go_after_every_stage_of_any_adapted_resnet(spec, size, ends, blocks) -> None:
+    model = ofas_wrap.create_model(spec, num_classes=5, input_size=(3, size, size)).eval()
+    assert stage_ends(model) == ends
+    network = EarlyExitResNet(model).eval()
+    assert network.exit_blocks == blocks and network.num_exits == len(ends) + 1
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():  # threshold 0: nobody leaves early, the last exit is the network itself
+        torch.testing.assert_close(network(x), model.unwrap()(x))
+    assert network.exits[-1] is model.tail  # shared, not copied
+
+
+def test_a_network_of_one_stage_gets_no_exit_and_says_why() -> None:
+    from torchvision.models.resnet import BasicBlock
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), BasicBlock(8, 8),
+                        BasicBlock(8, 8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    model = ofas_wrap.adaptify(net, input_size=(3, 8, 8))
+    with pytest.raises(ValueError, match="no stage boundary"):
+        EarlyExitResNet(model)
+    with pytest.raises(TypeError, match="adaptify"):
+        EarlyExitResNet(cifar_resnet(20))

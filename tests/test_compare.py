@@ -1,5 +1,6 @@
 """ofas_wrap.compare (issue 25): a row for every method, the md/json/png files, the verdict keys; bad input refused
-before anything runs. Tiny IDX data written here, a CIFAR ResNet-8 and ResNet-8 statics, a few steps each."""
+before anything runs; early exit's threshold chosen on the held-out split. Tiny IDX data written here, a CIFAR
+ResNet-8 and ResNet-8 statics, a few steps each."""
 
 from __future__ import annotations
 
@@ -34,16 +35,25 @@ def base_flags(tiny, out, *extra):
 @pytest.fixture(scope="module")
 def report(tiny):
     out = tiny["root"] / "out"
-    # a head that starts closed (sigmoid(-3) < every T): the smoke's OFAS reaches the target after two steps
-    return out, cmp.compare(base_flags(tiny, out, "--static", "small=cifar:resnet8", "--finetune-static",
-                                       "--ofas-e2e-args=--gate-bias-init -3"))
+    swept = []  # what early exit's threshold sweep was given: its images and labels
+    real_sweep = cmp._compare.exit_sweep
+
+    def recording_sweep(model, fractions, images, labels, measure):
+        swept.append((images.clone(), labels.clone()))
+        return real_sweep(model, fractions, images, labels, measure)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cmp._compare, "exit_sweep", recording_sweep)
+        # a head that starts closed (sigmoid(-3) < every T): the smoke's OFAS reaches the target after two steps
+        result = cmp.compare(base_flags(tiny, out, "--static", "small=cifar:resnet8", "--finetune-static",
+                                        "--ofas-e2e-args=--gate-bias-init -3", "--exit-thresholds", "0:1:0.5"))
+    return out, result, swept
 
 
 def test_compare_writes_a_row_for_every_method(report):
-    _, result = report
+    _, result, _ = report
     methods = {row["method"] for row in result["rows"]}
     expected = {"original", "static_small", "static_small_ft", "depth_prune", "ofas_e2e", "ofas_rl", "fixed_subset",
-                "shuffled", "random_rates"}
+                "shuffled", "random_rates", "early_exit"}
     try:
         import torch_pruning  # noqa: F401
         expected.add("channel_prune")
@@ -53,7 +63,7 @@ def test_compare_writes_a_row_for_every_method(report):
 
 
 def test_compare_writes_md_json_png_with_the_verdict(report):
-    out, result = report
+    out, result, _ = report
     for name in ("compare.json", "compare.md", "compare.png"):
         assert (out / name).stat().st_size > 0
     saved = json.loads((out / "compare.json").read_text())
@@ -65,8 +75,30 @@ def test_compare_writes_md_json_png_with_the_verdict(report):
     assert timed and all(row["latency_ms"] > 0 and row["server_ms"] > 0 for row in timed)
 
 
+def test_early_exit_rows_are_timed_as_deployed_with_the_row_keys(report):
+    out, result, _ = report
+    rows = [row for row in result["rows"] if row["method"] == "early_exit"]
+    # the smoke's target is 0.95x the original; leaving at the first exit (fraction 1) is far under it
+    assert rows and all(row.get("latency_ms") is not None for row in rows)
+    for row in rows:
+        assert {"method", "seed", "top1", "latency_ms", "server_ms", "chosen", "target", "adaptive_gates",
+                "threshold", "val_top1", "blocks", "exit_rates", "runtime"} <= set(row)
+        assert row["runtime"] == "torchscript" and row["chosen"] is True and row["choice_ms"] <= row["target"]
+        assert sum(row["exit_rates"]) == pytest.approx(1.0, abs=1e-3)
+    assert "| early_exit |" in (out / "compare.md").read_text()
+
+
+def test_early_exits_threshold_is_chosen_on_the_held_out_split(report):
+    _, result, swept = report
+    held_out = result["meta"]["held_out"]["images"]
+    assert held_out == 24 and result["meta"]["test_images"] == 48
+    assert len(swept) == 1  # one seed: one sweep, on the held-out images and labels only
+    images, labels = swept[0]
+    assert len(labels) == held_out and images.shape[0] == held_out
+
+
 def test_depth_prune_meets_its_choice_target(report):
-    _, result = report
+    _, result, _ = report
     target = result["meta"]["targets_ms"][0]
     for row in result["rows"]:
         if row["method"] == "depth_prune":
@@ -78,11 +110,18 @@ def test_depth_prune_meets_its_choice_target(report):
     (["--static", "wide=cifar:resnet8", "--static", "wide=cifar:resnet8"], "names must differ"),
     (["--static", "nonsense"], "NAME=SPEC"),
     (["--budget-epochs", "1"], "one budget"),
+    (["--targets-ms", "2"], "one way"),
+    (["--targets-static", "nobody"], "name networks given with --static"),
+    (["--exit-thresholds", "0.5:2:0.5"], "--exit-thresholds"),
+    (["--report-name", "../x"], "plain file name"),
 ])
 def test_compare_refuses_bad_input_before_writing(tiny, flags, message):
     out = tiny["root"] / "bad"
+    argv = base_flags(tiny, out, *flags)
+    if "--targets-static" in flags:  # instead of the fractions
+        del argv[argv.index("--targets"):argv.index("--targets") + 2]
     with pytest.raises(RunError, match=message):
-        cmp.compare(base_flags(tiny, out, *flags))
+        cmp.compare(argv)
     assert not out.exists()
 
 
@@ -136,3 +175,49 @@ def test_choose_keep_removes_more_while_the_measured_network_is_slower():
         return 1.0 * sum(keep) + 1.0
     keep, ms, removed = cmp.choose_keep([0.1, 0.2, 0.3, 0.4], [1.0] * 4, 4.0, 2.9, measure)
     assert removed == [0, 1, 2] and keep == [False, False, False, True] and ms <= 2.9 and measured == [2, 1]
+
+
+# ------------------------------------------------------------------------------------------------------ early exit
+@pytest.mark.parametrize("leave_early, expected", [(True, "the largest"), (False, "zero")])
+def test_the_exit_threshold_follows_the_held_out_labels(leave_early, expected):
+    """Held-out labels that the first exit predicts make leaving early the most accurate choice; labels that only the
+    last exit predicts make never leaving early the choice: the threshold is read from the labels it is given."""
+    import ofas_wrap
+
+    torch.manual_seed(0)
+    network = cmp.EarlyExitResNet(ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16))).eval()
+    for classifier in (network.exits[0].fc, network.unwrap().fc):  # confident exits that disagree
+        torch.nn.init.normal_(classifier.weight, std=10.0)
+    images = torch.randn(32, 3, 16, 16)
+    with torch.no_grad():
+        exits = network.forward_all(images)
+    labels = exits[0 if leave_early else -1].argmax(1)
+    if not leave_early:  # where the exits agree, leaving early would be right too: keep the images they disagree on
+        differ = exits[0].argmax(1) != labels
+        images, labels = images[differ], labels[differ]
+        assert len(labels) >= 8
+    fractions = [0.0, 0.5, 1.0]
+    sweep = cmp.exit_sweep(network, fractions, images, labels, measure=lambda threshold: 1.0)
+    chosen = cmp.choose_exit(sweep, target_ms=1.0)
+    assert [entry["fraction"] for entry in sweep] == fractions
+    assert chosen["val_top1"] == 1.0
+    assert chosen["fraction"] == (1.0 if expected == "the largest" else 0.0)
+    assert cmp.choose_exit(sweep, target_ms=0.5) is None  # nothing measured fits
+
+
+def test_a_model_without_stages_gets_an_early_exit_row_that_says_why(tiny, tmp_path):
+    factory = tmp_path / "one_stage.py"
+    factory.write_text(
+        "from torch import nn\n"
+        "from torchvision.models.resnet import BasicBlock\n\n\n"
+        "def net(num_classes=4, in_chans=1):\n"
+        "    return nn.Sequential(nn.Conv2d(in_chans, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),\n"
+        "                         BasicBlock(8, 8), BasicBlock(8, 8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
+        "                         nn.Linear(8, num_classes))\n")
+    flags = base_flags(tiny, tmp_path / "out", "--methods", "original", "early_exit")
+    flags[flags.index("cifar:resnet8")] = f"{factory}:net"
+    result = cmp.compare(flags)
+    rows = [row for row in result["rows"] if row["method"] == "early_exit"]
+    assert len(rows) == 1 and rows[0]["top1"] is None and rows[0]["latency_ms"] is None
+    assert "no stage boundary" in rows[0]["note"]
+    assert result["meta"]["verdict"]["per_target"][0]["deploy"] in ("original", None)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -415,13 +414,12 @@ def test_a_link_that_depends_on_the_mode_follows_the_models_mode():
         assert not torch.allclose(first, model(x))  # training: the dropout runs
 
 
-@pytest.mark.parametrize("baseline", ["SkipNetStyle", "MaskedExecution"])
-def test_the_chain_baselines_refuse_a_model_with_outer_shortcuts(baseline, monkeypatch):
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))  # the repository: benchmarks/
-    from benchmarks import baselines
+@pytest.mark.parametrize("baseline", ["SkipNetStyle", "MaskedExecution", "EarlyExitResNet"])
+def test_the_chain_baselines_refuse_a_model_with_outer_shortcuts(baseline):
+    from ofas_wrap import compare
 
     with pytest.raises(ValueError, match="outer shortcuts that carry values across blocks"):
-        getattr(baselines, baseline)(_adapt(_backbone("adapter")))
+        getattr(compare, baseline)(_adapt(_backbone("adapter")))
 
 
 # ---------------------------------------------------------------------------------------------------- refusals

@@ -17,7 +17,9 @@ and with the same teacher (distillation from the original for every fine-tuned m
   Torch-Pruning), fine-tuned;
 - ``ofas_e2e`` / ``ofas_rl``: the project's best recipe (e2e, then RL for ``--ofas-rl-share`` of the budget), T chosen
   per target on held-out images; and its controls at ``ofas_rl``'s T: ``fixed_subset``, ``shuffled``,
-  ``random_rates`` (same cost, no input dependence).
+  ``random_rates`` (same cost, no input dependence);
+- ``early_exit``: BranchyNet-style exits after each stage (``_baselines.EarlyExitResNet``), the network and its exits
+  fine-tuned together (``_early_exit``), the entropy threshold chosen per target on held-out images.
 
 Every choice (T, blocks, ratio) is made on the held-out split (``--val-size`` carved from train, or with ``--val-from
 test`` the seeded first part of test); accuracy is reported on the rest of test. Every row is timed as deployed
@@ -50,14 +52,16 @@ from .._model import OFASModel
 from .._prune import prune_blocks
 from ..training._errors import RunError
 from ..training._evaluate import adaptivity, parse_thresholds
+from ._baselines import EarlyExitResNet
 from ._channel import INSTALL_HINT, channel_ratio_for_target, prune_channels
 from ._depth import choose_keep, removal_harm
+from ._early_exit import choose_exit, exit_sweep, finetune_early_exit, load_early_exit, parse_fractions
 from ._timing import InterleavedTimer, control_patterns, deployed, set_threshold
 from ._verdict import decide, sentence
 
 __all__ = ["METHODS", "compare_parser", "compare", "deploy_decision", "main"]
 
-METHODS = ("original", "static", "depth_prune", "channel_prune", "ofas")
+METHODS = ("original", "static", "depth_prune", "channel_prune", "ofas", "early_exit")
 # the e2e recipe that reached the best CIFAR-10 trade-off (docs/results.md): sampled gates opened at the start, a fast
 # head and a strong cost
 OFAS_E2E_ARGS = "--gate-sampling bernoulli --gate-bias-init 2 --head-lr 0.1 --skip-weight 1.0"
@@ -99,6 +103,8 @@ def compare_parser() -> argparse.ArgumentParser:
     what.add_argument("--targets", type=float, nargs="+", default=None,
                       help="latency targets as fractions of the original's measured batch-1 latency")
     what.add_argument("--targets-ms", type=float, nargs="+", default=None, help="or in milliseconds")
+    what.add_argument("--targets-static", nargs="+", default=None, metavar="NAME",
+                      help="or the measured batch-1 latency of these --static networks (e.g. resnet32 resnet44)")
     what.add_argument("--static", action="append", default=[], metavar="NAME=SPEC[@WEIGHTS]|NAME=RUN",
                       help="a static network to compare (repeat): a spec with its weights, or a run folder")
     what.add_argument("--finetune-static", action="store_true",
@@ -112,6 +118,9 @@ def compare_parser() -> argparse.ArgumentParser:
     what.add_argument("--ofas-rl-args", default="")
     what.add_argument("--ofas-rl-share", type=float, default=0.2, help="share of the budget's steps for RL")
     what.add_argument("--thresholds", default="0.02:0.98:0.02")
+    what.add_argument("--exit-thresholds", default="0:1:0.05",
+                      help="early exit's entropy thresholds swept on the held-out images, as fractions of "
+                           "log(classes), the largest entropy (0: never leave early; 1: leave at the first exit)")
     what.add_argument("--calibrate-head", action=argparse.BooleanOptionalAction, default=True,
                       help="before the sweep, fold into each OFAS head the temperature that spreads its outputs "
                            "over (0.05, 0.95), chosen on the held-out images (ofas_wrap.calibrate_head): a head whose "
@@ -128,6 +137,7 @@ def compare_parser() -> argparse.ArgumentParser:
     out = parser.add_argument_group("output")
     out.add_argument("--output", required=True, help="folder of compare.json / .md / .png")
     out.add_argument("--work", default=None, help="run folders of the fine-tunes (default OUTPUT/runs)")
+    out.add_argument("--report-name", default="compare", help="the report's files: OUTPUT/NAME.json, .md and .png")
     out.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -152,9 +162,9 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     if (args.budget_epochs is not None and args.budget_epochs <= 0) or (args.budget_steps is not None
                                                                         and args.budget_steps < 1):
         raise RunError("the budget must be positive")
-    if (args.targets is None) == (args.targets_ms is None):
-        raise RunError("give the latency targets: --targets 0.75 0.6 (fractions of the original's latency) or "
-                       "--targets-ms 2.4 1.7")
+    if sum(t is not None for t in (args.targets, args.targets_ms, args.targets_static)) != 1:
+        raise RunError("give the latency targets one way: --targets 0.75 0.6 (fractions of the original's latency), "
+                       "--targets-ms 2.4 1.7, or --targets-static resnet32 (the latency of a --static network)")
     if args.targets is not None and not all(0 < t <= 1 for t in args.targets):
         raise RunError(f"--targets are fractions of the original's latency in (0, 1], got {args.targets}")
     if args.targets_ms is not None and not all(t > 0 for t in args.targets_ms):
@@ -174,6 +184,16 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     statics = [_parse_static(s) for s in args.static]
     if len({s[0] for s in statics}) != len(statics):
         raise RunError(f"--static names must differ, got {[s[0] for s in statics]}")
+    unknown = [name for name in args.targets_static or () if name not in {s[0] for s in statics}]
+    if unknown:
+        raise RunError(f"--targets-static {unknown}: name networks given with --static (given: "
+                       f"{[s[0] for s in statics] or 'none'})")
+    if not args.report_name or any(c in args.report_name for c in "/\\") or args.report_name.startswith("."):
+        raise RunError(f"--report-name {args.report_name!r}: give a plain file name stem, e.g. cifar10")
+    try:
+        parse_fractions(args.exit_thresholds)
+    except ValueError as exc:
+        raise RunError(f"--exit-thresholds: {exc}") from None
     methods = list(args.methods or METHODS)
     try:
         import torch_pruning  # noqa: F401
@@ -297,6 +317,17 @@ class _Runs:
         train_backbone(argv, model=module, teacher=teacher if self.args.distill_weight > 0 else None)
         return module.eval()
 
+    def early_exit(self, name: str, network: EarlyExitResNet, teacher: nn.Module, seed: int) -> EarlyExitResNet:
+        """The early-exit network (trained in place) fine-tuned with the teacher and the budget; returns it."""
+        run, flags = self._folder(name)
+        if (run / "metrics.json").is_file() and (run / "model.safetensors").is_file():
+            return load_early_exit(network, run)
+        argv = [*self.common, *flags, "--max-steps", str(self.steps), "--lr", str(self.args.lr), "--seed", str(seed)]
+        if self.args.distill_weight > 0:
+            argv += ["--distill-weight", str(self.args.distill_weight), "--distill-tau", str(self.args.distill_tau)]
+        finetune_early_exit(argv, network, teacher if self.args.distill_weight > 0 else None)
+        return network.eval()
+
     def ofas(self, original: OFASModel, seed: int) -> tuple[OFASModel, OFASModel]:
         """e2e then RL from a copy of the original: (e2e model, RL model), the RL phase ``--ofas-rl-share`` of the
         budget's steps."""
@@ -335,7 +366,7 @@ def _number(value: float) -> str:
 # ---------------------------------------------------------------------------------------------- the verdict
 def deploy_decision(rows: Sequence[dict[str, Any]], target_ms: float) -> dict[str, Any]:
     """The method to deploy at ``target_ms``: the row group (method, target) with the best mean test top-1 over its
-    seeds among those whose mean measured batch-1 latency is at or under the target; with the next best.
+    seeds among those whose mean measured batch-1 latency is at or under the target; with the next best method.
 
     Example:
         >>> rows = [{"method": "a", "target": None, "top1": 0.9, "latency_ms": 2.0},
@@ -360,7 +391,8 @@ def deploy_decision(rows: Sequence[dict[str, Any]], target_ms: float) -> dict[st
     if not candidates:
         return {"target_ms": target_ms, "deploy": None, "next_best": None, "candidates": [],
                 "sentence": f"at <= {target_ms:.3f} ms, no method measured fits"}
-    best, rest = candidates[0], candidates[1:]
+    # the next best is another method (the same method at another target's choice says nothing new)
+    best, rest = candidates[0], [c for c in candidates[1:] if c["method"] != candidates[0]["method"]]
     text = f"at <= {target_ms:.3f} ms, deploy {best['method']}: {100 * best['top1']:.2f} %"
     text += f" (next best {rest[0]['method']}: {100 * rest[0]['top1']:.2f} %)" if rest else " (nothing else fits)"
     return {"target_ms": target_ms, "deploy": best["method"], "next_best": rest[0]["method"] if rest else None,
@@ -412,12 +444,18 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
     # ---- the targets, and whether they can be reached at all
     full_ms = _ms(original.unwrap(), choice_x, args)
-    targets = ([round(t * full_ms, 4) for t in args.targets] if args.targets is not None
-               else list(args.targets_ms))
-    # run folders are named by the target as given (a fraction or ms), not by this run's measurement, so that a
-    # rerun finds them
-    labels = {t: (f"{f:g}x" if args.targets is not None else f"{f:g}ms")
-              for t, f in zip(targets, args.targets if args.targets is not None else targets)}
+    if args.targets is not None:
+        targets = [round(t * full_ms, 4) for t in args.targets]
+        names = [f"{f:g}x" for f in args.targets]
+    elif args.targets_static is not None:  # a static network's latency, measured here like the original's
+        targets = [round(_ms(statics[name], choice_x, args), 4) for name in args.targets_static]
+        names = list(args.targets_static)
+    else:
+        targets = list(args.targets_ms)
+        names = [f"{t:g}ms" for t in targets]
+    # run folders are named by the target as given (a fraction, a static network or ms), not by this run's
+    # measurement, so that a rerun finds them
+    labels = dict(zip(targets, names))
     floor_ms = None
     if original.num_gates:
         floor_ms = _floor_ms(original, choice_x, args)
@@ -540,6 +578,41 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                         if not args.no_controls:
                             _controls(model, best["threshold"], target, seed, (test_x, test_y), (val_x, val_y),
                                       timer.images, scripted, add_row, control_list, control_rows)
+
+    if "early_exit" in methods:
+        try:
+            EarlyExitResNet(original)  # the exits this model can have (shares its modules, changes nothing)
+        except ValueError as exc:
+            log(f"early_exit: {exc}")
+            rows += [{"method": "early_exit", "target": target, "seed": None, "top1": None, "latency_ms": None,
+                      "chosen": False, "adaptive_gates": None, "note": f"early exit cannot be built: {exc}"}
+                     for target in targets]
+        else:
+            fractions = parse_fractions(args.exit_thresholds)
+            for seed in args.seeds:
+                network = runs.early_exit(f"early_exit-seed{seed}", EarlyExitResNet(copy.deepcopy(original)),
+                                          teacher, seed)
+                scripted, runtimes["early_exit"] = deployed(network, args.runtime)
+
+                def measure(threshold: float, timed: Any = scripted) -> float:
+                    set_threshold(timed, threshold)
+                    return latency_over_images(timed, choice_x, runs=args.latency_runs, threads=args.threads)[0]
+                # the threshold is chosen on the held-out split only; test images are read once it is fixed
+                sweep = exit_sweep(network, fractions, val_x, val_y, measure)
+                for target in targets:
+                    best = choose_exit(sweep, target)
+                    if best is None:
+                        rows.append({"method": "early_exit", "target": target, "seed": seed, "top1": None,
+                                     "latency_ms": None, "chosen": False, "adaptive_gates": None,
+                                     "note": "no exit threshold reaches the target on the held-out images"})
+                        continue
+                    network.threshold = best["threshold"]
+                    add_row(f"early_exit-{target}-{seed}", network, {
+                        "method": "early_exit", "target": target, "seed": seed, "threshold": best["threshold"],
+                        "top1": _accuracy(network, test_x, test_y), "val_top1": best["val_top1"],
+                        "adaptive_gates": best["adaptive_gates"], "blocks": best["blocks"],
+                        "exit_rates": best["exit_rates"], "threshold_fraction": best["fraction"],
+                        "choice_ms": best["choice_ms"]}, threshold=best["threshold"], timed=scripted)
     log(f"timing {len(timer.jobs)} rows in {args.latency_rounds} interleaved rounds")
     results = timer.run()
     for row in rows:
@@ -552,15 +625,20 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     reported = next((r["latency_ms"] for r in rows if r["method"] == "original" and r.get("latency_ms")), None)
     judged_targets = ([round(f * reported, 4) for f in args.targets] if args.targets is not None and reported
                       else list(targets))
+    if args.targets_static is not None:  # the static network's own latency in the same interleaved timing
+        measured = {r["method"]: r.get("latency_ms") for r in rows}
+        judged_targets = [round(measured.get(f"static_{name}") or target, 4)
+                          for name, target in zip(args.targets_static, targets)]
     decisions = []
     for choice_target, target_ms in zip(targets, judged_targets):
         decision = deploy_decision(rows, target_ms)
         decision["choice_target_ms"] = choice_target
         decisions.append(decision)
     verdict: dict[str, Any] = {"per_target": decisions}
-    static_points = sorted((r["latency_ms"], r["top1"]) for r in rows
-                           if r["method"].startswith("static_") and not r["method"].endswith("_ft"))
-    if static_points and any(ofas_rows.values()):
+    # the static curve: the networks as given (the original among them), not the fine-tuned copies
+    static_points = sorted((r["latency_ms"], r["top1"]) for r in rows if r.get("latency_ms") is not None and (
+        r["method"] == "original" or (r["method"].startswith("static_") and not r["method"].endswith("_ft"))))
+    if any(r["method"].startswith("static_") for r in rows) and any(ofas_rows.values()):
         verdict["rule"] = {}
         for target, judged in ofas_rows.items():
             if judged:
@@ -582,10 +660,13 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                        "runs": args.latency_runs, "rounds": args.latency_rounds, "server_batch": args.server_batch},
             "ofas_e2e_args": None if args.ofas_runs else args.ofas_e2e_args, "ofas_rl_share": args.ofas_rl_share,
             "ofas_runs": args.ofas_runs, "calibrate_head": args.calibrate_head,
+            "exit_thresholds": args.exit_thresholds if "early_exit" in methods else None,
             "seconds": round(time.time() - started, 1), "verdict": verdict,
-            "not_compared": ["early_exit (benchmarks/baselines.py; not yet a method of compare)"]}
+            "machine": _machine(), "command": _command(argv),
+            "not_compared": ["SkipNet (ofas_wrap.compare.SkipNetStyle: its gate networks have no training recipe "
+                             "here; benchmarks/latency.py times its controller)"]}
     report = {"rows": rows, "meta": meta}
-    _write(report, output)
+    _write(report, output, args.report_name)
     for decision in decisions:
         log(decision["sentence"])
     return report
@@ -632,11 +713,25 @@ def _controls(model, threshold, target, seed, test, val, timed_images, scripted,
 
 
 # ---------------------------------------------------------------------------------------------- the report
-def _write(report: dict[str, Any], output: Path) -> None:
+def _write(report: dict[str, Any], output: Path, name: str = "compare") -> None:
     output.mkdir(parents=True, exist_ok=True)
-    write_atomic(output / "compare.json", json.dumps(report, indent=2, default=_jsonable) + "\n")
-    write_atomic(output / "compare.md", _markdown(report))
-    _plot(report, output / "compare.png")
+    write_atomic(output / f"{name}.json", json.dumps(report, indent=2, default=_jsonable) + "\n")
+    write_atomic(output / f"{name}.md", _markdown(report))
+    _plot(report, output / f"{name}.png")
+
+
+def _machine() -> str:
+    import platform
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
+            f"{platform.python_version()}, torch {torch.__version__}")
+
+
+def _command(argv: Optional[Sequence[str]]) -> str:
+    import shlex
+    import sys
+
+    return "compare " + shlex.join(list(argv) if argv is not None else sys.argv[1:])
 
 
 def _jsonable(value: Any) -> Any:
@@ -675,6 +770,8 @@ def _markdown(report: dict[str, Any]) -> str:
             f"{cell(row.get('runtime') or row.get('note'))} |"]))
     if meta.get("not_compared"):
         lines += ["", "Not compared here: " + "; ".join(meta["not_compared"]) + "."]
+    if meta.get("machine"):
+        lines += ["", f"Machine: {meta['machine']}. Command: `{meta['command']}`"]
     return "\n".join(lines) + "\n"
 
 

@@ -39,8 +39,9 @@ def deployed(model: nn.Module, runtime: str = "torchscript") -> tuple[Any, str]:
 
 
 def set_threshold(model: Any, threshold: float) -> None:
-    """T on an OFASModel or on its TorchScript export (the ``gate_threshold`` buffer)."""
-    if isinstance(model, torch.jit.ScriptModule):
+    """The threshold of a model or of its TorchScript export: T of an OFAS model (its ``gate_threshold`` buffer),
+    or an early-exit network's entropy threshold (its ``threshold`` attribute)."""
+    if isinstance(model, torch.jit.ScriptModule) and hasattr(model, "gate_threshold"):
         model.gate_threshold.fill_(threshold)
     else:
         model.threshold = threshold
