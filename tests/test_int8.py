@@ -1,6 +1,7 @@
 """INT8 with real skipping (issue 27): ofas_wrap.quantize_onnx, `ofas-wrap export --int8` and benchmarks/int8.py."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def _settle_batch_norms(model, images):
 
 @pytest.fixture(scope="module")
 def int8(tmp_path_factory):
-    """A random resnet8 whose threshold splits its gates, exported, and its INT8 copy calibrated on 32 images."""
+    """A random resnet8 whose threshold splits its gates, exported in float32 and (export_onnx(quantize="int8"))
+    in INT8, calibrated on 32 images."""
     folder = tmp_path_factory.mktemp("int8")
     torch.manual_seed(0)
     model = ofas_wrap.create_model("cifar:resnet8", input_size=SIZE)
@@ -57,11 +59,14 @@ def int8(tmp_path_factory):
     middle = probs.flatten().sort().values[probs.numel() // 2 - 1:probs.numel() // 2 + 1]
     model.threshold = float(middle.mean())  # mixed decisions, none on the edge where float rounding decides
     float_path = ofas_wrap.export_onnx(model, folder / "float.onnx")
-    int8_path = ofas_wrap.quantize_onnx(float_path, folder / "int8.onnx", calibration)
+    # the one call, calibrated from a DataLoader of (images, labels) as a training loop has them
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(calibration, torch.zeros(len(calibration))),
+                                         batch_size=8)
+    int8_path = ofas_wrap.export_onnx(model, folder / "int8.onnx", quantize="int8", calibration=loader)
     return model, calibration, float_path, int8_path
 
 
-def test_int8_gates_are_the_float_heads_decisions(int8):
+def test_int8_export_writes_one_file_whose_gates_are_the_float_heads_decisions(int8):
     model, calibration, _, int8_path = int8
     session = _session(int8_path)
     with torch.no_grad():
@@ -71,6 +76,7 @@ def test_int8_gates_are_the_float_heads_decisions(int8):
                           for i in range(len(calibration))])
     assert 0 < expected.mean() < 1  # the check covers both decisions
     assert np.array_equal(got, expected)
+    assert not [p.name for p in int8_path.parent.iterdir() if ".tmp-" in p.name]  # written whole, then renamed
 
 
 def test_int8_logits_within_tolerance_of_float(int8):
@@ -120,26 +126,6 @@ def test_int8_file_records_the_calibration(int8):
     entries = {entry.key: entry.value for entry in onnx.load(str(int8_path)).metadata_props}
     record = json.loads(entries["ofas_config"])["int8"]
     assert record["calibration_images"] == len(calibration) and record["format"] == "QDQ"
-
-
-def _gates(path, images):
-    session = _session(path)
-    return np.concatenate([session.run(["gates"], {"image": images[i:i + 1].numpy()})[0] for i in range(len(images))])
-
-
-def test_export_onnx_quantize_writes_int8_with_the_float_heads_gates(int8, tmp_path):
-    """One call, calibrated from a DataLoader of (images, labels), its first 16 images."""
-    model, calibration, _, _ = int8
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(calibration, torch.zeros(len(calibration))),
-                                         batch_size=8)
-    path = ofas_wrap.export_onnx(model, tmp_path / "m.onnx", quantize="int8", calibration=loader,
-                                 calibration_images=16)
-    config = json.loads({entry.key: entry.value for entry in onnx.load(str(path)).metadata_props}["ofas_config"])
-    assert config["int8"]["calibration_images"] == 16 and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
-    with torch.no_grad():
-        _, probs = model.gate_probabilities(calibration[:16])
-    expected = (probs >= model.threshold).numpy()
-    assert 0 < expected.mean() < 1 and np.array_equal(_gates(path, calibration[:16]), expected)
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -218,6 +204,113 @@ def test_int8_refuses_an_onnx_file_not_from_export_onnx(tmp_path):
 def test_int8_refuses_an_already_quantized_file(int8, tmp_path):
     with pytest.raises(ValueError, match="already quantized"):
         ofas_wrap.quantize_onnx(int8[3], tmp_path / "m.onnx", int8[1])
+
+
+# ------------------------------------------------------------------------------- the CLI, evaluate, compare
+@pytest.fixture(scope="module")
+def idx_run(tmp_path_factory):
+    """A tiny grey 12 px IDX dataset (4 classes) and a saved resnet8 that takes its images."""
+    from tests.test_recipes import write_tiny_idx
+
+    root = tmp_path_factory.mktemp("int8-idx")
+    previous = os.environ.get("OFAS_WRAP_CACHE")
+    os.environ["OFAS_WRAP_CACHE"] = str(root / "cache")
+    torch.manual_seed(0)
+    model = ofas_wrap.create_model("cifar:resnet8", input_size=(1, 12, 12), in_chans=1, num_classes=4)
+    yield {"root": root, "dataset": write_tiny_idx(root / "idx"), "run": str(model.save_pretrained(root / "run"))}
+    if previous is None:
+        os.environ.pop("OFAS_WRAP_CACHE", None)
+    else:
+        os.environ["OFAS_WRAP_CACHE"] = previous
+
+
+def test_cli_export_int8_writes_the_int8_graph(idx_run, tmp_path):
+    from ofas_wrap._bench import OnnxRuntimeModel
+    from ofas_wrap.cli import main
+
+    out = tmp_path / "m-int8.onnx"
+    assert main(["export", idx_run["run"], str(out), "--int8", "--calib-data", idx_run["dataset"],
+                 "--calib-images", "16"]) == 0
+    runner = OnnxRuntimeModel(out, threads=1)
+    assert runner.precision == "int8" and runner.config["int8"]["calibration_images"] == 16
+
+
+def _other_model(idx_run, name, **kwargs):
+    folder = idx_run["root"] / name
+    if not folder.exists():
+        ofas_wrap.create_model("cifar:resnet8", num_classes=4, **kwargs).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no calibration data", "--int8 needs --calib-data DATASET"),
+    ("calibration data without --int8", "--calib-data and --per-tensor are for --int8"),
+    ("torchscript", "--int8 writes an ONNX file"),
+    ("rgb model", "has 1-channel images, the model takes 3 channels"),
+    ("16 px model", "has 12x12 images, the model takes 16x16"),
+    ("too many images", "the training split holds only 64"),
+    ("no onnxruntime", "onnxruntime is not installed: pip install 'ofas-wrap[onnx]'"),
+])
+def test_cli_export_int8_refuses_before_writing_anything(idx_run, tmp_path, capsys, monkeypatch, case, message):
+    from ofas_wrap.cli import main
+
+    run, data = idx_run["run"], ["--calib-data", idx_run["dataset"]]
+    flags = {"no calibration data": ["--int8"], "calibration data without --int8": data,
+             "torchscript": ["--int8", *data, "--format", "torchscript"],
+             "too many images": ["--int8", *data, "--calib-images", "1000"]}.get(case, ["--int8", *data])
+    if case == "rgb model":
+        run = _other_model(idx_run, "rgb", input_size=(3, 12, 12))
+    elif case == "16 px model":
+        run = _other_model(idx_run, "16px", input_size=(1, 16, 16), in_chans=1)
+    elif case == "no onnxruntime":
+        monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert main(["export", run, str(tmp_path / "m.onnx"), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_evaluate_int8_rows_beside_the_float_ones(idx_run, tmp_path):
+    import csv
+
+    from ofas_wrap.training import evaluate_run
+
+    result = evaluate_run([idx_run["run"], "--dataset", idx_run["dataset"], "--thresholds", "0,0.5", "--cpu",
+                           "--int8", "--calib-images", "16", "--int8-thresholds", "0.5", "--latency-samples", "2",
+                           "--latency-runs", "1", "--latency-warmup", "0", "--no-plot", "--output", str(tmp_path)])
+    int8 = result["int8"]
+    (row,) = int8["rows"]
+    assert {"threshold", "runtime", "precision", "val_accuracy", "test_accuracy", "executed_blocks", "num_blocks",
+            "mflops", "latency_ms", "fp32_onnx_latency_ms", "int8_over_fp32_onnx", "gates_equal_float"} <= set(row)
+    assert (row["runtime"], row["precision"], row["threshold"]) == ("onnxruntime-int8", "int8", 0.5)
+    assert row["test_count"] == result["test_images"] and row["latency_ms"] > 0
+    assert int8["calibration_images"] == 16 and int8["calibration_split"] == "train"
+    assert Path(int8["exported_model"]).is_file() and int8["exported_model"].endswith("-int8.onnx")
+    with open(tmp_path / "results.csv") as stream:
+        assert [r["model"] for r in csv.DictReader(stream)].count("ofas-int8") == 1
+
+
+def test_evaluate_int8_thresholds_need_int8(idx_run, tmp_path):
+    from ofas_wrap.training import RunError, evaluate_run
+
+    with pytest.raises(RunError, match="--int8-thresholds is for --int8"):
+        evaluate_run([idx_run["run"], "--dataset", idx_run["dataset"], "--int8-thresholds", "0.5",
+                      "--output", str(tmp_path)])
+
+
+def test_compare_int8_row_scores_and_gives_a_runner_to_time(int8):
+    from ofas_wrap.compare import InterleavedTimer
+    from ofas_wrap.compare._int8 import int8_row
+
+    model, calibration, _, _ = int8
+    generator = torch.Generator().manual_seed(2)
+    test, labels = torch.randn(8, *SIZE, generator=generator), torch.randint(0, 10, (8,), generator=generator)
+    row = int8_row(model, calibration, model.threshold, test, labels)
+    predicted = torch.stack([row.runner(test[i:i + 1])[0].argmax() for i in range(len(test))])
+    assert row.top1 == float((predicted == labels).double().mean()) and row.runtime == "onnxruntime-int8"
+    assert row.calibration_images == len(calibration) and row.test_count == 8 and "runner" not in row.to_dict()
+    timer = InterleavedTimer(test[:2], runs=2, threads=1, rounds=1, warmup=1)
+    key = timer.add("ofas-int8", row.runner)
+    assert timer.run()[key]["latency_ms"] > 0
 
 
 def test_int8_benchmark_smoke_writes_the_rows(tmp_path):

@@ -10,7 +10,7 @@ says on what share of the test images it did (float rounding at a decision's edg
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -44,9 +44,7 @@ class Int8Row:
 
     def to_dict(self) -> dict[str, Any]:
         """The row without its runner (JSON-ready)."""
-        row = asdict(self)
-        row.pop("runner")
-        return row
+        return {item.name: getattr(self, item.name) for item in fields(self) if item.name != "runner"}
 
 
 def int8_row(model: Any, calibration: Any, threshold: float, test_images: Tensor, test_labels: Tensor, *,
