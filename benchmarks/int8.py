@@ -95,8 +95,10 @@ def images(args: argparse.Namespace, key: str, model: Any) -> tuple[torch.Tensor
 
     if key == "released":
         normalization = {"mean": list(RELEASED_MEAN), "std": list(RELEASED_STD)}
-    else:
-        normalization = json.loads((Path(args.weights) / "resnet38" / "data.json").read_text())["normalization"]
+    else:  # a kept run: the normalisation it was trained with, recorded in its config
+        normalization = model.config.get("normalization")
+        if not normalization:
+            raise SystemExit(f"{key} model records no normalisation in its config.json")
     bundle = load_image_data(args.data, in_chans=3, val_size=0, augment=False, normalization=normalization,
                              split_seed=args.seed, eval_subset=args.eval_images)
     pick = torch.randperm(len(bundle.train), generator=torch.Generator().manual_seed(args.seed))[:args.calib_images]
@@ -132,6 +134,7 @@ def session(proto: Any) -> Any:
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # not the exporter's unused initializers, once per session
     return onnxruntime.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
