@@ -1,5 +1,5 @@
-"""What should I deploy? OFAS beside depth pruning, channel pruning and smaller networks, at one budget, timed as
-deployed, with a verdict per latency target.
+"""What should I deploy? OFAS beside depth pruning, channel pruning, early exit and smaller networks, at one budget,
+timed as deployed, with a verdict per latency target.
 
     python recipes/compare.py --init runs/base --dataset DATA --budget-epochs 5 --targets 0.75 0.6 \
         --static resnet20=cifar:resnet20@r20.safetensors --output runs/compare

@@ -1,4 +1,5 @@
-"""Issue 10's decision rule (benchmarks/verdict.py): one behaviour per case, on made-up numbers."""
+"""Issue 10's decision rule (ofas_wrap.compare._verdict, written down in docs/results.md): one behaviour per case, on
+made-up numbers."""
 
 import pytest
 

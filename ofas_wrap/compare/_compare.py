@@ -71,8 +71,8 @@ CONTROLS = ("fixed_subset", "shuffled", "random_rates")
 # ---------------------------------------------------------------------------------------------- flags
 def compare_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="compare", description="What should I deploy? OFAS beside depth pruning, channel pruning and smaller "
-        "networks, at one fine-tune budget, timed as deployed.")
+        prog="compare", description="What should I deploy? OFAS beside depth pruning, channel pruning, early exit and "
+        "smaller networks, at one fine-tune budget, timed as deployed.")
     model = parser.add_argument_group("the trained model")
     model.add_argument("--init", default=None, help="run folder (or saved OFAS model) of the trained model")
     model.add_argument("--model", default=None, help="or a spec / FILE.py:FACTORY (with --weights)")
@@ -188,6 +188,8 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     if unknown:
         raise RunError(f"--targets-static {unknown}: name networks given with --static (given: "
                        f"{[s[0] for s in statics] or 'none'})")
+    if args.targets_static and len(set(args.targets_static)) != len(args.targets_static):
+        raise RunError(f"--targets-static names a network twice: {args.targets_static}")
     if not args.report_name or any(c in args.report_name for c in "/\\") or args.report_name.startswith("."):
         raise RunError(f"--report-name {args.report_name!r}: give a plain file name stem, e.g. cifar10")
     try:
@@ -507,16 +509,19 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                                     threads=args.threads)
         saving = [float(b["saved_ms"]) for b in table["blocks"]]
         for target in targets:
-            keep, measured, removed = choose_keep(
-                harm.tolist(), saving, full_ms, target,
-                lambda pattern: _ms(prune_blocks(original, pattern), choice_x, args))
+            try:
+                keep, measured, removed = choose_keep(
+                    harm.tolist(), saving, full_ms, target,
+                    lambda pattern: _ms(prune_blocks(original, pattern), choice_x, args))
+            except ValueError as exc:  # the block table's savings do not add up to the target (a noisy machine)
+                log(f"depth_prune at {target} ms: {exc}")
+                rows.append(_note_row("depth_prune", target, None, str(exc)))
+                continue
             log(f"depth_prune at {target} ms: remove {len(removed)} blocks, measured {measured:.3f} ms")
             if not any(keep) or measured > target:
                 note = ("it would remove every gated block" if not any(keep) else
                         f"with every gated block removed it still takes {measured:.3f} ms")
-                rows.append({"method": "depth_prune", "target": target, "seed": None, "top1": None,
-                             "latency_ms": None, "chosen": False, "adaptive_gates": None,
-                             "note": f"depth pruning cannot reach the target: {note}"})
+                rows.append(_note_row("depth_prune", target, None, f"depth pruning cannot reach the target: {note}"))
                 continue
             for seed in args.seeds:
                 tuned = runs.finetune(f"depth_prune-{labels[target]}-seed{seed}", prune_blocks(original, keep),
@@ -533,8 +538,7 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                     lambda r: _ms(prune_channels(original, r, example), choice_x, args), target)
             except ValueError as exc:
                 log(f"channel_prune at {target} ms: {exc}")
-                rows.append({"method": "channel_prune", "target": target, "seed": None, "top1": None,
-                             "latency_ms": None, "chosen": False, "adaptive_gates": None, "note": str(exc)})
+                rows.append(_note_row("channel_prune", target, None, str(exc)))
                 continue
             log(f"channel_prune at {target} ms: ratio {ratio:.3f}, measured {measured:.3f} ms")
             for seed in args.seeds:
@@ -561,9 +565,8 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 for target in targets:
                     fits = [s for s in sweep if s["choice_ms"] <= target]
                     if not fits:
-                        rows.append({"method": method, "target": target, "seed": seed, "top1": None,
-                                     "latency_ms": None, "chosen": False, "adaptive_gates": None,
-                                     "note": "no threshold reaches the target on the held-out images"})
+                        rows.append(_note_row(method, target, seed,
+                                              "no threshold reaches the target on the held-out images"))
                         continue
                     best = max(fits, key=lambda s: (s["val_top1"], s["threshold"]))
                     model.threshold = best["threshold"]
@@ -584,9 +587,7 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             EarlyExitResNet(original)  # the exits this model can have (shares its modules, changes nothing)
         except ValueError as exc:
             log(f"early_exit: {exc}")
-            rows += [{"method": "early_exit", "target": target, "seed": None, "top1": None, "latency_ms": None,
-                      "chosen": False, "adaptive_gates": None, "note": f"early exit cannot be built: {exc}"}
-                     for target in targets]
+            rows += [_note_row("early_exit", target, None, f"early exit cannot be built: {exc}") for target in targets]
         else:
             fractions = parse_fractions(args.exit_thresholds)
             for seed in args.seeds:
@@ -602,9 +603,8 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 for target in targets:
                     best = choose_exit(sweep, target)
                     if best is None:
-                        rows.append({"method": "early_exit", "target": target, "seed": seed, "top1": None,
-                                     "latency_ms": None, "chosen": False, "adaptive_gates": None,
-                                     "note": "no exit threshold reaches the target on the held-out images"})
+                        rows.append(_note_row("early_exit", target, seed,
+                                              "no exit threshold reaches the target on the held-out images"))
                         continue
                     network.threshold = best["threshold"]
                     add_row(f"early_exit-{target}-{seed}", network, {
@@ -670,6 +670,12 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     for decision in decisions:
         log(decision["sentence"])
     return report
+
+
+def _note_row(method: str, target: Optional[float], seed: Optional[int], note: str) -> dict[str, Any]:
+    """The row of a method that has no network at a target, with every key of a measured row and why."""
+    return {"method": method, "target": target, "seed": seed, "threshold": None, "top1": None, "latency_ms": None,
+            "chosen": False, "adaptive_gates": None, "note": note}
 
 
 def _floor_ms(original: OFASModel, images: torch.Tensor, args: argparse.Namespace) -> float:
