@@ -1,6 +1,6 @@
-"""Run a recipe inside this process, its output appended to a log: the benchmarks chain many short steps, and a
-fresh interpreter per step costs about 6 s of imports here (torch, torchvision, timm), which dominated the smoke
-runs of the test suite.
+"""Run a recipe inside this process, its output appended to a log (``benchmarks/train_parity.py``'s runs): a fresh
+interpreter per step costs about 6 s of imports here (torch, torchvision, timm), which dominated the smoke runs of
+the test suite.
 
 The recipes' own entry points do the same work (``recipes/NAME.py`` calls these functions through
 ``main_guard``); exit codes other than 0 become a ``SystemExit`` naming the log.
@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["RECIPES", "complete_run", "run_recipe", "run_or_reuse", "work_folders", "save_figure", "write_report"]
+__all__ = ["RECIPES", "complete_run", "run_recipe", "run_or_reuse"]
 
 # recipe name -> (module, function) called by recipes/NAME.py
 RECIPES = {
@@ -74,32 +74,3 @@ def run_or_reuse(name: str, run: Path, flags: Sequence[str], log: Path, tag: str
         command.append("--resume")
     print(f"[{tag}] recipes/{name}.py {' '.join(map(str, command))}", flush=True)
     return run_recipe(name, command, log, fresh_process=fresh_process)
-
-
-def work_folders(work: str, out: str) -> tuple[Path, Path, Path]:
-    """The benchmark's run folder (absolute), its output folder, and the log of its recipe steps; created."""
-    work_dir, out_dir = Path(work).resolve(), Path(out)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return work_dir, out_dir, work_dir / "benchmark.log"
-
-
-def save_figure(figure, path: Path) -> None:
-    """Lay out and write a matplotlib figure at the benchmarks' resolution."""
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-
-
-def write_report(out: Path, name: str, rows: list, meta: dict, markdown, plot) -> None:
-    """``OUT/NAME.json`` (meta and rows), ``OUT/NAME.md`` (``markdown(rows, meta)``, also printed) and
-    ``OUT/NAME.png`` (``plot(rows, path)``)."""
-    import json
-
-    from ofas_wrap._atomic import write_atomic
-
-    table = markdown(rows, meta)
-    write_atomic(out / f"{name}.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    write_atomic(out / f"{name}.md", table + "\n")
-    plot(rows, out / f"{name}.png")
-    print(table)
-

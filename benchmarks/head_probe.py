@@ -13,8 +13,10 @@ adaptive policy would need; scored as balanced accuracy, since most images are r
 on nearly every training image, so that probe is fitted on one half of the validation images and scored on the
 other.
 
-    python benchmarks/head_probe.py --out docs/results              # the released ResNet-56, about 3 minutes
-    python benchmarks/head_probe.py --smoke --out /tmp/probe         # a check of the plumbing
+    python -m benchmarks.head_probe --out docs/results              # the released ResNet-56, about 3 minutes
+    python -m benchmarks.head_probe --smoke --out /tmp/probe         # a check of the plumbing
+
+(from the repository root, as a module: it imports ``benchmarks.pretrained``'s constants)
 
 Writes ``OUT/head_probe.{md,json}``.
 """
@@ -35,10 +37,12 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.pretrained import CHECKPOINTS, DEFAULT_DATA, MEAN, RELEASED, STD  # noqa: E402
+try:
+    from benchmarks.pretrained import CHECKPOINTS, DEFAULT_DATA, MEAN, RELEASED, STD
+except ModuleNotFoundError as error:  # `python benchmarks/head_probe.py`: the repository root is not on sys.path
+    if error.name != "benchmarks":
+        raise
+    raise SystemExit("run it from the repository root as a module: python -m benchmarks.head_probe ...") from None
 
 REPO = Path(__file__).resolve().parent.parent
 # (name, where, pooling grid): "where" is the input of stage 1 (= the stem's output) or a stage's output
@@ -164,7 +168,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                  "fitted on one half of the validation images and scored on the other",
         "seconds": round(time.perf_counter() - started, 1),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-        "command": "python benchmarks/head_probe.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.head_probe " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "commit": commit,
     }
     lines = ["| decision point | features | class probe (%) | full model right? probe, balanced (%) |",

@@ -12,7 +12,7 @@ For every model spec, with TorchScript (``torch.jit.script``) on the CPU at a st
    ``routing_vs_ideal = (latency(backbone) / latency(routed)) / (FLOPs(backbone) / mean FLOPs(routed))``
    (goal >= 0.7), next to the naive way (compute every block, mask the result);
 4. **SkipNet-style control** -- the same batch-1 forced patterns through a SkipNet-style controller (a small
-   gate network before every block, ``benchmarks/baselines.py``): ``skipnet_over_ofas`` = median over the
+   gate network before every block, ``ofas_wrap.compare.SkipNetStyle``): ``skipnet_over_ofas`` = median over the
    patterns of latency(SkipNet-style) / latency(OFAS).
 
 Timing uses ``torch.utils.benchmark.Timer`` (``num_threads`` set explicitly). All sides compared within one
@@ -49,13 +49,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.benchmark import Timer
 
-try:  # run as `python benchmarks/latency.py` (the script's folder is on sys.path, not the repo root)
-    from benchmarks.baselines import MaskedExecution, SkipNetStyle
-except ImportError:  # pragma: no cover - depends on how the script is started
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from benchmarks.baselines import MaskedExecution, SkipNetStyle
-
 import ofas_wrap
+from ofas_wrap.compare import MaskedExecution, SkipNetStyle
 
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated.*")
 

@@ -23,10 +23,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import ofas_wrap  # noqa: E402
-from ofas_wrap._export import set_onnx_threshold  # noqa: E402
+import ofas_wrap
+from ofas_wrap._export import set_onnx_threshold
 
 
 def main(argv=None) -> int:

@@ -44,9 +44,11 @@ point, which a decision made there could not.
   (4) if no point's ``probe_class_oracle`` beats ``fixed_subset`` by 1 pp, a later decision point does not rescue
       class-conditional skipping on this backbone.
 
-    python benchmarks/oracle_patterns.py --out docs/results          # the kept ResNet-38-SD; about 15 min on 2 cores
-    python benchmarks/oracle_patterns.py --smoke --out /tmp/oracle   # a random tiny model on random images, seconds
-    python benchmarks/oracle_patterns.py --reuse docs/results/oracle_patterns.json --out docs/results
+    python -m benchmarks.oracle_patterns --out docs/results          # the kept ResNet-38-SD; about 15 min on 2 cores
+    python -m benchmarks.oracle_patterns --smoke --out /tmp/oracle   # a random tiny model on random images, seconds
+    python -m benchmarks.oracle_patterns --reuse docs/results/oracle_patterns.json --out docs/results
+
+(from the repository root, as a module: it imports ``benchmarks.head_probe``'s probe)
                                         # the same patterns, test rows only (about 8 min)
 
 Writes ``OUT/oracle_patterns.{md,json}``.
@@ -68,11 +70,15 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from ofas_wrap._atomic import write_atomic
+from ofas_wrap.training import accuracy_under_patterns, greedy_path, read_run
 
-from ofas_wrap._atomic import write_atomic  # noqa: E402
-from ofas_wrap.training import accuracy_under_patterns, greedy_path, read_run  # noqa: E402
+try:
+    from benchmarks.head_probe import fit_probe, score
+except ModuleNotFoundError as error:  # `python benchmarks/oracle_patterns.py`: the repository root is not on sys.path
+    if error.name != "benchmarks":
+        raise
+    raise SystemExit("run it from the repository root as a module: python -m benchmarks.oracle_patterns ...") from None
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS = REPO / "benchmarks" / "weights" / "cifar10" / "resnet38_sd"
@@ -184,8 +190,6 @@ def probe_classes(model, train: tuple[Tensor, Tensor], test_x: Tensor, batch_siz
                   l2: float = 1e-3) -> tuple[dict[str, Tensor], dict[str, float]]:
     """Each decision point's linear-probe class for every test image (head_probe's probe, fitted on ``train``),
     and the probes' fitting accuracy on ``train``."""
-    from benchmarks.head_probe import fit_probe, score
-
     train_x, train_y = train
     classes = int(train_y.max()) + 1
     fit_features, test_features = decision_features(model, train_x, batch_size), decision_features(model, test_x,
@@ -330,7 +334,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  "test_images": len(test[0]), "threads": torch.get_num_threads(),
                  "machine": f"{platform.machine()} {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
                             f"torch {torch.__version__}",
-                 "command": "python benchmarks/oracle_patterns.py " + shlex.join(argv if argv is not None
+                 "command": "python -m benchmarks.oracle_patterns " + shlex.join(argv if argv is not None
                                                                                    else sys.argv[1:]),
                  "wall_s": None})
     meta["verdict"] = verdict(rows)

@@ -18,9 +18,11 @@ the same seed's baseline), and the report adds the seed-to-seed noise: the stand
 configuration's accuracy over the seeds and the standard error of the mean paired difference. With one seed the
 noise is not measured, so a miss by less than about 0.5 pp says little either way.
 
-    nohup python benchmarks/train_parity.py >> ../runs/parity.log 2>&1 &      # start or continue (resumable)
-    python benchmarks/train_parity.py --seed 0 1 2 --reuse docs/results/train_parity.json  # seed 0 not retrained
-    python benchmarks/train_parity.py --dry-run                               # the commands
+    nohup python -m benchmarks.train_parity >> ../runs/parity.log 2>&1 &      # start or continue (resumable)
+    python -m benchmarks.train_parity --seed 0 1 2 --reuse docs/results/train_parity.json  # seed 0 not retrained
+    python -m benchmarks.train_parity --dry-run                               # the commands
+
+(from the repository root, as a module: it imports ``benchmarks._runner`` and ``benchmarks.cifar10_backbones``)
 
 Run folders go to ``RUNS/parity-<name>`` (seed 0) and ``RUNS/parity-<name>-seed<N>`` (outside the checkout; the
 recipes' output in ``RUNS/parity.log``) and continue with ``--resume`` after a stop; ``--reuse JSON`` takes the
@@ -40,11 +42,17 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from ofas_wrap._atomic import write_atomic
+
+try:
+    from benchmarks._runner import run_or_reuse
+    from benchmarks.cifar10_backbones import test_accuracy
+except ModuleNotFoundError as error:  # `python benchmarks/train_parity.py`: the repository root is not on sys.path
+    if error.name != "benchmarks":
+        raise
+    raise SystemExit("run it from the repository root as a module: python -m benchmarks.train_parity ...") from None
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from benchmarks._runner import run_or_reuse  # noqa: E402
-from benchmarks.cifar10_backbones import test_accuracy  # noqa: E402
-from ofas_wrap._atomic import write_atomic  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-png.tar.gz"
 CONFIGS = {
@@ -217,7 +225,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "reused_runs": [f"{name} seed {seed}" for seed in args.seed for name in args.only
                         if name in reused.get(seed, {})],
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "command": "python benchmarks/train_parity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.train_parity " + " ".join(argv if argv is not None else sys.argv[1:]),
     }}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -34,10 +34,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ofas_wrap import create_model  # noqa: E402
-from ofas_wrap.training import StochasticDepth, bf16_supported, compile_in_place, compile_units  # noqa: E402
+from ofas_wrap import create_model
+from ofas_wrap.training import StochasticDepth, bf16_supported, compile_in_place, compile_units
 
 OPTIONS = ("channels_last", "bf16", "compile", "drop_path")
 
