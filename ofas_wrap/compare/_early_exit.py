@@ -40,15 +40,10 @@ def parse_fractions(text: str) -> list[float]:
         >>> parse_fractions("0:1:0.5"), parse_fractions("0.9,0.1")
         ([0.0, 0.5, 1.0], [0.1, 0.9])
     """
+    from ..training._evaluate import parse_number_range
+
     try:
-        if ":" in text:
-            start, stop, step = (float(v) for v in text.split(":"))
-            if step <= 0:
-                raise ValueError
-            count = int(math.floor((stop - start) / step + 1e-9)) + 1
-            values = [round(start + i * step, 6) for i in range(max(count, 0))]
-        else:
-            values = [float(v) for v in text.split(",") if v.strip()]
+        values = parse_number_range(text)
     except ValueError:
         raise ValueError(f"write START:STOP:STEP or a comma list, got {text!r}") from None
     if not values or not all(0.0 <= v <= 1.0 for v in values):

@@ -91,6 +91,23 @@ def evaluate_classifier(accelerator, model: nn.Module, loader, ofas: Optional[bo
     return result
 
 
+def parse_number_range(text: str) -> list[float]:
+    """``"START:STOP:STEP"`` (stop included) or a comma list as floats, in the order written; ``ValueError`` when the
+    text is neither (the callers check the values' range and name their flag).
+
+    Example:
+        >>> parse_number_range("0:1:0.5"), parse_number_range("0.9,0.1")
+        ([0.0, 0.5, 1.0], [0.9, 0.1])
+    """
+    if ":" in text:
+        start, stop, step = (float(v) for v in text.split(":"))
+        if step <= 0:
+            raise ValueError(f"the step must be positive, got {text!r}")
+        count = int(math.floor((stop - start) / step + 1e-9)) + 1
+        return [round(start + i * step, 6) for i in range(max(count, 0))]
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
 def parse_thresholds(text: str) -> list[float]:
     """``"0.3:0.8:0.05"`` (start:stop:step, stop included) or ``"0.3,0.5,0.7"``; values in [0, 1).
 
@@ -99,14 +116,7 @@ def parse_thresholds(text: str) -> list[float]:
         [0.0, 0.5, 0.7]
     """
     try:
-        if ":" in text:
-            start, stop, step = (float(v) for v in text.split(":"))
-            if step <= 0:
-                raise ValueError
-            count = int(math.floor((stop - start) / step + 1e-9)) + 1
-            values = [round(start + i * step, 6) for i in range(max(count, 0))]
-        else:
-            values = [float(v) for v in text.split(",") if v.strip()]
+        values = parse_number_range(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--thresholds takes START:STOP:STEP or a comma list, got {text!r}") from None
     if not values:
