@@ -245,7 +245,6 @@ def test_cifar10_backbones_trains_resnet38_e60_for_60_epochs_whatever_epochs_say
     assert "--epochs 60" in e60 and "c10-r38-e60" in e60 and "--epochs 30" in e30 and "--epochs 60" not in e30
 
 
-@pytest.mark.skip(reason="fails since pretrained.py became a thin script over compare (47740f3); to diagnose")
 def test_pretrained_smoke_runs_the_released_resnet56_journey_through_compare(tmp_path) -> None:
     shared = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
     released = os.path.join(shared, "pretrained", "akamaster-cifar10", "resnet.py")
