@@ -104,7 +104,7 @@ def test_depth_prune_meets_its_choice_target(report):
     target = result["meta"]["targets_ms"][0]
     for row in result["rows"]:
         if row["method"] == "depth_prune":
-            assert row["choice_ms"] <= target and row["blocks"] < 3
+            assert row["choice_ms"] <= target and row["blocks"] < 3, row.get("note")
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -280,3 +280,40 @@ def test_a_model_without_stages_gets_an_early_exit_row_that_says_why(tiny, tmp_p
     assert len(rows) == 1 and rows[0]["top1"] is None and rows[0]["latency_ms"] is None
     assert "no stage boundary" in rows[0]["note"]
     assert result["meta"]["verdict"]["per_target"][0]["deploy"] in ("original", None)
+
+
+def test_int8_rows_sit_beside_the_float_rows_at_their_threshold_timed_at_batch_one(tiny):
+    pytest.importorskip("onnxruntime.quantization")
+    pytest.importorskip("onnxscript")
+    # a generous target in ms: this checks the INT8 rows, not which network fits (a 12-pixel ResNet-8's quick
+    # measurements on a busy 2-core machine can put a fractional target under the floor)
+    argv = base_flags(tiny, tiny["root"] / "int8", "--methods", "original", "static", "depth_prune", "ofas",
+                      "--static", "small=cifar:resnet8", "--no-controls", "--int8", "--calibration-images", "16",
+                      "--targets-ms", "1000", "--ofas-e2e-args=--gate-bias-init -3")
+    del argv[argv.index("--targets"):argv.index("--targets") + 2]
+    result = cmp.compare(argv)
+    floats = {(r["method"], r["target"]): r for r in result["rows"] if r["precision"] == "fp32"}
+    int8 = [r for r in result["rows"] if r["precision"] == "int8"]
+    assert {r["method"] for r in int8} == {"original_int8", "static_small_int8", "depth_prune_int8", "ofas_rl_int8"}
+    for row in int8:
+        twin = floats[(row["method"][:-len("_int8")], row["target"])]
+        assert row["threshold"] == twin["threshold"] and row["runtime"] == "onnxruntime-int8"
+        assert row["latency_ms"] > 0 and row["server_ms"] is None  # an ONNX If-graph runs one image at a time
+        assert 0.0 <= row["top1"] <= 1.0 and 0.0 <= row["gates_equal_float"] <= 1.0
+    original = next(r for r in int8 if r["method"] == "original_int8")
+    assert original["gates_equal_float"] == 1.0  # T = 0: every gate open in both precisions
+    assert result["meta"]["int8"]["calibration_images"] == 16
+
+
+@pytest.mark.parametrize("missing", [True, False])
+def test_int8_without_the_tools_or_images_is_refused_before_writing(tiny, monkeypatch, missing):
+    import ofas_wrap._quantize as quantize
+
+    if missing:
+        def no_tools():
+            raise RuntimeError("INT8 quantization needs onnx and onnxruntime: pip install 'ofas-wrap[onnx]'")
+        monkeypatch.setattr(quantize, "check_quantization_tools", no_tools)
+    out = tiny["root"] / "bad-int8"
+    with pytest.raises(RunError, match="pip install 'ofas-wrap\\[onnx\\]'" if missing else "--calibration-images"):
+        cmp.compare(base_flags(tiny, out, "--int8", "--calibration-images", "16" if missing else "0"))
+    assert not out.exists()

@@ -19,7 +19,11 @@ and with the same teacher (distillation from the original for every fine-tuned m
   per target on held-out images; and its controls at ``ofas_rl``'s T: ``fixed_subset``, ``shuffled``,
   ``random_rates`` (same cost, no input dependence);
 - ``early_exit``: BranchyNet-style exits after each stage (``_baselines.EarlyExitResNet``), the network and its exits
-  fine-tuned together (``_early_exit``), the entropy threshold chosen per target on held-out images.
+  fine-tuned together (``_early_exit``), the entropy threshold chosen per target on held-out images;
+- with ``--int8``, ``METHOD_int8`` beside the original, each static network (as given), each depth-pruned network and
+  each OFAS (RL) choice: the same network quantized by onnxruntime's static INT8 quantization (``_int8``, calibrated
+  on ``--calibration-images`` training images, never test), run by onnxruntime at batch 1 as deployed, at the float
+  row's T (the stem and the head stay float32, so the gates are the float head's decisions).
 
 Every choice (T, blocks, ratio) is made on the held-out split (``--val-size`` carved from train, or with ``--val-from
 test`` the seeded first part of test); accuracy is reported on the rest of test. Every row is timed as deployed
@@ -56,6 +60,7 @@ from ._baselines import EarlyExitResNet
 from ._channel import INSTALL_HINT, channel_ratio_for_target, prune_channels
 from ._depth import choose_keep, removal_harm
 from ._early_exit import choose_exit, exit_sweep, finetune_early_exit, load_early_exit, parse_fractions
+from ._int8 import INT8_RUNTIME, int8_row
 from ._timing import InterleavedTimer, control_patterns, deployed, set_threshold
 from ._verdict import decide, sentence
 
@@ -127,6 +132,11 @@ def compare_parser() -> argparse.ArgumentParser:
                            "outputs sit in a narrow band otherwise leaves the sweep one or two usable thresholds")
     what.add_argument("--choice-images", type=int, default=2000, help="held-out images that rank the blocks")
     what.add_argument("--no-controls", action="store_true")
+    what.add_argument("--int8", action="store_true",
+                      help="also an INT8 row (onnxruntime, batch 1) beside the original, the static networks, depth "
+                           "pruning and OFAS (RL): needs the onnx extra")
+    what.add_argument("--calibration-images", type=int, default=256,
+                      help="training images that calibrate each INT8 row (never the test images)")
     timing = parser.add_argument_group("timing (as deployed)")
     timing.add_argument("--runtime", choices=("torchscript", "eager"), default="torchscript")
     timing.add_argument("--latency-samples", type=int, default=32, help="test images timed at batch 1")
@@ -190,6 +200,15 @@ def _check_args(args: argparse.Namespace) -> list[str]:
                        f"{[s[0] for s in statics] or 'none'})")
     if args.targets_static and len(set(args.targets_static)) != len(args.targets_static):
         raise RunError(f"--targets-static names a network twice: {args.targets_static}")
+    if args.int8:
+        if args.calibration_images < 1:
+            raise RunError(f"--calibration-images must be >= 1, got {args.calibration_images}")
+        from .._quantize import check_quantization_tools
+
+        try:
+            check_quantization_tools()
+        except RuntimeError as exc:
+            raise RunError(f"--int8: {exc}") from None
     if not args.report_name or any(c in args.report_name for c in "/\\") or args.report_name.startswith("."):
         raise RunError(f"--report-name {args.report_name!r}: give a plain file name stem, e.g. cifar10")
     try:
@@ -482,17 +501,43 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             runtimes[key] = runtimes.get(row["method"], "torchscript")
         timer.add(key, timed, threshold, patterns)
         rows.append({"seed": None, "target": None, "threshold": None, "chosen": True, "adaptive_gates": None,
-                     **row, "_timing": key})
+                     "precision": "fp32", **row, "_timing": key})
 
     def log(text: str) -> None:
         print(f"[compare] {text}", flush=True)
+
+    calibration = _first_images(data.train, args.calibration_images) if args.int8 else None
+
+    def add_int8(module: nn.Module, row: dict[str, Any]) -> None:
+        """The INT8 twin of the float row just added (``row``): the same network, at the same T."""
+        if not args.int8:
+            return
+        method = f"{row['method']}_int8"
+        try:
+            measured = int8_row(module if isinstance(module, OFASModel) else _as_ofas(module, size), calibration,
+                                row.get("threshold") or 0.0, test_x, test_y, threads=args.threads)
+        except (RuntimeError, ValueError, TypeError) as exc:  # a network onnxruntime cannot export or quantize
+            log(f"{method}: {exc}")
+            rows.append({**_note_row(method, row.get("target"), row.get("seed"), f"no INT8 row: {exc}"),
+                         "precision": "int8"})
+            return
+        key = f"{row['_timing']}-int8"
+        timer.add(key, measured.runner, server=False)
+        runtimes[key] = INT8_RUNTIME
+        rows.append({**{k: v for k, v in row.items() if k not in ("val_top1", "choice_ms")}, "method": method,
+                     "precision": "int8", "top1": measured.top1, "server_ms": None,
+                     "gates_equal_float": measured.gates_equal_float,
+                     "max_logit_difference_on_calibration": measured.max_logit_difference_on_calibration,
+                     "_timing": key})
 
     log(f"original {full_ms:.3f} ms at batch 1 here; targets {targets} ms; budget {steps} steps")
     if "original" in methods:
         add_row("original", original.unwrap(), {"method": "original", "top1": _accuracy(original.unwrap(), test_x,
                                                                                       test_y)})
+        add_int8(original, rows[-1])
     for name, module in statics.items():
         add_row(f"static_{name}", module, {"method": f"static_{name}", "top1": _accuracy(module, test_x, test_y)})
+        add_int8(module, rows[-1])
         if args.finetune_static:
             for seed in args.seeds:
                 tuned = runs.finetune(f"static_{name}_ft-seed{seed}", copy.deepcopy(module), teacher, seed)
@@ -529,6 +574,7 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 add_row(f"depth_prune-{target}-{seed}", tuned, {
                     "method": "depth_prune", "target": target, "seed": seed, "top1": _accuracy(tuned, test_x, test_y),
                     "kept_blocks": keep, "blocks": sum(keep), "choice_ms": measured})
+                add_int8(tuned, rows[-1])
 
     if "channel_prune" in methods and original.num_gates:
         example = choice_x[:1]
@@ -559,9 +605,8 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                     from .._calibration import calibrate_head
 
                     calibrate_head(model, val_x[:args.choice_images].split(250))
-                sweep = _sweep(model, thresholds, val_x, val_y, choice_x, args)
-                scripted, runtime = deployed(model, args.runtime)
-                runtimes[method] = runtime
+                scripted, runtimes[method] = deployed(model, args.runtime)  # once: the sweep's and the report's
+                sweep = _sweep(model, scripted, thresholds, val_x, val_y, choice_x, args)
                 for target in targets:
                     fits = [s for s in sweep if s["choice_ms"] <= target]
                     if not fits:
@@ -578,6 +623,7 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                             timed=scripted)
                     if method == "ofas_rl":
                         ofas_rows[target].append(rows[-1])
+                        add_int8(model, rows[-1])
                         if not args.no_controls:
                             _controls(model, best["threshold"], target, seed, (test_x, test_y), (val_x, val_y),
                                       timer.images, scripted, add_row, control_list, control_rows)
@@ -637,7 +683,8 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     verdict: dict[str, Any] = {"per_target": decisions}
     # the static curve: the networks as given (the original among them), not the fine-tuned copies
     static_points = sorted((r["latency_ms"], r["top1"]) for r in rows if r.get("latency_ms") is not None and (
-        r["method"] == "original" or (r["method"].startswith("static_") and not r["method"].endswith("_ft"))))
+        r["method"] == "original" or (r["method"].startswith("static_") and not r["method"].endswith("_ft")))
+        and r.get("precision", "fp32") == "fp32")
     if any(r["method"].startswith("static_") for r in rows) and any(ofas_rows.values()):
         verdict["rule"] = {}
         for target, judged in ofas_rows.items():
@@ -661,6 +708,8 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             "ofas_e2e_args": None if args.ofas_runs else args.ofas_e2e_args, "ofas_rl_share": args.ofas_rl_share,
             "ofas_runs": args.ofas_runs, "calibrate_head": args.calibrate_head,
             "exit_thresholds": args.exit_thresholds if "early_exit" in methods else None,
+            "int8": {"calibration_images": int(calibration.shape[0]), "from": "train", "runtime": INT8_RUNTIME,
+                     "batch": 1} if args.int8 else None,
             "seconds": round(time.time() - started, 1), "verdict": verdict,
             "machine": _machine(), "command": _command(argv),
             "not_compared": ["SkipNet (ofas_wrap.compare.SkipNetStyle: its gate networks have no training recipe "
@@ -675,7 +724,30 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 def _note_row(method: str, target: Optional[float], seed: Optional[int], note: str) -> dict[str, Any]:
     """The row of a method that has no network at a target, with every key of a measured row and why."""
     return {"method": method, "target": target, "seed": seed, "threshold": None, "top1": None, "latency_ms": None,
-            "chosen": False, "adaptive_gates": None, "note": note}
+            "chosen": False, "adaptive_gates": None, "precision": "fp32", "note": note}
+
+
+def _first_images(split: Any, count: int) -> torch.Tensor:
+    """The first ``count`` images of ``split`` (prepared as the model's inputs), read batch by batch."""
+    from ..data import make_loader
+
+    images, total = [], 0
+    for x, _ in make_loader(split, min(count, 500)):
+        images.append(x)
+        total += len(x)
+        if total >= count:
+            break
+    if not images:
+        raise RunError("--int8: the training split is empty, so there is nothing to calibrate on")
+    return torch.cat(images)[:count]
+
+
+def _as_ofas(module: nn.Module, size: Sequence[int]) -> OFASModel:
+    """A plain network (static, depth-pruned) as an OFAS model at T = 0: every gate open, so its ONNX export (and
+    INT8 graph) computes the same network, plus the tiny head and one ``If`` per block."""
+    from .._model import adaptify
+
+    return adaptify(copy.deepcopy(module).eval(), input_size=tuple(size), threshold=0.0).eval()
 
 
 def _floor_ms(original: OFASModel, images: torch.Tensor, args: argparse.Namespace) -> float:
@@ -683,13 +755,13 @@ def _floor_ms(original: OFASModel, images: torch.Tensor, args: argparse.Namespac
     return _ms(prune_blocks(original, [False] * original.num_gates), images, args)
 
 
-def _sweep(model: OFASModel, thresholds: Sequence[float], val_x: torch.Tensor, val_y: torch.Tensor,
+def _sweep(model: OFASModel, timed: Any, thresholds: Sequence[float], val_x: torch.Tensor, val_y: torch.Tensor,
            choice_x: torch.Tensor, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Per T on the held-out split: top-1, blocks, adaptivity, and the deployed latency (the choices' data)."""
+    """Per T on the held-out split: top-1, blocks, adaptivity, and the latency of ``timed``, the deployed model (the
+    choices' data)."""
     model.eval()
     with torch.no_grad():
         _, probs = model.gate_probabilities(val_x)
-    timed, _ = deployed(model, args.runtime)
     sweep = []
     for threshold in thresholds:
         model.threshold = threshold
@@ -774,6 +846,11 @@ def _markdown(report: dict[str, Any]) -> str:
             cell(row.get("top1"), "{:.2f} %", 100.0), cell(row.get("latency_ms"), "{:.3f}"),
             cell(row.get("server_ms"), "{:.2f}"), cell(row.get("blocks"), "{:.1f}"), cell(row.get("adaptive_gates")),
             f"{cell(row.get('runtime') or row.get('note'))} |"]))
+    if meta.get("int8"):
+        lines += ["", f"INT8 rows (`_int8`): onnxruntime static quantization calibrated on "
+                      f"{meta['int8']['calibration_images']} training images, the stem and the head in float32 (so "
+                      "the gates are the float head's decisions; `gates_equal_float` in the JSON says on what share of "
+                      "the test images they were), run by onnxruntime at batch 1 only (no server batch)."]
     if meta.get("not_compared"):
         lines += ["", "Not compared here: " + "; ".join(meta["not_compared"]) + "."]
     if meta.get("machine"):

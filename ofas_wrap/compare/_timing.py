@@ -86,14 +86,18 @@ class InterleavedTimer:
             repeats = -(-server_batch // images.shape[0])
             self.server_images = images.repeat(repeats, *([1] * (images.dim() - 1)))[:server_batch]
         self.jobs: dict[str, tuple[Any, Optional[float], Optional[torch.Tensor]]] = {}
+        self.batch_one_only: set[str] = set()
         self.results: dict[str, dict[str, float]] = {}
 
     def add(self, key: str, model: Any, threshold: Optional[float] = None,
-            patterns: Optional[torch.Tensor] = None) -> str:
-        """Register ``model`` (at ``threshold``; gates forced to ``patterns``, one row per image, when given)."""
+            patterns: Optional[torch.Tensor] = None, server: bool = True) -> str:
+        """Register ``model`` (at ``threshold``; gates forced to ``patterns``, one row per image, when given).
+        ``server=False``: batch 1 only (an ONNX If-graph runs one image at a time), no ``server_ms``."""
         if key in self.jobs:
             raise ValueError(f"timing job {key!r} registered twice")
         self.jobs[key] = (model, threshold, patterns)
+        if not server:
+            self.batch_one_only.add(key)
         return key
 
     def _server_ms(self, model: Any, patterns: Optional[torch.Tensor]) -> float:
@@ -123,7 +127,7 @@ class InterleavedTimer:
                                                 threads=self.threads, patterns=patterns)
                 times[key].setdefault("latency_ms", []).append(mean)
                 times[key].setdefault("latency_p90_ms", []).append(p90)
-                if self.server_batch > 1:
+                if self.server_batch > 1 and key not in self.batch_one_only:
                     times[key].setdefault("server_ms", []).append(self._server_ms(model, patterns))
         self.results = {key: {name: statistics.median(values) for name, values in series.items()}
                         for key, series in times.items()}
