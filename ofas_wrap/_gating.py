@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from collections.abc import Iterator
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["hard_gates", "straight_through_gates", "sampled_straight_through_gates", "mix_gated", "check_gate_mask"]
+__all__ = ["hard_gates", "straight_through_gates", "sampled_straight_through_gates", "mix_gated", "check_gate_mask",
+           "forcing_gates"]
 
 
 def hard_gates(probs: Tensor, threshold: float) -> Tensor:
@@ -77,3 +80,25 @@ def check_gate_mask(mask: Tensor, num_gates: int) -> Tensor:
             f"got {tuple(mask.shape)}"
         )
     return mask
+
+
+@contextlib.contextmanager
+def forcing_gates(module: Any, mask: Tensor, num_gates: int) -> Iterator[Any]:
+    """Inside the ``with`` block, ``module.forced_gate_mask`` is ``mask`` (checked by :func:`check_gate_mask`); the
+    previous mask comes back after it, also on an error. The ``forced_gates`` of every gated network here.
+
+    Example:
+        >>> holder = type("Holder", (), {"forced_gate_mask": None})()
+        >>> with forcing_gates(holder, torch.tensor([True, False]), 2):
+        ...     holder.forced_gate_mask.tolist()
+        [True, False]
+        >>> holder.forced_gate_mask is None
+        True
+    """
+    mask = check_gate_mask(mask, num_gates)
+    previous = module.forced_gate_mask
+    module.forced_gate_mask = mask
+    try:
+        yield module
+    finally:
+        module.forced_gate_mask = previous

@@ -12,7 +12,7 @@
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, List, Optional, Tuple, Union
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ._assembly import _absolute_factory, _build_backbone, _bundle_factory_code, build_config, infer_backbone_spec
 from ._block import CarryNothing, GatedBlock
 from ._config import OFASConfig, check_threshold, float32_repr
-from ._gating import check_gate_mask, straight_through_gates
+from ._gating import forcing_gates, straight_through_gates
 from ._hub import (
     CARD_TAGS,
     CONFIG_NAME,
@@ -572,8 +572,7 @@ class OFASModel(OFASHubMixin, nn.Module):
 
     # ------------------------------------------------------------------------------------ utilities
     @torch.jit.unused
-    @contextlib.contextmanager
-    def forced_gates(self, mask: Tensor) -> Iterator['OFASModel']:
+    def forced_gates(self, mask: Tensor) -> contextlib.AbstractContextManager['OFASModel']:
         """Force a gate pattern inside the ``with`` block (evaluation, RL, benchmarks).
 
         ``mask`` is a bool tensor of shape ``(num_gates,)`` (the same for every sample) or
@@ -587,13 +586,7 @@ class OFASModel(OFASHubMixin, nn.Module):
             >>> int(model.last_gates.sum())
             0
         """
-        mask = check_gate_mask(mask, self.num_gates)
-        previous = self.forced_gate_mask
-        self.forced_gate_mask = mask
-        try:
-            yield self
-        finally:
-            self.forced_gate_mask = previous
+        return forcing_gates(self, mask, self.num_gates)
 
     @torch.jit.unused
     def unwrap(self) -> nn.Module:

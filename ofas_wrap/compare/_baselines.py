@@ -21,7 +21,7 @@ as a plain chain, so a model whose blocks carry values across blocks (outer shor
 """
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Optional
 
 import torch
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._config import check_threshold
-from .._gating import check_gate_mask
+from .._gating import forcing_gates
 from .._model import OFASModel
 from .._plan import count_flops
 
@@ -197,16 +197,9 @@ class SkipNetStyle(nn.Module):
         return self.tail(features)
 
     @torch.jit.unused
-    @contextlib.contextmanager
-    def forced_gates(self, mask: Tensor) -> Iterator["SkipNetStyle"]:
+    def forced_gates(self, mask: Tensor) -> contextlib.AbstractContextManager["SkipNetStyle"]:
         """Force a gate pattern (bool, ``(num_gates,)`` or ``(batch, num_gates)``, True = execute)."""
-        mask = check_gate_mask(mask, self.num_gates)
-        previous = self.forced_gate_mask
-        self.forced_gate_mask = mask
-        try:
-            yield self
-        finally:
-            self.forced_gate_mask = previous
+        return forcing_gates(self, mask, self.num_gates)
 
 
 # ------------------------------------------------------------------------------------------- naive masking
