@@ -21,10 +21,10 @@ option-A ``LambdaLayer`` is scripted through its ``torch.fx`` trace; a model tha
 eager and its row says so in ``runtime``) or ``eager``, ``--threads`` intra-op threads, interleaved rounds. Keep the
 machine otherwise idle while it runs (pause a background training with ``kill -STOP``).
 
-    python benchmarks/pretrained.py --work ../runs/pretrained --out docs/results                  # 1 epoch, 3 seeds
-    python benchmarks/pretrained.py --epochs 5 --static-finetune --work ../runs/compare56 --out docs/results \\
+    python -m benchmarks.pretrained --work ../runs/pretrained --out docs/results                  # 1 epoch, 3 seeds
+    python -m benchmarks.pretrained --epochs 5 --static-finetune --int8 --work ../runs/compare56 --out docs/results \\
         --name compare_resnet56                                                                      # issue 25 item 5
-    python benchmarks/pretrained.py --smoke --work /tmp/w --out /tmp/o                               # the plumbing
+    python -m benchmarks.pretrained --smoke --work /tmp/w --out /tmp/o                               # the plumbing
 
 Writes ``OUT/NAME.json`` (compare's rows: ``method``, ``target``, ``seed``, ``threshold``, ``top1``, ``latency_ms``,
 ``chosen``, ``adaptive_gates``, ...; ``meta`` with the verdict per target), ``OUT/NAME.md`` and ``OUT/NAME.png``
@@ -98,6 +98,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--static-finetune", action="store_true",
                         help="also fine-tune the released ResNet-20/32/44 like the other methods (static_resnetD_ft; "
                              "the rule's curve stays the released models')")
+    parser.add_argument("--int8", action="store_true",
+                        help="INT8 rows beside the float ones (compare --int8: onnxruntime, batch 1, calibrated on "
+                             "--calibration-images training images)")
+    parser.add_argument("--calibration-images", type=int, default=256)
     parser.add_argument("--smoke", action="store_true",
                         help="a plumbing check of a minute: a few steps, 64 images, 1 seed, the ResNet-20 alone as "
                              "the static network and the target")
@@ -136,6 +140,8 @@ def compare_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--static", f"resnet{depth}={released}/resnet.py:resnet{depth}@{released / CHECKPOINTS[depth]}"]
     if args.static_finetune:
         argv.append("--finetune-static")
+    if args.int8:
+        argv += ["--int8", "--calibration-images", str(args.calibration_images)]
     for flag, value in (("--train-subset", args.train_subset), ("--eval-subset", args.eval_subset),
                         ("--thresholds", args.thresholds)):
         if value:
