@@ -282,7 +282,7 @@ def test_a_model_without_stages_gets_an_early_exit_row_that_says_why(tiny, tmp_p
     assert result["meta"]["verdict"]["per_target"][0]["deploy"] in ("original", None)
 
 
-def test_int8_rows_sit_beside_the_float_rows_at_their_threshold_timed_at_batch_one(tiny):
+def test_int8_rows_sit_beside_the_float_rows_timed_at_batch_one(tiny):
     pytest.importorskip("onnxruntime.quantization")
     pytest.importorskip("onnxscript")
     # a generous target in ms: this checks the INT8 rows, not which network fits (a 12-pixel ResNet-8's quick
@@ -297,7 +297,11 @@ def test_int8_rows_sit_beside_the_float_rows_at_their_threshold_timed_at_batch_o
     assert {r["method"] for r in int8} == {"original_int8", "static_small_int8", "depth_prune_int8", "ofas_rl_int8"}
     for row in int8:
         twin = floats[(row["method"][:-len("_int8")], row["target"])]
-        assert row["threshold"] == twin["threshold"] and row["runtime"] == "onnxruntime-int8"
+        if row["method"] == "ofas_rl_int8":  # its own T, chosen on the INT8 graph's held-out latency
+            assert row["choice_ms"] <= row["target"] and row["val_top1_float"] is not None
+        else:  # the same network at T = 0
+            assert row["threshold"] == twin["threshold"] is None
+        assert row["runtime"] == "onnxruntime-int8"
         assert row["latency_ms"] > 0 and row["server_ms"] is None  # an ONNX If-graph runs one image at a time
         assert 0.0 <= row["top1"] <= 1.0 and 0.0 <= row["gates_equal_float"] <= 1.0
     original = next(r for r in int8 if r["method"] == "original_int8")

@@ -20,10 +20,11 @@ and with the same teacher (distillation from the original for every fine-tuned m
   ``random_rates`` (same cost, no input dependence);
 - ``early_exit``: BranchyNet-style exits after each stage (``_baselines.EarlyExitResNet``), the network and its exits
   fine-tuned together (``_early_exit``), the entropy threshold chosen per target on held-out images;
-- with ``--int8``, ``METHOD_int8`` beside the original, each static network (as given), each depth-pruned network and
-  each OFAS (RL) choice: the same network quantized by onnxruntime's static INT8 quantization (``_int8``, calibrated
-  on ``--calibration-images`` training images, never test), run by onnxruntime at batch 1 as deployed, at the float
-  row's T (the stem and the head stay float32, so the gates are the float head's decisions).
+- with ``--int8``, ``METHOD_int8`` beside the original, each static network (as given) and each depth-pruned
+  network: the same network quantized by onnxruntime's static INT8 quantization (``_int8``, calibrated on
+  ``--calibration-images`` training images, never test), run by onnxruntime at batch 1 as deployed; and
+  ``ofas_rl_int8``, OFAS (RL) quantized once, its T chosen per target on the INT8 graph's measured latency (the stem
+  and the head stay float32, so the gates are the float head's decisions).
 
 Every choice (T, blocks, ratio) is made on the held-out split (``--val-size`` carved from train, or with ``--val-from
 test`` the seeded first part of test); accuracy is reported on the rest of test. Every row is timed as deployed
@@ -60,7 +61,7 @@ from ._baselines import EarlyExitResNet
 from ._channel import INSTALL_HINT, channel_ratio_for_target, prune_channels
 from ._depth import choose_keep, removal_harm
 from ._early_exit import choose_exit, exit_sweep, finetune_early_exit, load_early_exit, parse_fractions
-from ._int8 import INT8_RUNTIME, int8_row
+from ._int8 import INT8_RUNTIME, int8_row, quantize_for_rows, score_int8
 from ._timing import InterleavedTimer, control_patterns, deployed, set_threshold
 from ._verdict import decide, sentence
 
@@ -530,6 +531,41 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                      "max_logit_difference_on_calibration": measured.max_logit_difference_on_calibration,
                      "_timing": key})
 
+    def add_ofas_int8(model: OFASModel, sweep: list[dict[str, Any]], seed: int) -> None:
+        """OFAS (RL) in INT8 with its own T per target: the INT8 graph's latency measured at every T of the sweep on
+        the held-out images; the held-out accuracy is the float sweep's (the INT8 graph takes the float head's gates;
+        INT8 cost the kept models <= 0.06 pp, docs/results/int8.md)."""
+        try:
+            runner = quantize_for_rows(model, calibration, threads=args.threads)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            log(f"ofas_rl_int8: {exc}")
+            rows.extend({**_note_row("ofas_rl_int8", t, seed, f"no INT8 row: {exc}"), "precision": "int8"}
+                        for t in targets)
+            return
+        int8_sweep = []
+        for point in sweep:
+            runner.threshold = point["threshold"]
+            int8_sweep.append({**point, "choice_ms": latency_over_images(runner, choice_x, runs=args.latency_runs,
+                                                                         threads=args.threads)[0]})
+        for target in targets:
+            fits = [p for p in int8_sweep if p["choice_ms"] <= target]
+            if not fits:
+                rows.append({**_note_row("ofas_rl_int8", target, seed, "no threshold of the INT8 graph reaches the "
+                                         "target on the held-out images"), "precision": "int8"})
+                continue
+            best = max(fits, key=lambda p: (p["val_top1"], p["threshold"]))
+            measured = score_int8(runner, model, best["threshold"], test_x, test_y)
+            key = f"ofas_rl_int8-{target}-{seed}"
+            timer.add(key, runner, best["threshold"], server=False)
+            runtimes[key] = INT8_RUNTIME
+            rows.append({"method": "ofas_rl_int8", "target": target, "seed": seed, "threshold": best["threshold"],
+                         "top1": measured.top1, "val_top1_float": best["val_top1"], "chosen": True,
+                         "adaptive_gates": best["adaptive_gates"], "distinct_patterns": best["distinct_patterns"],
+                         "blocks": measured.executed_blocks, "choice_ms": best["choice_ms"], "precision": "int8",
+                         "server_ms": None, "gates_equal_float": measured.gates_equal_float,
+                         "max_logit_difference_on_calibration": measured.max_logit_difference_on_calibration,
+                         "_timing": key})
+
     log(f"original {full_ms:.3f} ms at batch 1 here; targets {targets} ms; budget {steps} steps")
     if "original" in methods:
         add_row("original", original.unwrap(), {"method": "original", "top1": _accuracy(original.unwrap(), test_x,
@@ -623,10 +659,11 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                             timed=scripted)
                     if method == "ofas_rl":
                         ofas_rows[target].append(rows[-1])
-                        add_int8(model, rows[-1])
                         if not args.no_controls:
                             _controls(model, best["threshold"], target, seed, (test_x, test_y), (val_x, val_y),
                                       timer.images, scripted, add_row, control_list, control_rows)
+                if method == "ofas_rl" and args.int8:
+                    add_ofas_int8(model, sweep, seed)
 
     if "early_exit" in methods:
         try:

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["INT8_RUNTIME", "Int8Row", "int8_row"]
+__all__ = ["INT8_RUNTIME", "Int8Row", "int8_row", "quantize_for_rows", "score_int8"]
 
 INT8_RUNTIME = "onnxruntime-int8"  # the runtime label of INT8 rows, as recipes/evaluate.py writes it
 
@@ -70,22 +70,27 @@ def int8_row(model: Any, calibration: Any, threshold: float, test_images: Tensor
         >>> timer = InterleavedTimer(torch.randn(4, 3, 16, 16), runs=5, threads=1)  # doctest: +SKIP
         >>> key = timer.add("ofas-int8", row.runner)  # doctest: +SKIP
     """
-    from .._bench import OnnxRuntimeModel
     from .._config import check_threshold
+
+    threshold = check_threshold(threshold)
+    _check_test_set(model, test_images, test_labels)
+    runner = quantize_for_rows(model, calibration, threads=threads, calibration_images=calibration_images,
+                               per_channel=per_channel)
+    if path is not None:
+        _keep(runner.graph, Path(path), threshold)
+    return score_int8(runner, model, threshold, test_images, test_labels)
+
+
+def quantize_for_rows(model: Any, calibration: Any, *, threads: int = 1, calibration_images: Optional[int] = None,
+                      per_channel: bool = True) -> Any:
+    """The INT8 graph of ``model`` (an OFASModel) in an onnxruntime session, quantized once: score it at any T with
+    :func:`score_int8`, time it at batch 1 (set ``runner.threshold``). ``runner.graph`` holds the file's bytes."""
+    from .._bench import OnnxRuntimeModel
     from .._export import export_onnx
     from .._model import OFASModel
 
     if not isinstance(model, OFASModel):
         raise TypeError(f"int8_row expects an OFASModel, got {type(model).__name__}")
-    threshold = check_threshold(threshold)
-    expected = tuple(model.config["input_size"])
-    if not isinstance(test_images, Tensor) or tuple(test_images.shape[1:]) != expected or test_images.dim() != 4:
-        got = tuple(test_images.shape) if isinstance(test_images, Tensor) else type(test_images).__name__
-        raise ValueError(f"test_images must be a float tensor (N, {', '.join(map(str, expected))}), got {got}")
-    if not isinstance(test_labels, Tensor) or test_labels.shape != (test_images.shape[0],):
-        raise ValueError(f"test_labels must be a tensor ({test_images.shape[0]},), one label per test image")
-    if test_images.shape[0] == 0:
-        raise ValueError("int8_row needs at least one test image")
     if not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     was_training = model.training
@@ -95,15 +100,29 @@ def int8_row(model: Any, calibration: Any, threshold: float, test_images: Tensor
             written = export_onnx(model, Path(work) / "int8.onnx", quantize="int8", calibration=calibration,
                                   calibration_images=calibration_images, per_channel=per_channel)
             graph = written.read_bytes()
-        runner = OnnxRuntimeModel(graph, threads=threads)
-        runner.threshold = threshold
-        predicted, gates = runner.classify(test_images)
+    finally:
+        model.train(was_training)
+    runner = OnnxRuntimeModel(graph, threads=threads)
+    runner.graph = graph
+    return runner
+
+
+def score_int8(runner: Any, model: Any, threshold: float, test_images: Tensor, test_labels: Tensor) -> Int8Row:
+    """The INT8 graph of :func:`quantize_for_rows` scored at ``threshold`` on the test images, one image at a time,
+    beside the float ``model``'s gate decisions; the row's ``runner`` is left at ``threshold``."""
+    from .._config import check_threshold
+
+    threshold = check_threshold(threshold)
+    _check_test_set(model, test_images, test_labels)
+    runner.threshold = threshold
+    predicted, gates = runner.classify(test_images)
+    was_training = model.training
+    model.eval()
+    try:
         with torch.no_grad():
             _, probs = model.gate_probabilities(test_images)
     finally:
         model.train(was_training)
-    if path is not None:
-        _keep(graph, Path(path), threshold)
     executed = gates.sum(dim=1).double()
     record = runner.config["int8"]
     return Int8Row(
@@ -116,6 +135,21 @@ def int8_row(model: Any, calibration: Any, threshold: float, test_images: Tensor
         test_count=int(test_images.shape[0]), calibration_images=int(record["calibration_images"]),
         max_logit_difference_on_calibration=float(record["max_logit_difference_on_calibration"]), runner=runner,
     )
+
+
+def _check_test_set(model: Any, test_images: Tensor, test_labels: Tensor) -> None:
+    from .._model import OFASModel
+
+    if not isinstance(model, OFASModel):
+        raise TypeError(f"int8_row expects an OFASModel, got {type(model).__name__}")
+    expected = tuple(model.config["input_size"])
+    if not isinstance(test_images, Tensor) or tuple(test_images.shape[1:]) != expected or test_images.dim() != 4:
+        got = tuple(test_images.shape) if isinstance(test_images, Tensor) else type(test_images).__name__
+        raise ValueError(f"test_images must be a float tensor (N, {', '.join(map(str, expected))}), got {got}")
+    if not isinstance(test_labels, Tensor) or test_labels.shape != (test_images.shape[0],):
+        raise ValueError(f"test_labels must be a tensor ({test_images.shape[0]},), one label per test image")
+    if test_images.shape[0] == 0:
+        raise ValueError("int8_row needs at least one test image")
 
 
 def _keep(graph: bytes, path: Path, threshold: float) -> None:
