@@ -279,6 +279,7 @@ class OnnxRuntimeModel:
 
     def _open(self, threshold: Optional[float]) -> Any:
         options = self._ort.SessionOptions()
+        options.log_severity_level = 3  # not the exporter's unused initializers, once per session
         if self.threads:
             options.intra_op_num_threads = self.threads
         if threshold is not None:
