@@ -85,6 +85,7 @@ def quantize_file(source: PathLike, path: PathLike, calibration: Any, *, calibra
                 nodes_to_exclude=sorted(excluded), calibrate_method=quantization.CalibrationMethod.MinMax,
             )
         quantized = onnx.load(str(work / "flat-int8.onnx"))
+    _float_inputs_for(quantized, excluded)
     _fold_gates(onnx, quantized, blocks, {init.name: init for init in proto.graph.initializer})
     difference = _check_quantized(proto, quantized, images, max_logit_difference)
     config[INT8_CONFIG_KEY] = {"library": "onnxruntime.quantization.quantize_static", "format": "QDQ",
@@ -317,6 +318,34 @@ def _gate_ancestors(graph_proto: Any) -> set[str]:
         names.add(node.name)
         wanted.extend(node.input)
     return names
+
+
+def _float_inputs_for(quantized: Any, excluded: set[str]) -> None:
+    """Give the float nodes (the stem and the head) their float inputs back, in place: the quantizer puts a
+    Quantize/DequantizeLinear pair on a tensor that quantized nodes read (the stem's output, read by the first block),
+    and the head read that pair's rounded copy, so its gate decisions drifted from the float graph's at a decision's
+    edge. Pairs no node reads any more are removed."""
+    graph = quantized.graph
+    producer = {output: node for node in graph.node for output in node.output}
+    for node in graph.node:
+        if node.name not in excluded:
+            continue
+        for index, tensor in enumerate(node.input):
+            dequantize = producer.get(tensor)
+            if dequantize is None or dequantize.op_type != "DequantizeLinear":
+                continue
+            quantize = producer.get(dequantize.input[0])
+            if quantize is not None and quantize.op_type == "QuantizeLinear":
+                node.input[index] = quantize.input[0]
+    outputs = {output.name for output in graph.output}
+    while True:
+        read = {tensor for node in graph.node for tensor in node.input} | outputs
+        unused = [node for node in graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")
+                  and not any(output in read for output in node.output)]
+        if not unused:
+            return
+        for node in unused:
+            graph.node.remove(node)
 
 
 def _fold_gates(onnx: Any, quantized: Any, blocks: list[dict], float_initializers: dict) -> None:

@@ -79,6 +79,19 @@ def test_int8_export_writes_one_file_whose_gates_are_the_float_heads_decisions(i
     assert not [p.name for p in int8_path.parent.iterdir() if ".tmp-" in p.name]  # written whole, then renamed
 
 
+def test_int8_head_reads_the_float_stem_even_at_a_decisions_edge(int8):
+    """T set exactly at gate probabilities of the model: a head that read a rounded (quantized) copy of the stem's
+    output would decide some of these ties otherwise than the float graph."""
+    model, calibration, float_path, int8_path = int8
+    with torch.no_grad():
+        _, probs = model.gate_probabilities(calibration)
+    for threshold in probs.flatten()[::17][:8].tolist():
+        sessions = [_session(path, threshold) for path in (float_path, int8_path)]
+        gates = [np.concatenate([s.run(["gates"], {"image": calibration[i:i + 1].numpy()})[0]
+                                 for i in range(len(calibration))]) for s in sessions]
+        assert np.array_equal(*gates), threshold
+
+
 def test_int8_logits_within_tolerance_of_float(int8):
     _, calibration, float_path, int8_path = int8
     sessions = _session(float_path), _session(int8_path)
