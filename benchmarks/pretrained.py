@@ -100,8 +100,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                              "the rule's curve stays the released models')")
     parser.add_argument("--int8", action="store_true",
                         help="INT8 rows beside the float ones (compare --int8: onnxruntime, batch 1, calibrated on "
-                             "--calibration-images training images)")
-    parser.add_argument("--calibration-images", type=int, default=256)
+                             "--calib-images training images)")
+    parser.add_argument("--calib-images", type=int, default=256)
     parser.add_argument("--smoke", action="store_true",
                         help="a plumbing check of a minute: a few steps, 64 images, 1 seed, the ResNet-20 alone as "
                              "the static network and the target")
@@ -141,7 +141,7 @@ def compare_argv(args: argparse.Namespace) -> list[str]:
     if args.static_finetune:
         argv.append("--finetune-static")
     if args.int8:
-        argv += ["--int8", "--calibration-images", str(args.calibration_images)]
+        argv += ["--int8", "--calib-images", str(args.calib_images)]
     for flag, value in (("--train-subset", args.train_subset), ("--eval-subset", args.eval_subset),
                         ("--thresholds", args.thresholds)):
         if value:

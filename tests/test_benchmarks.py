@@ -286,7 +286,7 @@ def test_pretrained_hands_compare_a_command_it_accepts(flags, budget, targets) -
     assert parsed.budget_epochs == budget and parsed.targets_static == targets
     assert parsed.val_from == "test" and parsed.val_size == 0.5 and parsed.distill_weight == 1.0
     assert parsed.ofas_e2e_args.startswith("--freeze-bn") and len(parsed.static) == len(parse_args(flags).static_depths)
-    assert parsed.int8 == ("--int8" in flags) and parsed.calibration_images == 256
+    assert parsed.int8 == ("--int8" in flags) and parsed.calib_images == 256
 
 
 def test_cifar10_refuses_a_weights_suffix_without_weights(capsys) -> None:

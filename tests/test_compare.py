@@ -288,7 +288,7 @@ def test_int8_rows_sit_beside_the_float_rows_timed_at_batch_one(tiny):
     # a generous target in ms: this checks the INT8 rows, not which network fits (a 12-pixel ResNet-8's quick
     # measurements on a busy 2-core machine can put a fractional target under the floor)
     argv = base_flags(tiny, tiny["root"] / "int8", "--methods", "original", "static", "depth_prune", "ofas",
-                      "--static", "small=cifar:resnet8", "--no-controls", "--int8", "--calibration-images", "16",
+                      "--static", "small=cifar:resnet8", "--no-controls", "--int8", "--calib-images", "16",
                       "--targets-ms", "1000", "--ofas-e2e-args=--gate-bias-init -3")
     del argv[argv.index("--targets"):argv.index("--targets") + 2]
     result = cmp.compare(argv)
@@ -318,6 +318,6 @@ def test_int8_without_the_tools_or_images_is_refused_before_writing(tiny, monkey
             raise RuntimeError("INT8 quantization needs onnx and onnxruntime: pip install 'ofas-wrap[onnx]'")
         monkeypatch.setattr(quantize, "check_quantization_tools", no_tools)
     out = tiny["root"] / "bad-int8"
-    with pytest.raises(RunError, match="pip install 'ofas-wrap\\[onnx\\]'" if missing else "--calibration-images"):
-        cmp.compare(base_flags(tiny, out, "--int8", "--calibration-images", "16" if missing else "0"))
+    with pytest.raises(RunError, match="pip install 'ofas-wrap\\[onnx\\]'" if missing else "--calib-images"):
+        cmp.compare(base_flags(tiny, out, "--int8", "--calib-images", "16" if missing else "0"))
     assert not out.exists()

@@ -22,7 +22,7 @@ and with the same teacher (distillation from the original for every fine-tuned m
   fine-tuned together (``_early_exit``), the entropy threshold chosen per target on held-out images;
 - with ``--int8``, ``METHOD_int8`` beside the original, each static network (as given) and each depth-pruned
   network: the same network quantized by onnxruntime's static INT8 quantization (``_int8``, calibrated on
-  ``--calibration-images`` training images, never test), run by onnxruntime at batch 1 as deployed; and
+  ``--calib-images`` training images, never test), run by onnxruntime at batch 1 as deployed; and
   ``ofas_rl_int8``, OFAS (RL) quantized once, its T chosen per target on the INT8 graph's measured latency (the stem
   and the head stay float32, so the gates are the float head's decisions).
 
@@ -56,7 +56,7 @@ from .._factory import create_model
 from .._model import OFASModel
 from .._prune import prune_blocks
 from ..training._errors import RunError
-from ..training._evaluate import adaptivity, parse_thresholds
+from ..training._evaluate import adaptivity, check_int8_request, parse_thresholds
 from ._baselines import EarlyExitResNet
 from ._channel import INSTALL_HINT, channel_ratio_for_target, prune_channels
 from ._depth import choose_keep, removal_harm
@@ -136,7 +136,7 @@ def compare_parser() -> argparse.ArgumentParser:
     what.add_argument("--int8", action="store_true",
                       help="also an INT8 row (onnxruntime, batch 1) beside the original, the static networks, depth "
                            "pruning and OFAS (RL): needs the onnx extra")
-    what.add_argument("--calibration-images", type=int, default=256,
+    what.add_argument("--calib-images", type=int, default=256,
                       help="training images that calibrate each INT8 row (never the test images)")
     timing = parser.add_argument_group("timing (as deployed)")
     timing.add_argument("--runtime", choices=("torchscript", "eager"), default="torchscript")
@@ -202,14 +202,7 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     if args.targets_static and len(set(args.targets_static)) != len(args.targets_static):
         raise RunError(f"--targets-static names a network twice: {args.targets_static}")
     if args.int8:
-        if args.calibration_images < 1:
-            raise RunError(f"--calibration-images must be >= 1, got {args.calibration_images}")
-        from .._quantize import check_quantization_tools
-
-        try:
-            check_quantization_tools()
-        except RuntimeError as exc:
-            raise RunError(f"--int8: {exc}") from None
+        check_int8_request(args.calib_images)
     if not args.report_name or any(c in args.report_name for c in "/\\") or args.report_name.startswith("."):
         raise RunError(f"--report-name {args.report_name!r}: give a plain file name stem, e.g. cifar10")
     try:
@@ -507,7 +500,7 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     def log(text: str) -> None:
         print(f"[compare] {text}", flush=True)
 
-    calibration = _first_images(data.train, args.calibration_images) if args.int8 else None
+    calibration = _first_images(data.train, args.calib_images) if args.int8 else None
 
     def add_int8(module: nn.Module, row: dict[str, Any]) -> None:
         """The INT8 twin of the float row just added (``row``): the same network, at the same T."""

@@ -91,6 +91,19 @@ def evaluate_classifier(accelerator, model: nn.Module, loader, ofas: Optional[bo
     return result
 
 
+def check_int8_request(calib_images: int) -> None:
+    """``--int8 --calib-images N`` of the recipes, checked before anything runs: N positive, onnx and onnxruntime's
+    quantization tools installed (the error says what to install)."""
+    from .._quantize import check_quantization_tools
+
+    if calib_images < 1:
+        raise RunError(f"--calib-images must be positive, got {calib_images}")
+    try:
+        check_quantization_tools()
+    except RuntimeError as exc:
+        raise RunError(f"--int8: {exc}") from None
+
+
 def parse_number_range(text: str) -> list[float]:
     """``"START:STOP:STEP"`` (stop included) or a comma list as floats, in the order written; ``ValueError`` when the
     text is neither (the callers check the values' range and name their flag).
@@ -483,14 +496,7 @@ def evaluate_run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if args.latency_samples < 0 or args.latency_runs < 1 or args.threads < 1:
         raise RunError("--latency-samples must be >= 0, --latency-runs and --threads >= 1")
     if args.int8:
-        from .._quantize import check_quantization_tools
-
-        if args.calib_images < 1:
-            raise RunError(f"--calib-images must be positive, got {args.calib_images}")
-        try:
-            check_quantization_tools()
-        except RuntimeError as exc:
-            raise RunError(f"--int8: {exc}") from None
+        check_int8_request(args.calib_images)
     elif args.int8_thresholds is not None:
         raise RunError("--int8-thresholds is for --int8; add --int8 or leave it out")
     dataset = args.dataset or run_args.get("dataset") or run_data.get("source")
