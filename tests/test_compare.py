@@ -116,6 +116,7 @@ def test_depth_prune_meets_its_choice_target(report):
     (["--targets-static", "nobody"], "name networks given with --static"),
     (["--exit-thresholds", "0.5:2:0.5"], "--exit-thresholds"),
     (["--report-name", "../x"], "plain file name"),
+    (["--control-images", "0"], "--control-images must be >= 1"),
 ])
 def test_compare_refuses_bad_input_before_writing(tiny, flags, message):
     out = tiny["root"] / "bad"
@@ -321,3 +322,19 @@ def test_int8_without_the_tools_or_images_is_refused_before_writing(tiny, monkey
     with pytest.raises(RunError, match="pip install 'ofas-wrap\\[onnx\\]'" if missing else "--calib-images"):
         cmp.compare(base_flags(tiny, out, "--int8", "--calib-images", "16" if missing else "0"))
     assert not out.exists()
+
+
+def test_fixed_subsets_search_runs_on_the_first_control_images_held_out_images(tiny, monkeypatch):
+    import ofas_wrap.training as training
+
+    real, given = training.control_rows, []
+
+    def recording(model, threshold, test, val, **kwargs):
+        given.append(val[0].shape[0])
+        return real(model, threshold, test, val, **kwargs)
+    monkeypatch.setattr(training, "control_rows", recording)
+    argv = base_flags(tiny, tiny["root"] / "control-images", "--methods", "ofas", "--control-images", "10",
+                      "--targets-ms", "1000", "--ofas-e2e-args=--gate-bias-init -3")
+    del argv[argv.index("--targets"):argv.index("--targets") + 2]
+    result = cmp.compare(argv)
+    assert given == [10] and result["meta"]["control_images"] == 10
