@@ -506,7 +506,23 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     def log(text: str) -> None:
         print(f"[compare] {text}", flush=True)
 
-    calibration = _first_images(data.train, args.calib_images) if args.int8 else None
+    calibration = None
+    if args.int8:  # the images ofas-wrap export and evaluate.py calibrate on: a seeded sample of the training split
+        from .._quantize import calibration_sample
+
+        try:
+            calibration = calibration_sample(data.train, args.calib_images, seed=args.split_seed)
+        except ValueError as exc:
+            raise RunError(f"--calib-images: {exc}") from None
+
+    def add_int8_row(key: str, runner: Any, threshold: Optional[float], row: dict[str, Any], measured: Any) -> None:
+        """Register ``runner`` (an INT8 graph) for batch-1 timing and add ``row`` with what ``measured`` scored."""
+        timer.add(key, runner, threshold, server=False)
+        runtimes[key] = INT8_RUNTIME
+        rows.append({**row, "precision": "int8", "top1": measured.top1, "server_ms": None,
+                     "gates_equal_float": measured.gates_equal_float,
+                     "max_logit_difference_on_calibration": measured.max_logit_difference_on_calibration,
+                     "_timing": key})
 
     def add_int8(module: nn.Module, row: dict[str, Any]) -> None:
         """The INT8 twin of the float row just added (``row``): the same network, at the same T."""
@@ -518,17 +534,11 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                                 row.get("threshold") or 0.0, test_x, test_y, threads=args.threads)
         except (RuntimeError, ValueError, TypeError) as exc:  # a network onnxruntime cannot export or quantize
             log(f"{method}: {exc}")
-            rows.append({**_note_row(method, row.get("target"), row.get("seed"), f"no INT8 row: {exc}"),
-                         "precision": "int8"})
+            rows.append(_note_row(method, row.get("target"), row.get("seed"), f"no INT8 row: {exc}", "int8"))
             return
-        key = f"{row['_timing']}-int8"
-        timer.add(key, measured.runner, server=False)
-        runtimes[key] = INT8_RUNTIME
-        rows.append({**{k: v for k, v in row.items() if k not in ("val_top1", "choice_ms")}, "method": method,
-                     "precision": "int8", "top1": measured.top1, "server_ms": None,
-                     "gates_equal_float": measured.gates_equal_float,
-                     "max_logit_difference_on_calibration": measured.max_logit_difference_on_calibration,
-                     "_timing": key})
+        add_int8_row(f"{row['_timing']}-int8", measured.runner, None,
+                     {**{k: v for k, v in row.items() if k not in ("val_top1", "choice_ms")}, "method": method},
+                     measured)
 
     def add_ofas_int8(model: OFASModel, sweep: list[dict[str, Any]], seed: int) -> None:
         """OFAS (RL) in INT8 with its own T per target: the INT8 graph's latency measured at every T of the sweep on
@@ -538,8 +548,7 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             runner = quantize_for_rows(model, calibration, threads=args.threads)
         except (RuntimeError, ValueError, TypeError) as exc:
             log(f"ofas_rl_int8: {exc}")
-            rows.extend({**_note_row("ofas_rl_int8", t, seed, f"no INT8 row: {exc}"), "precision": "int8"}
-                        for t in targets)
+            rows.extend(_note_row("ofas_rl_int8", t, seed, f"no INT8 row: {exc}", "int8") for t in targets)
             return
         int8_sweep = []
         for point in sweep:
@@ -549,21 +558,16 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         for target in targets:
             fits = [p for p in int8_sweep if p["choice_ms"] <= target]
             if not fits:
-                rows.append({**_note_row("ofas_rl_int8", target, seed, "no threshold of the INT8 graph reaches the "
-                                         "target on the held-out images"), "precision": "int8"})
+                rows.append(_note_row("ofas_rl_int8", target, seed, "no threshold of the INT8 graph reaches the "
+                                      "target on the held-out images", "int8"))
                 continue
             best = max(fits, key=lambda p: (p["val_top1"], p["threshold"]))
             measured = score_int8(runner, model, best["threshold"], test_x, test_y)
-            key = f"ofas_rl_int8-{target}-{seed}"
-            timer.add(key, runner, best["threshold"], server=False)
-            runtimes[key] = INT8_RUNTIME
-            rows.append({"method": "ofas_rl_int8", "target": target, "seed": seed, "threshold": best["threshold"],
-                         "top1": measured.top1, "val_top1_float": best["val_top1"], "chosen": True,
-                         "adaptive_gates": best["adaptive_gates"], "distinct_patterns": best["distinct_patterns"],
-                         "blocks": measured.executed_blocks, "choice_ms": best["choice_ms"], "precision": "int8",
-                         "server_ms": None, "gates_equal_float": measured.gates_equal_float,
-                         "max_logit_difference_on_calibration": measured.max_logit_difference_on_calibration,
-                         "_timing": key})
+            add_int8_row(f"ofas_rl_int8-{target}-{seed}", runner, best["threshold"], {
+                "method": "ofas_rl_int8", "target": target, "seed": seed, "threshold": best["threshold"],
+                "val_top1_float": best["val_top1"], "chosen": True, "adaptive_gates": best["adaptive_gates"],
+                "distinct_patterns": best["distinct_patterns"], "blocks": measured.executed_blocks,
+                "choice_ms": best["choice_ms"]}, measured)
 
     log(f"original {full_ms:.3f} ms at batch 1 here; targets {targets} ms; budget {steps} steps")
     if "original" in methods:
@@ -759,25 +763,11 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     return report
 
 
-def _note_row(method: str, target: Optional[float], seed: Optional[int], note: str) -> dict[str, Any]:
+def _note_row(method: str, target: Optional[float], seed: Optional[int], note: str,
+              precision: str = "fp32") -> dict[str, Any]:
     """The row of a method that has no network at a target, with every key of a measured row and why."""
     return {"method": method, "target": target, "seed": seed, "threshold": None, "top1": None, "latency_ms": None,
-            "chosen": False, "adaptive_gates": None, "precision": "fp32", "note": note}
-
-
-def _first_images(split: Any, count: int) -> torch.Tensor:
-    """The first ``count`` images of ``split`` (prepared as the model's inputs), read batch by batch."""
-    from ..data import make_loader
-
-    images, total = [], 0
-    for x, _ in make_loader(split, min(count, 500)):
-        images.append(x)
-        total += len(x)
-        if total >= count:
-            break
-    if not images:
-        raise RunError("--int8: the training split is empty, so there is nothing to calibrate on")
-    return torch.cat(images)[:count]
+            "chosen": False, "adaptive_gates": None, "precision": precision, "note": note}
 
 
 def _as_ofas(module: nn.Module, size: Sequence[int]) -> OFASModel:
