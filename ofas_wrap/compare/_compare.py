@@ -566,7 +566,7 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             add_int8_row(f"ofas_rl_int8-{target}-{seed}", runner, best["threshold"], {
                 "method": "ofas_rl_int8", "target": target, "seed": seed, "threshold": best["threshold"],
                 "val_top1_float": best["val_top1"], "chosen": True, "adaptive_gates": best["adaptive_gates"],
-                "distinct_patterns": best["distinct_patterns"], "blocks": measured.executed_blocks,
+                "distinct_patterns": best["distinct_patterns"], "blocks": measured.executed_gates,
                 "choice_ms": best["choice_ms"]}, measured)
 
     log(f"original {full_ms:.3f} ms at batch 1 here; targets {targets} ms; budget {steps} steps")
