@@ -41,7 +41,7 @@ from ._atomic import atomic_path
 from ._config import DEFAULT_CALIBRATION_IMAGES, ONNX_CONFIG_KEY
 
 __all__ = ["DEFAULT_CALIBRATION_IMAGES", "INT8_CONFIG_KEY", "QUANTIZE_CHOICES", "calibration_batch",
-           "calibration_sample", "check_quantization_tools", "quantize_file"]
+           "calibration_sample", "check_quantization_tools", "int8_scores", "quantize_file"]
 
 INT8_CONFIG_KEY = "int8"  # the key of the quantization record inside the ofas_config metadata
 QUANTIZE_CHOICES = ("int8",)  # what export_onnx(quantize=...) takes
@@ -225,6 +225,24 @@ def calibration_sample(dataset: Any, count: int, seed: int = 0) -> Tensor:
     pick = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
     images = dataset.__getitems__(pick.tolist())
     return images[0] if isinstance(images, (tuple, list)) else images
+
+
+def int8_scores(model: Any, predicted: Tensor, labels: Tensor, gates: Tensor, float_probs: Tensor,
+                threshold: float) -> dict[str, Any]:
+    """What an INT8 graph of the OFAS ``model`` did on N test images at ``threshold``: its predicted classes
+    ``(N,)``, the labels ``(N,)``, its gates ``(N, gates)`` and the float head's probabilities ``(N, gates)`` on the
+    same images give ``top1``, the executed gates and blocks (ungated blocks always run), MFLOPs executed and
+    ``gates_equal_float``, the share of images whose gates are the float head's (the head is float32 in both: a
+    difference is float rounding at a decision's edge). One summary for ``compare``'s INT8 rows and
+    ``recipes/evaluate.py --int8``."""
+    executed = gates.sum(dim=1).double()
+    return {"top1": float((predicted.cpu().to(torch.int64) == labels.cpu().to(torch.int64)).double().mean()),
+            "executed_gates": float(executed.mean()),
+            "executed_blocks": float(executed.mean()) + (len(model.blocks) - model.num_gates),
+            "num_blocks": len(model.blocks), "num_gates": model.num_gates,
+            "mflops": float(model.plan.executed_flops(gates).mean()) / 1e6,
+            "gates_equal_float": float((gates == (float_probs.cpu() >= threshold)).all(dim=1).double().mean()),
+            "test_count": int(labels.numel())}
 
 
 def _reader_items(reader: Any) -> Any:

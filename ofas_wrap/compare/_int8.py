@@ -111,6 +111,7 @@ def score_int8(runner: Any, model: Any, threshold: float, test_images: Tensor, t
     """The INT8 graph of :func:`quantize_for_rows` scored at ``threshold`` on the test images, one image at a time,
     beside the float ``model``'s gate decisions; the row's ``runner`` is left at ``threshold``."""
     from .._config import check_threshold
+    from .._quantize import int8_scores
 
     threshold = check_threshold(threshold)
     _check_test_set(model, test_images, test_labels)
@@ -123,16 +124,10 @@ def score_int8(runner: Any, model: Any, threshold: float, test_images: Tensor, t
             _, probs = model.gate_probabilities(test_images)
     finally:
         model.train(was_training)
-    executed = gates.sum(dim=1).double()
     record = runner.config["int8"]
     return Int8Row(
-        threshold=threshold, top1=float((predicted == test_labels.cpu().to(torch.int64)).double().mean()),
-        executed_gates=float(executed.mean()), executed_blocks=float(executed.mean()) + (len(model.blocks) -
-                                                                                          model.num_gates),
-        num_blocks=len(model.blocks), num_gates=model.num_gates,
-        mflops=float(model.plan.executed_flops(gates).mean()) / 1e6,
-        gates_equal_float=float((gates == (probs.cpu() >= threshold)).all(dim=1).double().mean()),
-        test_count=int(test_images.shape[0]), calibration_images=int(record["calibration_images"]),
+        threshold=threshold, **int8_scores(model, predicted, test_labels, gates, probs, threshold),
+        calibration_images=int(record["calibration_images"]),
         max_logit_difference_on_calibration=float(record["max_logit_difference_on_calibration"]), runner=runner,
     )
 

@@ -736,7 +736,7 @@ def _evaluate_int8(model, data, latency_images: torch.Tensor, thresholds: Sequen
 
     from .._bench import OnnxRuntimeModel
     from .._export import export_onnx, quantize_onnx, set_onnx_threshold
-    from .._quantize import calibration_sample
+    from .._quantize import calibration_sample, int8_scores
 
     onnxruntime.set_default_logger_severity(3)  # the exporter's unused initializer, warned about per session
     model.eval()
@@ -756,18 +756,12 @@ def _evaluate_int8(model, data, latency_images: torch.Tensor, thresholds: Sequen
         int8.threshold = fp32.threshold = threshold
         scores = {name: _score_onnx(int8, split) for name, split in splits.items() if len(split)}
         predicted, labels, gates = scores["test"]
-        executed = gates.sum(dim=1).double()
+        measured = int8_scores(model, predicted, labels, gates, float_probs["test"], threshold)
         row = {"threshold": threshold, "runtime": "onnxruntime-int8", "precision": "int8",
                "val_accuracy": float((scores["val"][0] == scores["val"][1]).double().mean()) if "val" in scores
                else None,
-               "test_accuracy": float((predicted == labels).double().mean()),
-               "executed_blocks": float(executed.mean()) + (len(model.blocks) - model.num_gates),
-               "num_blocks": len(model.blocks), "executed_gates": float(executed.mean()),
-               "num_gates": model.num_gates, "mflops": float(model.plan.executed_flops(gates).mean()) / 1e6,
-               "latency_ms": None, "latency_p90_ms": None, "fp32_onnx_latency_ms": None, "int8_over_fp32_onnx": None,
-               "test_count": int(labels.numel()),
-               # the head is float32 in both: any difference is float rounding at a decision's edge
-               "gates_equal_float": float((gates == (float_probs["test"] >= threshold)).all(dim=1).double().mean())}
+               "test_accuracy": measured.pop("top1"), **measured,
+               "latency_ms": None, "latency_p90_ms": None, "fp32_onnx_latency_ms": None, "int8_over_fp32_onnx": None}
         if len(latency_images):
             row["latency_ms"], row["latency_p90_ms"] = latency_over_images(
                 int8, latency_images, args.latency_runs, args.latency_warmup, args.threads)
