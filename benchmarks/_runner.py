@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["RECIPES", "complete_run", "run_recipe", "run_or_reuse"]
+__all__ = ["RECIPES", "complete_run", "run_compare", "run_recipe", "run_or_reuse"]
 
 # recipe name -> (module, function) called by recipes/NAME.py
 RECIPES = {
@@ -52,6 +52,23 @@ def run_recipe(name: str, argv: Sequence[str], log: Path, fresh_process: bool = 
     if code != 0:
         raise SystemExit(f"recipes/{name}.py stopped with exit code {code}; its output is in {log}")
     return time.time() - started
+
+
+def run_compare(tag: str, argv: list[str]) -> int:
+    """``ofas_wrap.compare`` on ``argv`` in this process, the command printed first with ``[tag]``; its exit code.
+    Channel pruning is optional in compare (Torch-Pruning, the ``[prune]`` extra): where it is not installed the
+    benchmarks leave the method out rather than refuse."""
+    import shlex
+
+    from ofas_wrap.compare import compare
+    from ofas_wrap.training import main_guard
+
+    try:
+        import torch_pruning  # noqa: F401
+    except ImportError:
+        argv = [a for a in argv if a != "channel_prune"]
+    print(f"[{tag}] compare {shlex.join(argv)}", flush=True)
+    return main_guard(compare, argv)
 
 
 def complete_run(run: Path) -> bool:

@@ -39,7 +39,6 @@ fine-tuned method from the original; ``--control-val-images`` is gone; the rows 
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -187,18 +186,17 @@ def compare_argv(args: argparse.Namespace, original: Path, statics: dict[str, Pa
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from ofas_wrap.compare import compare
-    from ofas_wrap.training import main_guard
+    try:
+        from benchmarks._runner import run_compare
+    except ModuleNotFoundError as error:  # run as a script: its own folder is on sys.path, not the repository root
+        if error.name != "benchmarks":
+            raise
+        from _runner import run_compare
 
     args = parse_args(argv)
     original, statics = backbones(args)
     argv = compare_argv(args, original, statics)
-    try:
-        import torch_pruning  # noqa: F401
-    except ImportError:  # compare's channel pruning is optional: leave it out rather than refuse
-        argv = [a for a in argv if a != "channel_prune"]
-    print(f"[cifar10] compare {shlex.join(argv)}", flush=True)
-    return main_guard(compare, argv)
+    return run_compare("cifar10", argv)
 
 
 if __name__ == "__main__":
