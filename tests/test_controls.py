@@ -1,10 +1,12 @@
 """The controls of issue 10 on a tiny model: same cost as OFAS, no input dependence."""
 
+import pytest
 import torch
 from torch import nn
 
 import ofas_wrap
 from ofas_wrap.training import control_rows, greedy_fixed_subset, greedy_path, random_rate_patterns, shuffled_patterns
+from ofas_wrap.training._controls import _trial_logits, _trials_from_shared_prefix, _trials_whole
 
 
 class Block(nn.Module):
@@ -25,6 +27,64 @@ class Net(nn.Module):
 
     def forward(self, x):
         return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+class Outer(nn.Module):
+    """Two blocks inside a residual of their own: a nested residual (its shortcut is carried past the blocks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(Block(), Block())
+
+    def forward(self, x):
+        return torch.relu(self.blocks(x) + x)
+
+
+class NestedNet(Net):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(Outer(), Outer())
+
+
+ARCHITECTURES = {
+    "plain chain": (Net, (3, 8, 8)),
+    "nested residuals": (NestedNet, (3, 8, 8)),
+    "cifar resnet14 (downsampling shortcuts)": (lambda: ofas_wrap.models.cifar_resnet(14), (3, 16, 16)),
+}
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize("batch", [1, 5])
+def test_a_trial_run_from_the_shared_prefix_gives_the_logits_of_its_whole_forward(name, batch) -> None:
+    build, size = ARCHITECTURES[name]
+    torch.manual_seed(0)
+    model = ofas_wrap.adaptify(build(), input_size=size).eval()
+    assert model.carries == (name == "nested residuals")
+    keep = torch.ones(model.num_gates, dtype=torch.bool)
+    keep[1] = False  # a gate the step has closed already
+    candidates = keep.nonzero().flatten().tolist()
+    images = torch.randn(batch, *size)
+    with torch.no_grad():
+        shared = list(_trial_logits(model, images, keep, candidates))
+        for gate, logits in zip(candidates, shared, strict=True):
+            trial = keep.clone()
+            trial[gate] = False
+            with model.forced_gates(trial.expand(batch, -1)):
+                assert torch.equal(logits, model(images)), f"gate {gate}"
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_the_greedy_search_counts_what_whole_forwards_count(name) -> None:
+    build, size = ARCHITECTURES[name]
+    torch.manual_seed(1)
+    model = ofas_wrap.adaptify(build(), input_size=size).eval()
+    images = torch.randn(17, *size)  # batches of 8, 8 and 1
+    with torch.no_grad():
+        labels = model(images).argmax(1)  # so that closing a gate changes the counts
+        keep = torch.ones(model.num_gates, dtype=torch.bool)
+        candidates = keep.nonzero().flatten().tolist()
+        shared = _trials_from_shared_prefix(model, images, labels, keep, candidates, 8)
+    assert shared == _trials_whole(model, images, labels, keep, candidates, 8)
 
 
 def test_shuffled_and_random_patterns_keep_the_costs_but_not_the_assignment():
