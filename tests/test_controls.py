@@ -113,3 +113,20 @@ def test_the_greedy_path_closes_one_gate_a_step_and_never_reopens() -> None:
     path = greedy_path(model, torch.randn(16, 3, 32, 32), torch.arange(16) % 10, 3, batch_size=8)
     assert [int(p.sum()) for p in path] == [model.num_gates - 1, model.num_gates - 2, model.num_gates - 3]
     assert all(bool((later <= earlier).all()) for earlier, later in zip(path, path[1:]))
+
+
+def test_a_shared_greedy_search_extends_in_place_and_answers_shorter_requests_from_its_start() -> None:
+    torch.manual_seed(0)
+    model = ofas_wrap.adaptify(ofas_wrap.models.cifar_resnet(14), input_size=(3, 32, 32)).eval()
+    images = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    fresh = [p.tolist() for p in greedy_path(model, images, labels, 4, batch_size=8)]
+    shared: list = []
+
+    def search(steps, batch=images):
+        return [p.tolist() for p in greedy_path(model, batch, labels, steps, batch_size=8, path=shared)]
+
+    assert search(2) == fresh[:2] and len(shared) == 2
+    assert search(4) == fresh and len(shared) == 4
+    assert search(3, torch.empty(0)) == fresh[:3]  # read from the shared search: no trial runs, no images needed

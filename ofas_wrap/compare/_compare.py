@@ -646,6 +646,7 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                     calibrate_head(model, val_x[:args.choice_images].split(250))
                 scripted, runtimes[method] = deployed(model, args.runtime)  # once: the sweep's and the report's
                 sweep = _sweep(model, scripted, thresholds, val_x, val_y, choice_x, args)
+                search: list = []  # fixed_subset's greedy search, shared by the targets (it extends in place)
                 for target in targets:
                     fits = [s for s in sweep if s["choice_ms"] <= target]
                     if not fits:
@@ -665,7 +666,7 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                         if not args.no_controls:
                             _controls(model, best["threshold"], target, seed, (test_x, test_y),
                                       (val_x[:args.control_images], val_y[:args.control_images]),
-                                      timer.images, scripted, add_row, control_list, control_rows)
+                                      timer.images, scripted, add_row, control_list, control_rows, search)
                 if method == "ofas_rl" and args.int8:
                     add_ofas_int8(model, sweep, seed)
 
@@ -803,13 +804,13 @@ def _sweep(model: OFASModel, timed: Any, thresholds: Sequence[float], val_x: tor
 
 
 def _controls(model, threshold, target, seed, test, val, timed_images, scripted, add_row, control_list,
-              control_rows) -> None:
+              control_rows, search: list) -> None:
     """fixed_subset / shuffled / random_rates at OFAS's T: same cost, no input dependence; timed with their gates
     forced on ``timed_images`` (the timer's), one pattern per image."""
     with torch.no_grad():
         _, probs = model.gate_probabilities(timed_images)
     own = probs >= threshold
-    for control in control_rows(model, threshold, test, val, seeds=(seed,)):
+    for control in control_rows(model, threshold, test, val, seeds=(seed,), path=search):
         patterns = control_patterns(control, own)
         row = {"method": control["method"], "target": target, "seed": seed, "threshold": threshold,
                "top1": control["top1"], "control": True}

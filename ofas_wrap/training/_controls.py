@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -60,9 +60,14 @@ def _correct_under_patterns(model: nn.Module, images: Tensor, labels: Tensor, pa
 
 
 @torch.no_grad()
-def greedy_path(model: nn.Module, images: Tensor, labels: Tensor, steps: int, batch_size: int = 256) -> list[Tensor]:
+def greedy_path(model: nn.Module, images: Tensor, labels: Tensor, steps: int, batch_size: int = 256,
+                path: Optional[list[Tensor]] = None) -> list[Tensor]:
     """Bool (num_gates,) open-gate patterns after closing 1, 2, ..., ``steps`` gates greedily on these images: each
     step closes the gate whose closing costs the least accuracy here (ties go to the first gate).
+
+    ``path``: what an earlier call returned for the same model and images; it is extended in place where it is
+    shorter (a greedy search's first steps do not depend on how many follow, so the targets of one model share one
+    search).
 
     Each step tries every open gate. On an OFASModel the blocks before a tried gate are the step's own, so they run
     once per step and batch, and each trial runs only from its gate on (the same operations on the same batches as
@@ -72,15 +77,16 @@ def greedy_path(model: nn.Module, images: Tensor, labels: Tensor, steps: int, ba
     from .._model import OFASModel
 
     trials = _trials_from_shared_prefix if isinstance(model, OFASModel) else _trials_whole
-    keep = torch.ones(model.num_gates, dtype=torch.bool)
-    path = []
+    path = [] if path is None else path
+    keep = path[-1].clone() if path else torch.ones(model.num_gates, dtype=torch.bool)
+    steps = min(steps, model.num_gates)
     model.eval()
-    for _ in range(min(steps, model.num_gates)):
+    while len(path) < steps:
         candidates = keep.nonzero().flatten().tolist()
         correct = trials(model, images, labels, keep, candidates, batch_size)
         keep[candidates[correct.index(max(correct))]] = False
         path.append(keep.clone())
-    return path
+    return path[:steps]
 
 
 def _closed(keep: Tensor, gate: int) -> Tensor:
@@ -144,16 +150,19 @@ def _run_blocks(model: nn.Module, features: Tensor, carried: list[Tensor], decis
 
 
 def greedy_fixed_subset(model: nn.Module, images: Tensor, labels: Tensor, max_gates: float,
-                        batch_size: int = 256) -> Tensor:
-    """A bool (num_gates,) pattern with ``round(max_gates)`` open gates, closed greedily on these images."""
-    path = greedy_path(model, images, labels, model.num_gates - round(max_gates), batch_size)
+                        batch_size: int = 256, path: Optional[list[Tensor]] = None) -> Tensor:
+    """A bool (num_gates,) pattern with ``round(max_gates)`` open gates, closed greedily on these images (``path``:
+    an earlier search on the same model and images, see :func:`greedy_path`)."""
+    path = greedy_path(model, images, labels, model.num_gates - round(max_gates), batch_size, path)
     return path[-1] if path else torch.ones(model.num_gates, dtype=torch.bool)
 
 
 def control_rows(model: nn.Module, threshold: float, test: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor],
-                 seeds: Sequence[int] = (0,), batch_size: int = 256) -> list[dict[str, Any]]:
+                 seeds: Sequence[int] = (0,), batch_size: int = 256,
+                 path: Optional[list[Tensor]] = None) -> list[dict[str, Any]]:
     """The three controls at OFAS's cost at ``threshold``: one row each (per seed for the random ones), with test
-    accuracy, executed gates and MFLOPs; ``fixed_subset`` is chosen on ``val``."""
+    accuracy, executed gates and MFLOPs; ``fixed_subset`` is chosen on ``val`` (``path``: the greedy search of an
+    earlier call on the same model and ``val``, extended in place; see :func:`greedy_path`)."""
     model.eval()
     images, labels = test
     with torch.no_grad():
@@ -171,7 +180,7 @@ def control_rows(model: nn.Module, threshold: float, test: tuple[Tensor, Tensor]
     for seed in seeds:
         rows.append(row("shuffled", shuffled_patterns(patterns, seed), seed))
         rows.append(row("random_rates", random_rate_patterns(patterns, seed), seed))
-    subset = greedy_fixed_subset(model, val[0], val[1], mean_gates, batch_size)
+    subset = greedy_fixed_subset(model, val[0], val[1], mean_gates, batch_size, path)
     rows.append(row("fixed_subset", subset.expand(images.shape[0], -1), None))
     rows[-1]["pattern"] = subset.tolist()
     return rows
