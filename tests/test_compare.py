@@ -211,6 +211,21 @@ def test_choose_keep_removes_more_while_the_measured_network_is_slower():
     assert removed == [0, 1, 2] and keep == [False, False, False, True] and ms <= 2.9 and measured == [2, 1]
 
 
+@pytest.mark.parametrize("reachable", [True, False])
+def test_choose_keep_measures_where_the_block_tables_savings_do_not_add_up(reachable):
+    measured = []
+
+    def measure(keep):  # the block table saw no saving (a busy machine); the pruned networks are faster all the same
+        measured.append(sum(keep))
+        return (1.0 * sum(keep) + 1.0) if reachable else 5.0
+    keep, ms, removed = cmp.choose_keep([0.1, 0.2, 0.3, 0.4], [0.0] * 4, 5.0, 2.9, measure)
+    if reachable:
+        assert removed == [0, 1, 2] and keep == [False, False, False, True] and ms <= 2.9
+        assert measured[0] == 0 and len(measured) <= 4  # every block removed first, then a bisection, then the check
+    else:
+        assert not any(keep) and ms == 5.0 and measured == [0, 0]
+
+
 def test_the_interleaved_timer_rotates_the_jobs_every_round_and_fills_the_rows() -> None:
     import itertools
 

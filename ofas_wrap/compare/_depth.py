@@ -98,12 +98,41 @@ def choose_keep(harm: Sequence[float], saving_ms: Sequence[float], full_ms: floa
     """The keep pattern (True = keep) for ``target_ms``: :func:`blocks_to_remove`, then, while ``measure(keep)``
     (the pruned network's measured latency in ms) is above the target, one more block in the removal order.
     Returns ``(keep, measured_ms, removed)``; the last measurement may stay above the target when every block is
-    removed (the caller reports it)."""
-    removed = blocks_to_remove(harm, saving_ms, full_ms, target_ms)
+    removed (the caller reports it).
+
+    Where the block table's savings (each block timed alone: noisy on a busy machine) do not add up to the target,
+    the number of blocks to remove, in the removal order, is found by measuring instead: the network without every
+    gated block first (above the target: the caller is told so), then a bisection.
+    """
     order = removal_order(harm, saving_ms)
+    try:
+        removed = blocks_to_remove(harm, saving_ms, full_ms, target_ms)
+    except ValueError:
+        removed = order[:_fewest_by_measurement(order, len(harm), target_ms, measure)]
     while True:
         keep = [i not in removed for i in range(len(harm))]
         measured = measure(keep)
         if measured <= target_ms or len(removed) == len(order):
             return keep, measured, removed
         removed.append(next(i for i in order if i not in removed))
+
+
+def _fewest_by_measurement(order: list[int], count: int, target_ms: float,
+                           measure: Callable[[list[bool]], float]) -> int:
+    """The fewest blocks of ``order`` to remove for ``measure`` to be at or under ``target_ms`` (bisection over the
+    count; all of them when even that is above the target)."""
+    def fast_enough(removals: int) -> bool:
+        gone = set(order[:removals])
+        return measure([i not in gone for i in range(count)]) <= target_ms
+
+    low, high = 0, len(order)  # the full network is above the target (that is why we are here)
+    if not fast_enough(high):
+        return high
+    while high - low > 1:
+        middle = (low + high) // 2
+        if fast_enough(middle):
+            high = middle
+        else:
+            low = middle
+    return high
+
