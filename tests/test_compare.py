@@ -104,7 +104,8 @@ def test_depth_prune_meets_its_choice_target(report):
     target = result["meta"]["targets_ms"][0]
     for row in result["rows"]:
         if row["method"] == "depth_prune":
-            assert row["choice_ms"] <= target and row["blocks"] < 3, row.get("note")
+            assert "note" not in row, row["note"]  # a note row: depth pruning reported the target out of reach
+            assert row["choice_ms"] <= target and row["blocks"] < 3
 
 
 @pytest.mark.parametrize("flags, message", [
