@@ -140,9 +140,11 @@ def test_a_static_networks_latency_is_a_target_judged_in_the_same_timing(tiny):
     assert result["meta"]["verdict"]["per_target"][0]["target_ms"] == round(static["latency_ms"], 4)
 
 
-def test_depth_pruning_that_cannot_reach_a_target_gets_a_row_that_says_why(tiny, monkeypatch):
+def test_depth_pruning_measures_where_the_block_table_says_a_target_is_out_of_reach(tiny, monkeypatch):
     """The block table's savings do not add up to the target (on a busy machine the original's quick measurement can
-    be far above the blocks' own): a row with a note, not a crash."""
+    be far above the blocks' own): the pruned networks are measured instead, and the row is a network at or under
+    the target (compare refuses targets below the network without its gated blocks before anything runs, so one
+    is there; choose_keep's tests cover a measurement that stays above the target)."""
     import ofas_wrap._costs as costs
 
     real_table = costs.measure_block_table
@@ -155,9 +157,8 @@ def test_depth_pruning_that_cannot_reach_a_target_gets_a_row_that_says_why(tiny,
     monkeypatch.setattr(costs, "measure_block_table", no_savings)
     result = cmp.compare(base_flags(tiny, tiny["root"] / "no-depth", "--methods", "original", "depth_prune"))
     rows = [row for row in result["rows"] if row["method"] == "depth_prune"]
-    assert len(rows) == 1 and rows[0]["top1"] is None and "depth pruning cannot reach it" in rows[0]["note"]
-    original = next(row for row in result["rows"] if row["method"] == "original")
-    assert set(original) - {"server_ms", "latency_p90_ms", "runtime"} <= set(rows[0])  # the keys of every row
+    assert len(rows) == 1 and "note" not in rows[0], rows[0].get("note")
+    assert rows[0]["choice_ms"] <= result["meta"]["targets_ms"][0] and rows[0]["top1"] is not None
 
 
 def test_a_static_network_of_another_task_is_refused(tiny, tmp_path):

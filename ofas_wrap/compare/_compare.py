@@ -603,8 +603,8 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 continue
             log(f"depth_prune at {target} ms: remove {len(removed)} blocks, measured {measured:.3f} ms")
             if not any(keep) or measured > target:
-                note = ("it would remove every gated block" if not any(keep) else
-                        f"with every gated block removed it still takes {measured:.3f} ms")
+                note = (f"with every gated block removed it still takes {measured:.3f} ms" if measured > target else
+                        "it would remove every gated block")
                 rows.append(_note_row("depth_prune", target, None, f"depth pruning cannot reach the target: {note}"))
                 continue
             for seed in args.seeds:
