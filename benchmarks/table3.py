@@ -12,6 +12,9 @@ weights in ``benchmarks/weights/cifar10`` (``benchmarks/cifar10_backbones.py`` t
   ``random_rates``;
 - ``--route finetune`` (ResNet-110 only): the same with the fine-tune route's OFAS (3 e2e epochs + 1 RL epoch from
   the kept ResNet-110), written as its own JSON so the two routes sit side by side;
+- ``skipnet_style``: the paper's SkipNet row as far as it can be had here: SkipNet-style per-block gates (FFGate-I
+  sized, untrained) forced to OFAS + RL's decisions on each image, so its accuracy is OFAS's and its latency is what
+  deciding block by block costs (a trained SkipNet has no recipe here);
 - any further compare methods named with ``--methods`` (e.g. ``early_exit`` where compare has it), fine-tuned from the
   plain backbone at ``--budget-epochs``.
 
@@ -110,7 +113,7 @@ def compare_argv(args: argparse.Namespace) -> list[str]:
     argv = ["--init", str(weights / line["original"]), "--dataset", args.data,
             "--budget-epochs", str(args.budget_epochs), "--targets", *map(str, targets),
             "--ofas-runs", str(weights / e2e), str(weights / rl), "--seeds", "0",
-            "--methods", "original", "static", "ofas", *args.methods,
+            "--methods", "original", "static", "ofas", "skipnet_style", *args.methods,
             "--output", str(Path(args.work) / f"compare-{args.line}-{args.route}"),
             "--work", str(Path(args.work) / "runs"), "--latency-rounds", str(args.latency_rounds), "--no-progress"]
     for name in line["static"]:
@@ -209,7 +212,9 @@ def _line_markdown(report: dict[str, Any]) -> list[str]:
     for row in rows:
         if row.get("top1") is None:
             continue
-        mine = paper.get(row["method"]) if row["method"] in ("original", "ofas_rl", "early_exit", "skipnet") else None
+        paper_row = {"original": "original", "ofas_rl": "ofas_rl", "early_exit": "early_exit",
+                     "skipnet_style": "skipnet"}.get(row["method"])
+        mine = paper.get(paper_row) if paper_row else None
         lines.append(
             f"| {row['method']} | {label.get(row.get('target'), '')} | "
             f"{'' if row.get('threshold') is None else format(row['threshold'], '.2f')} | {100 * row['top1']:.2f} % | "
@@ -225,6 +230,10 @@ def _line_markdown(report: dict[str, Any]) -> list[str]:
               + ("" if claim["holds"] else ": " + "; ".join(claim["reasons"])) + "."]
     for decision in verdict["per_target"]:
         lines.append(f"- compare: {decision['sentence']}")
+    if any(row["method"] == "skipnet_style" for row in rows):
+        lines.append("- skipnet_style: SkipNet-style per-block gates (untrained) forced to OFAS + RL's decisions: "
+                     "OFAS's accuracy at the latency of deciding block by block (the paper's SkipNet is trained; its "
+                     "numbers are beside).")
     saturation = meta["table3"].get("head_saturation")
     if saturation:
         lines.append(f"- The RL head as trained: {100 * saturation['below_0.05']:.1f} % of its outputs below 0.05, "

@@ -63,7 +63,7 @@ def test_compare_writes_a_row_for_every_method(report):
     _, result, _ = report
     methods = {row["method"] for row in result["rows"]}
     expected = {"original", "static_small", "static_small_ft", "depth_prune", "ofas_e2e", "ofas_rl", "fixed_subset",
-                "shuffled", "random_rates", "early_exit"}
+                "shuffled", "random_rates", "early_exit", "skipnet_style"}
     try:
         import torch_pruning  # noqa: F401
         expected.add("channel_prune")
@@ -104,6 +104,27 @@ def test_early_exits_threshold_is_chosen_on_the_held_out_split(report):
     assert len(swept) == 1  # one seed: one sweep, on the held-out images and labels only
     images, labels = swept[0]
     assert len(labels) == held_out and images.shape[0] == held_out
+
+
+def test_skipnet_style_runs_ofas_decisions_with_its_own_controller_and_is_never_deployed(report):
+    out, result, _ = report
+    ofas = {(r["target"], r["seed"]): r for r in result["rows"] if r["method"] == "ofas_rl"}
+    skipnet = [r for r in result["rows"] if r["method"] == "skipnet_style"]
+    assert skipnet and {(r["target"], r["seed"]) for r in skipnet} == set(ofas)
+    for row in skipnet:
+        twin = ofas[(row["target"], row["seed"])]
+        # the same blocks on every image (OFAS's decisions forced): the same predictions, measured
+        assert row["top1"] == twin["top1"] and row["threshold"] == twin["threshold"] and row["reference"] is True
+        assert row["latency_ms"] > 0 and row["runtime"] == "torchscript"
+    decisions = result["meta"]["verdict"]["per_target"]
+    assert all("skipnet_style" not in (d["deploy"], d["next_best"]) for d in decisions)
+    assert all(c["method"] != "skipnet_style" for d in decisions for c in d["candidates"])
+    assert "`skipnet_style`:" in (out / "compare.md").read_text()
+
+
+def test_skipnet_style_needs_the_ofas_rows(tiny):
+    with pytest.raises(RunError, match="add ofas to --methods"):
+        cmp.compare(base_flags(tiny, tiny["root"] / "skipnet-alone", "--methods", "original", "skipnet_style"))
 
 
 def test_depth_prune_meets_its_choice_target(report):

@@ -38,7 +38,8 @@ def test_smoke_writes_the_line_json_and_the_table(kept):
                         "--out", str(out), "--work", str(kept["root"] / "work")]) == 0
     report = json.loads((out / "table3_resnet38.json").read_text())
     methods = {row["method"] for row in report["rows"]}
-    assert {"original", "static_resnet20", "static_resnet26", "static_resnet32", "ofas_e2e", "ofas_rl"} <= methods
+    assert {"original", "static_resnet20", "static_resnet26", "static_resnet32", "ofas_e2e", "ofas_rl",
+            "skipnet_style"} <= methods
     for row in report["rows"]:
         assert {"method", "seed", "top1", "latency_ms", "chosen", "adaptive_gates", "target"} <= set(row)
     verdict = report["meta"]["verdict"]
@@ -47,7 +48,8 @@ def test_smoke_writes_the_line_json_and_the_table(kept):
     assert report["meta"]["paper"]["original"] == [34.3, 92.77]
     saturation = report["meta"]["table3"]["head_saturation"]
     assert 0 <= saturation["below_0.05"] <= 1 and len(saturation["per_gate_mean"]) == 3
-    assert (out / "table3.md").read_text().startswith("# Table III")
+    table = (out / "table3.md").read_text()
+    assert table.startswith("# Table III") and "| skipnet_style |" in table and "| 104.1 | 92.43 |" in table
     assert (out / "table3.png").stat().st_size > 0
 
 

@@ -57,7 +57,7 @@ from .._model import OFASModel
 from .._prune import prune_blocks
 from ..training._errors import RunError
 from ..training._evaluate import adaptivity, check_int8_request, parse_thresholds
-from ._baselines import EarlyExitResNet
+from ._baselines import EarlyExitResNet, SkipNetStyle
 from ._channel import INSTALL_HINT, channel_ratio_for_target, prune_channels
 from ._depth import choose_keep, removal_harm
 from ._early_exit import choose_exit, exit_sweep, finetune_early_exit, load_early_exit, parse_fractions
@@ -67,7 +67,7 @@ from ._verdict import decide, sentence
 
 __all__ = ["METHODS", "compare_parser", "compare", "deploy_decision", "main"]
 
-METHODS = ("original", "static", "depth_prune", "channel_prune", "ofas", "early_exit")
+METHODS = ("original", "static", "depth_prune", "channel_prune", "ofas", "early_exit", "skipnet_style")
 # the e2e recipe that reached the best CIFAR-10 trade-off (docs/results.md): sampled gates opened at the start, a fast
 # head and a strong cost
 OFAS_E2E_ARGS = "--gate-sampling bernoulli --gate-bias-init 2 --head-lr 0.1 --skip-weight 1.0"
@@ -222,6 +222,9 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         if args.methods and "channel_prune" in args.methods:
             raise RunError(INSTALL_HINT) from None
         methods = [m for m in methods if m != "channel_prune"]
+    if "skipnet_style" in methods and "ofas" not in methods:
+        raise RunError("skipnet_style times SkipNet-style per-block gates at OFAS + RL's own decisions: add ofas to "
+                       "--methods")
     if "static" in methods and not statics:
         methods.remove("static")
     args.statics = statics
@@ -399,7 +402,7 @@ def deploy_decision(rows: Sequence[dict[str, Any]], target_ms: float) -> dict[st
     """
     groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
     for row in rows:
-        if row.get("latency_ms") is None or row.get("top1") is None or row.get("control"):
+        if row.get("latency_ms") is None or row.get("top1") is None or row.get("control") or row.get("reference"):
             continue
         groups.setdefault((row["method"], row.get("target")), []).append(row)
     candidates = []
@@ -647,6 +650,10 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 scripted, runtimes[method] = deployed(model, args.runtime)  # once: the sweep's and the report's
                 sweep = _sweep(model, scripted, thresholds, val_x, val_y, choice_x, args)
                 search: list = []  # fixed_subset's greedy search, shared by the targets (it extends in place)
+                skipnet = (_skipnet_style(model, seed, args, log) if method == "ofas_rl" and "skipnet_style" in methods
+                           else None)
+                if isinstance(skipnet, tuple):
+                    runtimes["skipnet_style"] = skipnet[2]
                 for target in targets:
                     fits = [s for s in sweep if s["choice_ms"] <= target]
                     if not fits:
@@ -663,6 +670,8 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                             timed=scripted)
                     if method == "ofas_rl":
                         ofas_rows[target].append(rows[-1])
+                        if skipnet is not None:
+                            _add_skipnet_row(skipnet, model, row, test_x, test_y, timer.images, add_row, rows)
                         if not args.no_controls:
                             _controls(model, best["threshold"], target, seed, (test_x, test_y),
                                       (val_x[:args.control_images], val_y[:args.control_images]),
@@ -755,8 +764,10 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                      "batch": 1} if args.int8 else None,
             "seconds": round(time.time() - started, 1), "verdict": verdict,
             "machine": _machine(), "command": _command(argv),
-            "not_compared": ["SkipNet (ofas_wrap.compare.SkipNetStyle: its gate networks have no training recipe "
-                             "here; benchmarks/latency.py times its controller)"]}
+            "not_compared": ["a trained SkipNet (ofas_wrap.compare.SkipNetStyle's gate networks have no training "
+                             "recipe here; " + ("the skipnet_style rows time its controller at OFAS's decisions)"
+                                                if "skipnet_style" in methods else
+                                                "--methods skipnet_style times its controller at OFAS's decisions)")]}
     report = {"rows": rows, "meta": meta}
     _write(report, output, args.report_name)
     for decision in decisions:
@@ -801,6 +812,48 @@ def _sweep(model: OFASModel, timed: Any, thresholds: Sequence[float], val_x: tor
                       "choice_ms": latency_over_images(timed, choice_x, runs=args.latency_runs,
                                                        threads=args.threads)[0], **adaptivity(probs, threshold)})
     return sweep
+
+
+SKIPNET_NOTE = ("SkipNet-style per-block gates (FFGate-I sized, untrained) forced to OFAS + RL's decisions on each "
+                "image: the cost of deciding block by block; its accuracy is OFAS's at those decisions")
+
+
+def _skipnet_style(model: OFASModel, seed: int, args: argparse.Namespace, log: Any) -> Any:
+    """``(SkipNetStyle wrapping model, its deployed module, runtime)``, or a string saying why it cannot be built."""
+    torch.manual_seed(seed)  # the gate networks' initial weights: they are timed, never trained
+    try:
+        wrapper = SkipNetStyle(model).eval()
+    except ValueError as exc:  # outer shortcuts that carry values across blocks
+        log(f"skipnet_style: {exc}")
+        return f"SkipNet-style gates cannot wrap this model: {exc}"
+    timed, runtime = deployed(wrapper, args.runtime)
+    return wrapper, timed, runtime
+
+
+def _add_skipnet_row(skipnet: Any, model: OFASModel, ofas_row: dict[str, Any], test_x: torch.Tensor,
+                     test_y: torch.Tensor, timed_images: torch.Tensor, add_row: Any, rows: list) -> None:
+    """The skipnet_style row beside an ofas_rl row: the SkipNet-style controller at OFAS's decisions (at the row's T)
+    on every test image (accuracy, measured) and every timed image (latency)."""
+    target, seed, threshold = ofas_row["target"], ofas_row["seed"], ofas_row["threshold"]
+    if isinstance(skipnet, str):
+        rows.append(_note_row("skipnet_style", target, seed, skipnet))
+        return
+    wrapper, timed, _ = skipnet
+
+    def decisions(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([model.gate_probabilities(chunk)[1] >= threshold for chunk in images.split(500)]).cpu()
+    forced = decisions(test_x)
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(test_y), 500):
+            with wrapper.forced_gates(forced[start:start + 500]):
+                logits = wrapper(test_x[start:start + 500])
+            correct += int((logits.argmax(1) == test_y[start:start + 500]).sum())
+    row = {"method": "skipnet_style", "target": target, "seed": seed, "threshold": threshold,
+           "top1": correct / max(len(test_y), 1), "blocks": ofas_row.get("blocks"),
+           "adaptive_gates": ofas_row.get("adaptive_gates"), "reference": True, "note": SKIPNET_NOTE}
+    add_row(f"skipnet_style-{target}-{seed}", wrapper, row, patterns=decisions(timed_images), timed=timed)
 
 
 def _controls(model, threshold, target, seed, test, val, timed_images, scripted, add_row, control_list,
@@ -875,6 +928,9 @@ def _markdown(report: dict[str, Any]) -> str:
             cell(row.get("top1"), "{:.2f} %", 100.0), cell(row.get("latency_ms"), "{:.3f}"),
             cell(row.get("server_ms"), "{:.2f}"), cell(row.get("blocks"), "{:.1f}"), cell(row.get("adaptive_gates")),
             f"{cell(row.get('runtime') or row.get('note'))} |"]))
+    if any(row["method"] == "skipnet_style" for row in report["rows"]):
+        lines += ["", f"`skipnet_style`: {SKIPNET_NOTE}. A reference for the paper's Table I, never a method to deploy "
+                      "(left out of the verdict)."]
     if meta.get("int8"):
         lines += ["", f"INT8 rows (`_int8`): onnxruntime static quantization calibrated on "
                       f"{meta['int8']['calibration_images']} training images, the stem and the head in float32 (so "
