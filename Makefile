@@ -93,6 +93,7 @@ demo: setup fashion-mnist
 		--output $(DEMO_OUT)/static8 --overwrite
 	$(LAUNCH) recipes/train_backbone.py --model cifar:resnet14 $(DEMO_DATA_FLAGS) $(DEMO_BUDGET) $(DEMO_BACKBONE) \
 		--output $(DEMO_OUT)/static14 --overwrite
+	rm -rf $(DEMO_OUT)/compare-runs  # its fine-tunes start from the base trained above (compare refuses old ones)
 	$(PY) recipes/compare.py --init $(DEMO_OUT)/base $(DEMO_COMPARE_DATA) --ofas-runs $(DEMO_OUT)/e2e $(DEMO_OUT)/rl \
 		--static resnet8=$(DEMO_OUT)/static8 --static resnet14=$(DEMO_OUT)/static14 $(DEMO_COMPARE) \
 		--output $(DEMO_OUT)/compare --work $(DEMO_OUT)/compare-runs
@@ -106,6 +107,7 @@ demo-smoke: setup fashion-mnist
 	$(LAUNCH) recipes/rl_finetune.py --init $(DEMO_OUT)-smoke/e2e $(SMOKE_BUDGET) \
 		--output $(DEMO_OUT)-smoke/rl --overwrite
 	$(LAUNCH) recipes/evaluate.py $(DEMO_OUT)-smoke/rl $(SMOKE_EVAL)
+	rm -rf $(DEMO_OUT)-smoke/compare-runs
 	$(PY) recipes/compare.py --init $(DEMO_OUT)-smoke/base --dataset $(DEMO_DATASET) --in-chans $(DEMO_CHANS) \
 		--train-subset 256 --eval-subset 128 --batch-size 32 --ofas-runs $(DEMO_OUT)-smoke/e2e $(DEMO_OUT)-smoke/rl \
 		--static resnet8=$(DEMO_OUT)-smoke/base --budget-steps 4 --targets 0.9 --methods original static depth_prune ofas \

@@ -115,7 +115,8 @@ def compare_argv(args: argparse.Namespace) -> list[str]:
             "--ofas-runs", str(weights / e2e), str(weights / rl), "--seeds", "0",
             "--methods", "original", "static", "ofas", "skipnet_style", *args.methods,
             "--output", str(Path(args.work) / f"compare-{args.line}-{args.route}"),
-            "--work", str(Path(args.work) / "runs"), "--latency-rounds", str(args.latency_rounds), "--no-progress"]
+            "--work", str(Path(args.work) / f"runs-{args.line}"), "--latency-rounds", str(args.latency_rounds),
+            "--no-progress"]
     for name in line["static"]:
         argv += ["--static", f"{name}={weights / name}"]
     if line["control_images"]:

@@ -189,6 +189,50 @@ def test_depth_pruning_measures_where_the_block_table_says_a_target_is_out_of_re
     assert rows[0]["choice_ms"] <= result["meta"]["targets_ms"][0] and rows[0]["top1"] is not None
 
 
+def test_a_rerun_reuses_its_work_and_another_comparison_is_refused_before_anything_is_written(tiny):
+    from safetensors.torch import save_file
+
+    import ofas_wrap
+
+    out = tiny["root"] / "rerun"
+    out.mkdir()
+    torch.manual_seed(0)  # an original with weights: one without is a new random network every run (refused)
+    original = ofas_wrap.create_model("cifar:resnet8", num_classes=4, in_chans=1, input_size=(1, 12, 12)).unwrap()
+    save_file(original.state_dict(), str(out / "original.safetensors"))
+    flags = base_flags(tiny, out, "--methods", "original", "depth_prune", "--server-batch", "0", "--weights",
+                       str(out / "original.safetensors"))
+    first = cmp.compare(flags)
+    run = next((out / "runs").glob("depth_prune-*-seed0"))
+    trained = (run / "metrics.json").stat().st_mtime_ns
+    again = cmp.compare(flags)  # the same comparison: its run folder and its choice of blocks are reused
+    assert (run / "metrics.json").stat().st_mtime_ns == trained
+
+    def kept(report):
+        return [row["kept_blocks"] for row in report["rows"] if row["method"] == "depth_prune"]
+    assert kept(again) == kept(first)
+    before = sorted(p.name for p in (out / "runs").iterdir())
+    with pytest.raises(RunError, match=r"holds the runs of another comparison \(lr differ\)"):
+        cmp.compare([*flags, "--lr", "0.5"])
+    assert sorted(p.name for p in (out / "runs").iterdir()) == before
+
+
+def test_run_folders_of_an_unknown_comparison_are_refused(tiny):
+    out = tiny["root"] / "unknown"
+    (out / "runs" / "depth_prune-0.95x-seed0").mkdir(parents=True)
+    with pytest.raises(RunError, match="holds run folders but no compare_work.json"):
+        cmp.compare(base_flags(tiny, out, "--methods", "original", "depth_prune"))
+
+
+def test_a_rerun_keeps_the_blocks_its_run_folders_were_made_for(tiny):
+    out = tiny["root"] / "choice"
+    (out / "runs").mkdir(parents=True)
+    saved = {"keep": [True, False, True], "measured_ms": 0.1, "removed": [1]}  # as an interrupted run left it
+    (out / "runs" / "compare_choices.json").write_text(json.dumps({"depth_prune-0.95x": saved}))
+    result = cmp.compare(base_flags(tiny, out, "--methods", "original", "depth_prune", "--server-batch", "0"))
+    rows = [row for row in result["rows"] if row["method"] == "depth_prune"]
+    assert [row["kept_blocks"] for row in rows] == [saved["keep"]] and rows[0]["choice_ms"] == 0.1
+
+
 def test_a_static_network_of_another_task_is_refused(tiny, tmp_path):
     from safetensors.torch import save_file
 

@@ -387,6 +387,66 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() and value >= 1 else str(value)
 
 
+WORK_RECORD = "compare_work.json"  # what made the run folders of a --work folder
+CHOICES = "compare_choices.json"  # the blocks and ratios the pruned runs were made for
+
+
+def _work_record(args: argparse.Namespace, original: OFASModel, steps: int,
+                 normalization: dict[str, list[float]]) -> dict[str, Any]:
+    """What the fine-tunes of a comparison depend on: the original (its backbone weights' SHA-256; an OFAS head made
+    by adaptify differs from run to run and no fine-tune starts from it), the data and split, the
+    budget and the training settings. Run folders of one --work are reused only under the same record."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(original.unwrap().state_dict().items()):  # the backbone: the head is not trained on
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return {"original_sha256": digest.hexdigest(), "dataset": os.path.abspath(str(args.dataset)),
+            "in_chans": str(args.in_chans), "normalization": normalization, "val_size": args.val_size,
+            "val_from": args.val_from, "split_seed": args.split_seed, "train_subset": args.train_subset,
+            "eval_subset": args.eval_subset, "budget_steps": steps, "batch_size": args.batch_size, "lr": args.lr,
+            "mixed_precision": args.mixed_precision, "distill_weight": args.distill_weight,
+            "distill_tau": args.distill_tau, "ofas_e2e_args": args.ofas_e2e_args, "ofas_rl_args": args.ofas_rl_args,
+            "ofas_rl_share": args.ofas_rl_share}
+
+
+def _claim_work(work: Path, record: dict[str, Any]) -> None:
+    """Refuse a --work folder whose run folders another comparison made (they would be reused as if they were this
+    one's); mark a new one with ``record``."""
+    path = work / WORK_RECORD
+    if path.is_file():
+        earlier = json.loads(path.read_text())
+        differ = sorted(key for key in set(record) | set(earlier) if record.get(key) != earlier.get(key))
+        if differ:
+            raise RunError(f"--work {work} holds the runs of another comparison ({', '.join(differ)} differ): give "
+                           "another --work, or remove that folder to start over")
+        return
+    if work.is_dir() and any(entry.is_dir() for entry in work.iterdir()):
+        raise RunError(f"--work {work} holds run folders but no {WORK_RECORD} (made before ofas-wrap recorded what "
+                       "made them, or by another tool), so whether they are this comparison's cannot be checked: give "
+                       "another --work, or remove them")
+    work.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(record, indent=2) + "\n")
+
+
+class _Choices:
+    """The pruning choices the run folders of --work were made for (``compare_choices.json``): a rerun of the same
+    comparison (after a stop) keeps them, where choosing again on a noisy machine could give another network than
+    the one its run folder trained."""
+
+    def __init__(self, work: Path) -> None:
+        self.path = work / CHOICES
+        self.saved = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def get(self, key: str) -> Optional[dict[str, Any]]:
+        return self.saved.get(key)
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        self.saved[key] = value
+        write_atomic(self.path, json.dumps(self.saved, indent=2) + "\n")
+
+
 # ---------------------------------------------------------------------------------------------- the verdict
 def deploy_decision(rows: Sequence[dict[str, Any]], target_ms: float) -> dict[str, Any]:
     """The method to deploy at ``target_ms``: the row group (method, target) with the best mean test top-1 over its
@@ -490,6 +550,8 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     steps_per_epoch = math.ceil(len(data.train) / args.batch_size)
     steps = args.budget_steps or max(1, round(args.budget_epochs * steps_per_epoch))
     runs = _Runs(args, work, steps, normalization)
+    _claim_work(work, _work_record(args, original, steps, normalization))  # before any run folder is made or reused
+    choices = _Choices(work)
     teacher = original.unwrap()
     rows: list[dict[str, Any]] = []
     timer = InterleavedTimer(test_x[:args.latency_samples], runs=args.latency_runs, threads=args.threads,
@@ -589,27 +651,35 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if "depth_prune" in methods and original.num_gates:
         from .._costs import measure_block_table
 
-        log("depth_prune: ranking the blocks on held-out images, timing what each removal saves")
-        harm = removal_harm(original, list(zip(val_x[:args.choice_images].split(250),
-                                               val_y[:args.choice_images].split(250))))
-        table = measure_block_table(original, choice_x[:1], runs=max(10, 4 * args.latency_runs), warmup=3,
-                                    threads=args.threads)
-        saving = [float(b["saved_ms"]) for b in table["blocks"]]
+        harm = saving = None
         for target in targets:
-            try:
-                keep, measured, removed = choose_keep(
-                    harm.tolist(), saving, full_ms, target,
-                    lambda pattern: _ms(prune_blocks(original, pattern), choice_x, args))
-            except ValueError as exc:  # the block table's savings do not add up to the target (a noisy machine)
-                log(f"depth_prune at {target} ms: {exc}")
-                rows.append(_note_row("depth_prune", target, None, str(exc)))
-                continue
+            saved = choices.get(f"depth_prune-{labels[target]}")
+            if saved is not None:  # the run folders below were made for this choice: a rerun keeps it
+                keep, measured, removed = saved["keep"], saved["measured_ms"], saved["removed"]
+                log(f"depth_prune at {target} ms: the choice of an earlier run of this comparison (--work)")
+            else:
+                if harm is None:
+                    log("depth_prune: ranking the blocks on held-out images, timing what each removal saves")
+                    harm = removal_harm(original, list(zip(val_x[:args.choice_images].split(250),
+                                                           val_y[:args.choice_images].split(250))))
+                    table = measure_block_table(original, choice_x[:1], runs=max(10, 4 * args.latency_runs),
+                                                warmup=3, threads=args.threads)
+                    saving = [float(b["saved_ms"]) for b in table["blocks"]]
+                try:
+                    keep, measured, removed = choose_keep(
+                        harm.tolist(), saving, full_ms, target,
+                        lambda pattern: _ms(prune_blocks(original, pattern), choice_x, args))
+                except ValueError as exc:  # the block table's savings do not add up to the target (a noisy machine)
+                    log(f"depth_prune at {target} ms: {exc}")
+                    rows.append(_note_row("depth_prune", target, None, str(exc)))
+                    continue
             log(f"depth_prune at {target} ms: remove {len(removed)} blocks, measured {measured:.3f} ms")
             if not any(keep) or measured > target:
                 note = (f"with every gated block removed it still takes {measured:.3f} ms" if measured > target else
                         "it would remove every gated block")
                 rows.append(_note_row("depth_prune", target, None, f"depth pruning cannot reach the target: {note}"))
                 continue
+            choices.put(f"depth_prune-{labels[target]}", {"keep": keep, "measured_ms": measured, "removed": removed})
             for seed in args.seeds:
                 tuned = runs.finetune(f"depth_prune-{labels[target]}-seed{seed}", prune_blocks(original, keep),
                                       teacher, seed)
@@ -621,13 +691,18 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if "channel_prune" in methods and original.num_gates:
         example = choice_x[:1]
         for target in targets:
-            try:
-                ratio, measured = channel_ratio_for_target(
-                    lambda r: _ms(prune_channels(original, r, example), choice_x, args), target)
-            except ValueError as exc:
-                log(f"channel_prune at {target} ms: {exc}")
-                rows.append(_note_row("channel_prune", target, None, str(exc)))
-                continue
+            saved = choices.get(f"channel_prune-{labels[target]}")
+            if saved is not None:  # the run folders below were made for this ratio: a rerun keeps it
+                ratio, measured = saved["ratio"], saved["measured_ms"]
+            else:
+                try:
+                    ratio, measured = channel_ratio_for_target(
+                        lambda r: _ms(prune_channels(original, r, example), choice_x, args), target)
+                except ValueError as exc:
+                    log(f"channel_prune at {target} ms: {exc}")
+                    rows.append(_note_row("channel_prune", target, None, str(exc)))
+                    continue
+                choices.put(f"channel_prune-{labels[target]}", {"ratio": ratio, "measured_ms": measured})
             log(f"channel_prune at {target} ms: ratio {ratio:.3f}, measured {measured:.3f} ms")
             for seed in args.seeds:
                 tuned = runs.finetune(f"channel_prune-{labels[target]}-seed{seed}",
