@@ -336,3 +336,16 @@ def test_int8_benchmark_smoke_writes_the_rows(tmp_path):
         (p, f) for p in ("fp32", "int8") for f in (0.0, 0.25, 0.5, 0.75)}
     assert all({"model", "top1", "latency_ms", "skip_efficiency"} <= set(row) for row in rows)
     assert (tmp_path / "int8.md").read_text().startswith("# INT8")
+
+
+def test_int8_scores_count_ungated_blocks_and_the_gates_that_differ_from_the_float_heads() -> None:
+    from ofas_wrap._quantize import int8_scores
+
+    model = ofas_wrap.create_model("cifar:resnet8", num_classes=4, in_chans=1, input_size=(1, 12, 12)).eval()
+    gates = torch.tensor([[True, True, False], [False, False, False]])
+    probs = torch.tensor([[0.9, 0.8, 0.1], [0.2, 0.6, 0.3]])  # image 1's second gate is open in float at T = 0.5
+    scores = int8_scores(model, torch.tensor([1, 2]), torch.tensor([1, 3]), gates, probs, 0.5)
+    ungated = len(model.blocks) - model.num_gates
+    assert scores["top1"] == 0.5 and scores["executed_gates"] == 1.0 and scores["executed_blocks"] == 1.0 + ungated
+    assert scores["gates_equal_float"] == 0.5 and scores["test_count"] == 2 and scores["num_gates"] == 3
+    assert scores["mflops"] == pytest.approx(float(model.plan.executed_flops(gates).mean()) / 1e6)
