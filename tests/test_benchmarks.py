@@ -485,3 +485,10 @@ def test_layout_numerics_measures_each_layouts_gradient_against_float64(tmp_path
     assert set(errors) == {"contiguous, 1 thread", "channels_last, 1 thread"}
     assert all(0.0 < error < 1e-2 for error in errors.values())  # float32 against float64: small, not zero
     assert all(error < 1e-5 for error in result["conv_forward_relative_error"].values())
+
+
+def test_greedy_speed_smoke_finds_equal_counts(capsys) -> None:
+    from benchmarks import greedy_speed
+
+    assert greedy_speed.main(["--depths", "8", "--images", "8", "--threads", "1"]) == 0
+    assert "equal counts True" in capsys.readouterr().out
