@@ -74,6 +74,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--train-subset", type=int, default=None)
     parser.add_argument("--eval-subset", type=int, default=None, help="held-out / test images each (all: 5,000)")
     parser.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate of every method")
+    parser.add_argument("--mixed-precision", choices=("no", "bf16"), default="bf16",
+                        help="every fine-tune's autocast (with channels_last, the kept backbones' recipe; bf16 falls "
+                             "back to fp32 where the CPU has no native bf16 kernels)")
     parser.add_argument("--distill-weight", type=float, default=1.0)
     parser.add_argument("--distill-tau", type=float, default=4.0)
     parser.add_argument("--method-args", default=METHOD_ARGS, help="OFAS's e2e flags")
@@ -127,7 +130,8 @@ def compare_argv(args: argparse.Namespace) -> list[str]:
     argv = ["--model", f"{released}/resnet.py:resnet56", "--weights", str(released / CHECKPOINTS[56]),
             "--trust-remote-code", "--mean", *map(str, MEAN), "--std", *map(str, STD), "--in-chans", "3",
             "--dataset", args.data, "--val-from", "test", "--val-size", "0.5", "--split-seed", "0",
-            "--lr", str(args.lr), "--distill-weight", str(args.distill_weight), "--distill-tau", str(args.distill_tau),
+            "--lr", str(args.lr), "--mixed-precision", args.mixed_precision,
+            "--distill-weight", str(args.distill_weight), "--distill-tau", str(args.distill_tau),
             "--seeds", *map(str, args.seeds), f"--ofas-e2e-args={args.method_args}", f"--ofas-rl-args={args.rl_args}",
             "--ofas-rl-share", str(args.rl_share), "--runtime", args.runtime, "--threads", str(args.threads),
             "--latency-samples", str(args.latency_samples), "--latency-runs", str(args.latency_runs),

@@ -252,8 +252,10 @@ def test_pretrained_smoke_runs_the_released_resnet56_journey_through_compare(tmp
         pytest.skip("../shared/data (released ResNets and the lossless CIFAR-10 copy) is not present")
     from benchmarks import pretrained  # in this process: a subprocess would spend 6 s on imports
 
+    # fp32: Accelerate fixes its precision once per process, and this test shares its process with others
     assert pretrained.main(["--smoke", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
-                            "--rl-args", "--policy-loss blockdrop", "--static-finetune"]) == 0
+                            "--rl-args", "--policy-loss blockdrop", "--static-finetune",
+                            "--mixed-precision", "no"]) == 0
     result = json.loads((tmp_path / "out" / "pretrained.json").read_text())
     methods = {row["method"] for row in result["rows"]}
     assert {"original", "static_resnet20", "static_resnet20_ft", "depth_prune", "ofas_e2e", "ofas_rl",
@@ -287,6 +289,7 @@ def test_pretrained_hands_compare_a_command_it_accepts(flags, budget, targets) -
     assert parsed.val_from == "test" and parsed.val_size == 0.5 and parsed.distill_weight == 1.0
     assert parsed.ofas_e2e_args.startswith("--freeze-bn") and len(parsed.static) == len(parse_args(flags).static_depths)
     assert parsed.int8 == ("--int8" in flags) and parsed.calib_images == 256
+    assert parsed.mixed_precision == "bf16"  # the kept backbones' recipe, written into item 5's rule before its runs
 
 
 def test_cifar10_refuses_a_weights_suffix_without_weights(capsys) -> None:
