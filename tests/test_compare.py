@@ -189,27 +189,71 @@ def test_depth_pruning_measures_where_the_block_table_says_a_target_is_out_of_re
     assert rows[0]["choice_ms"] <= result["meta"]["targets_ms"][0] and rows[0]["top1"] is not None
 
 
-def test_a_rerun_reuses_its_work_and_another_comparison_is_refused_before_anything_is_written(tiny):
+USER_MODEL = """
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x) + x)
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes=4, in_chans=1):
+        super().__init__()
+        self.stem = nn.Conv2d(in_chans, 4, 3, padding=1)
+        self.blocks = nn.Sequential(Block(4), Block(4), Block(4))
+        self.fc = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def build(num_classes=4, in_chans=1, **kwargs):
+    return Net(num_classes, in_chans)
+"""
+
+
+@pytest.mark.parametrize("model", ["registry", "user file"])
+def test_a_rerun_reuses_its_work_and_another_comparison_is_refused_before_anything_is_written(tiny, model,
+                                                                                             monkeypatch):
     from safetensors.torch import save_file
 
     import ofas_wrap
 
-    out = tiny["root"] / "rerun"
+    out = tiny["root"] / f"rerun-{model.replace(' ', '-')}"
     out.mkdir()
     torch.manual_seed(0)  # an original with weights: one without is a new random network every run (refused)
-    original = ofas_wrap.create_model("cifar:resnet8", num_classes=4, in_chans=1, input_size=(1, 12, 12)).unwrap()
+    if model == "registry":
+        spec = ["--model", "cifar:resnet8"]
+        original = ofas_wrap.create_model("cifar:resnet8", num_classes=4, in_chans=1, input_size=(1, 12, 12)).unwrap()
+    else:  # a user's class: OFAS runs made here record no backbone a registry can rebuild
+        (out / "net.py").write_text(USER_MODEL)
+        spec = ["--model", f"{out / 'net.py'}:build", "--trust-remote-code"]
+        namespace: dict = {}
+        exec(USER_MODEL, namespace)
+        original = namespace["build"]()
     save_file(original.state_dict(), str(out / "original.safetensors"))
-    flags = base_flags(tiny, out, "--methods", "original", "depth_prune", "--server-batch", "0", "--weights",
-                       str(out / "original.safetensors"))
+    real_choose_keep = cmp._compare.choose_keep  # the choice reads 0 ms: a quick measurement beside a test is noise
+    monkeypatch.setattr(cmp._compare, "choose_keep", lambda harm, saving, full, target, measure: real_choose_keep(
+        harm, saving, full, target, lambda keep: measure(keep) * 0.0))
+    flags = [*base_flags(tiny, out, "--methods", "original", "depth_prune", "ofas", "--server-batch", "0",
+                         "--weights", str(out / "original.safetensors"), "--no-controls"), *spec]
     first = cmp.compare(flags)
-    run = next((out / "runs").glob("depth_prune-*-seed0"))
-    trained = (run / "metrics.json").stat().st_mtime_ns
-    again = cmp.compare(flags)  # the same comparison: its run folder and its choice of blocks are reused
-    assert (run / "metrics.json").stat().st_mtime_ns == trained
+    runs = [next((out / "runs").glob(f"{name}-*seed0")) for name in ("depth_prune", "ofas_e2e", "ofas_rl")]
+    trained = [(run / "metrics.json").stat().st_mtime_ns for run in runs]
+    again = cmp.compare(flags)  # the same comparison: its run folders and its choice of blocks are reused
+    assert [(run / "metrics.json").stat().st_mtime_ns for run in runs] == trained
+    assert {r["method"] for r in again["rows"]} >= {"ofas_e2e", "ofas_rl", "depth_prune"}
 
     def kept(report):
         return [row["kept_blocks"] for row in report["rows"] if row["method"] == "depth_prune"]
-    assert kept(again) == kept(first)
+    assert kept(again) == kept(first) and kept(first)
     before = sorted(p.name for p in (out / "runs").iterdir())
     with pytest.raises(RunError, match=r"holds the runs of another comparison \(lr differ\)"):
         cmp.compare([*flags, "--lr", "0.5"])

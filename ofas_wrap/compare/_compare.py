@@ -352,6 +352,13 @@ class _Runs:
         finetune_early_exit(argv, network, teacher if self.args.distill_weight > 0 else None)
         return network.eval()
 
+    def _load_ofas(self, run: Path, original: OFASModel) -> OFASModel:
+        """An OFAS run folder. One trained here from a copy of the original's backbone records no backbone a registry
+        can rebuild (a user's class, or any module handed to the recipe): it is rebuilt on a copy of the original's."""
+        recorded = json.loads((run / "config.json").read_text()).get("backbone")
+        backbone = copy.deepcopy(original.unwrap()) if recorded is None else None
+        return OFASModel.from_pretrained(run, backbone=backbone, trust_remote_code=self.args.trust_remote_code)
+
     def ofas(self, original: OFASModel, seed: int) -> tuple[OFASModel, OFASModel]:
         """e2e then RL from a copy of the original: (e2e model, RL model), the RL phase ``--ofas-rl-share`` of the
         budget's steps."""
@@ -359,13 +366,12 @@ class _Runs:
 
         if self.args.ofas_runs:
             e2e_run, rl_run = self.args.ofas_runs
-            return tuple(OFASModel.from_pretrained(run, trust_remote_code=self.args.trust_remote_code).eval()
-                         for run in (e2e_run, rl_run))
+            return tuple(self._load_ofas(Path(run), original).eval() for run in (e2e_run, rl_run))
         rl_steps = max(1, round(self.steps * self.args.ofas_rl_share))
         e2e_steps = max(1, self.steps - rl_steps)
         e2e_run, e2e_flags = self._folder(f"ofas_e2e-seed{seed}")
         if self.complete(e2e_run):
-            e2e = OFASModel.from_pretrained(e2e_run, trust_remote_code=self.args.trust_remote_code)
+            e2e = self._load_ofas(e2e_run, original)
         else:
             argv = [*self.common, *e2e_flags, "--max-steps", str(e2e_steps), "--lr", str(self.args.lr), "--seed",
                     str(seed), *self.args.ofas_e2e_args.split()]
@@ -375,7 +381,7 @@ class _Runs:
             e2e = e2e_finetune(argv, model=copy.deepcopy(original.unwrap()))["model"]
         rl_run, rl_flags = self._folder(f"ofas_rl-seed{seed}")
         if self.complete(rl_run):
-            rl = OFASModel.from_pretrained(rl_run, trust_remote_code=self.args.trust_remote_code)
+            rl = self._load_ofas(rl_run, original)
         else:
             argv = [*self.common, *rl_flags, "--max-steps", str(rl_steps), "--seed", str(seed),
                     *self.args.ofas_rl_args.split()]
