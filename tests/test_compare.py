@@ -183,10 +183,18 @@ def test_depth_pruning_measures_where_the_block_table_says_a_target_is_out_of_re
             block["saved_ms"] = 0.0
         return table
     monkeypatch.setattr(costs, "measure_block_table", no_savings)
+    measured = []
+
+    def convolutions_ms(module, images, args, threshold=None):  # a deterministic clock: 0.1 ms a convolution
+        measured.append(module)
+        return 0.1 * sum(isinstance(m, torch.nn.Conv2d) for m in module.modules())
+    monkeypatch.setattr(cmp._compare, "_ms", convolutions_ms)
     result = cmp.compare(base_flags(tiny, tiny["root"] / "no-depth", "--methods", "original", "depth_prune"))
     rows = [row for row in result["rows"] if row["method"] == "depth_prune"]
     assert len(rows) == 1 and "note" not in rows[0], rows[0].get("note")
-    assert rows[0]["choice_ms"] <= result["meta"]["targets_ms"][0] and rows[0]["top1"] is not None
+    target = result["meta"]["targets_ms"][0]
+    assert rows[0]["choice_ms"] <= target and rows[0]["top1"] is not None and 0 < rows[0]["blocks"] < 3
+    assert len(measured) > 3  # the original, its floor, then the pruned networks the bisection measured
 
 
 USER_MODEL = """
