@@ -919,20 +919,16 @@ def _add_skipnet_row(skipnet: Any, model: OFASModel, ofas_row: dict[str, Any], t
     if isinstance(skipnet, str):
         rows.append(_note_row("skipnet_style", target, seed, skipnet))
         return
+    from ..training import accuracy_under_patterns
+
     wrapper, timed, _ = skipnet
 
     def decisions(images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return torch.cat([model.gate_probabilities(chunk)[1] >= threshold for chunk in images.split(500)]).cpu()
-    forced = decisions(test_x)
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(test_y), 500):
-            with wrapper.forced_gates(forced[start:start + 500]):
-                logits = wrapper(test_x[start:start + 500])
-            correct += int((logits.argmax(1) == test_y[start:start + 500]).sum())
     row = {"method": "skipnet_style", "target": target, "seed": seed, "threshold": threshold,
-           "top1": correct / max(len(test_y), 1), "blocks": ofas_row.get("blocks"),
+           "top1": accuracy_under_patterns(wrapper, test_x, test_y, decisions(test_x), 500),
+           "blocks": ofas_row.get("blocks"),
            "adaptive_gates": ofas_row.get("adaptive_gates"), "reference": True, "note": SKIPNET_NOTE}
     add_row(f"skipnet_style-{target}-{seed}", wrapper, row, patterns=decisions(timed_images), timed=timed)
 

@@ -108,7 +108,7 @@ def choose_keep(harm: Sequence[float], saving_ms: Sequence[float], full_ms: floa
     try:
         removed = blocks_to_remove(harm, saving_ms, full_ms, target_ms)
     except ValueError:
-        removed = order[:_fewest_by_measurement(order, len(harm), target_ms, measure)]
+        removed = order[:_fewest_by_measurement(order, target_ms, measure)]
     while True:
         keep = [i not in removed for i in range(len(harm))]
         measured = measure(keep)
@@ -117,13 +117,12 @@ def choose_keep(harm: Sequence[float], saving_ms: Sequence[float], full_ms: floa
         removed.append(next(i for i in order if i not in removed))
 
 
-def _fewest_by_measurement(order: list[int], count: int, target_ms: float,
-                           measure: Callable[[list[bool]], float]) -> int:
-    """The fewest blocks of ``order`` to remove for ``measure`` to be at or under ``target_ms`` (bisection over the
-    count; all of them when even that is above the target)."""
+def _fewest_by_measurement(order: list[int], target_ms: float, measure: Callable[[list[bool]], float]) -> int:
+    """The fewest blocks of ``order`` (every gated block, in removal order) to remove for ``measure`` to be at or
+    under ``target_ms`` (bisection over the count; all of them when even that is above the target)."""
     def fast_enough(removals: int) -> bool:
         gone = set(order[:removals])
-        return measure([i not in gone for i in range(count)]) <= target_ms
+        return measure([i not in gone for i in range(len(order))]) <= target_ms
 
     low, high = 0, len(order)  # the full network is above the target (that is why we are here)
     if not fast_enough(high):
@@ -135,4 +134,3 @@ def _fewest_by_measurement(order: list[int], count: int, target_ms: float,
         else:
             low = middle
     return high
-
