@@ -65,6 +65,8 @@ def report(tiny):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cmp._compare, "exit_sweep", recording_sweep)
         patch.setattr(cmp._compare, "choose_keep", choose_keep_reading_zero)
+        # module scope: set up before the autouse fixture above, so the floor reads 0 ms here too
+        patch.setattr(cmp._compare, "_floor_ms", lambda original, images, args: 0.0)
         # a head that starts closed (sigmoid(-3) < every T): the smoke's OFAS reaches the target after two steps
         result = cmp.compare(base_flags(tiny, out, "--static", "small=cifar:resnet8", "--finetune-static",
                                         "--ofas-e2e-args=--gate-bias-init -3", "--exit-thresholds", "0:1:0.5"))

@@ -32,7 +32,12 @@ def kept(tmp_path_factory):
     torch.set_num_threads(threads)
 
 
-def test_smoke_writes_the_line_json_and_the_table(kept):
+def test_smoke_writes_the_line_json_and_the_table(kept, monkeypatch):
+    from ofas_wrap.compare import _compare
+
+    # compare refuses targets below the original without its gated blocks; on a 12-pixel ResNet-8 one quick
+    # measurement of each can put the moonshot's 0.65x under it (tests/test_compare.py tests that refusal)
+    monkeypatch.setattr(_compare, "_floor_ms", lambda original, images, args: 0.0)
     out = kept["root"] / "out"
     assert table3.main(["--line", "resnet38", "--smoke", "--weights", str(kept["weights"]), "--data", kept["dataset"],
                         "--out", str(out), "--work", str(kept["root"] / "work")]) == 0
