@@ -161,8 +161,9 @@ def test_depth_prune_meets_its_choice_target(report):
     (["--report-name", "../x"], "plain file name"),
     (["--control-images", "0"], "--control-images must be >= 1"),
 ])
-def test_compare_refuses_bad_input_before_writing(tiny, flags, message):
-    out = tiny["root"] / "bad"
+def test_compare_refuses_bad_input_before_writing(tiny, flags, message, monkeypatch):
+    monkeypatch.setattr(cmp._compare, "_floor_ms", REAL_FLOOR_MS)  # 0.0001x is far under any real measurement
+    out = tiny["root"] / f"bad-{message.strip('-').replace(' ', '-')}"
     argv = base_flags(tiny, out, *flags)
     if "--targets-static" in flags:  # instead of the fractions
         del argv[argv.index("--targets"):argv.index("--targets") + 2]
