@@ -19,6 +19,7 @@ import sys
 import pytest
 
 from benchmarks.latency import ModelSpec
+from tests.test_compare import floor_reads_zero
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -120,21 +121,12 @@ def _write_tiny_imagefolder(root, per_class_train=60, per_class_test=20) -> None
 ROW_KEYS = {"method", "target", "seed", "threshold", "top1", "latency_ms", "chosen", "adaptive_gates"}
 
 
-def _floor_reads_zero(monkeypatch) -> None:
-    """compare refuses fractional targets under the original without its gated blocks; on the smoke's tiny images one
-    quick measurement of each is noise (CI, stop 33). These tests check the scripts; tests/test_compare.py tests the
-    refusal."""
-    from ofas_wrap.compare import _compare
-
-    monkeypatch.setattr(_compare, "_floor_ms", lambda original, images, args: 0.0)
-
-
 def test_cifar10_smoke_runs_compare_with_every_method_and_writes_cifar10_files(tmp_path, monkeypatch) -> None:
     from benchmarks import cifar10  # in this process: a subprocess would spend 6 s on imports
 
     _write_tiny_imagefolder(tmp_path / "data")
     monkeypatch.setenv("OFAS_WRAP_CACHE", str(tmp_path / "cache"))
-    _floor_reads_zero(monkeypatch)
+    floor_reads_zero(monkeypatch)  # the smokes' tiny images: see there
     assert cifar10.main(["--smoke", "--data", str(tmp_path / "data"), "--work", str(tmp_path / "work"),
                          "--out", str(tmp_path / "out")]) == 0
     result = json.loads((tmp_path / "out" / "cifar10.json").read_text())
@@ -162,7 +154,7 @@ def test_cifar10_weights_starts_from_kept_backbones_without_training(tmp_path, m
     from benchmarks import cifar10
     from ofas_wrap.training import train_backbone
 
-    _floor_reads_zero(monkeypatch)
+    floor_reads_zero(monkeypatch)  # the smokes' tiny images: see there
     _write_tiny_imagefolder(tmp_path / "data")
     monkeypatch.setenv("OFAS_WRAP_CACHE", str(tmp_path / "cache"))
     kept = tmp_path / "weights"  # a kept backbone as benchmarks/weights/cifar10 holds them: no checkpoints

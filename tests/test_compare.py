@@ -28,13 +28,22 @@ def tiny(tmp_path_factory):
 REAL_FLOOR_MS = cmp._compare._floor_ms
 
 
+def floor_reads_zero(patch) -> None:
+    """compare refuses targets below the original with every gated block removed. On 12-pixel models the blocks are a
+    sliver of the time, and one quick measurement of each (beside other tests) can put 0.95x of the original under
+    that floor (CI, stop 33). Tests that check other things make it 0 ms (``patch``: a MonkeyPatch); the refusal's own
+    test uses ``convolutions_ms`` and the real floor (``REAL_FLOOR_MS``)."""
+    patch.setattr(cmp._compare, "_floor_ms", lambda original, images, args: 0.0)
+
+
+def convolutions_ms(module, images, args, threshold=None):
+    """A deterministic clock for compare's quick measurements (``_ms``): 0.1 ms a convolution."""
+    return 0.1 * sum(isinstance(m, torch.nn.Conv2d) for m in module.modules())
+
+
 @pytest.fixture(autouse=True)
 def floor_below_every_target(monkeypatch):
-    """compare refuses targets below the original with every gated block removed. On these 12-pixel models the blocks
-    are a sliver of the time, and one quick measurement of each (beside other tests) can put 0.95x of the original
-    under that floor (CI, stop 33). The tests below check other things; the refusal's own test uses a deterministic
-    clock and the real floor (``REAL_FLOOR_MS``)."""
-    monkeypatch.setattr(cmp._compare, "_floor_ms", lambda original, images, args: 0.0)
+    floor_reads_zero(monkeypatch)
 
 
 def base_flags(tiny, out, *extra):
@@ -65,8 +74,7 @@ def report(tiny):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cmp._compare, "exit_sweep", recording_sweep)
         patch.setattr(cmp._compare, "choose_keep", choose_keep_reading_zero)
-        # module scope: set up before the autouse fixture above, so the floor reads 0 ms here too
-        patch.setattr(cmp._compare, "_floor_ms", lambda original, images, args: 0.0)
+        floor_reads_zero(patch)  # module scope: set up before the autouse fixture above
         # a head that starts closed (sigmoid(-3) < every T): the smoke's OFAS reaches the target after two steps
         result = cmp.compare(base_flags(tiny, out, "--static", "small=cifar:resnet8", "--finetune-static",
                                         "--ofas-e2e-args=--gate-bias-init -3", "--exit-thresholds", "0:1:0.5"))
@@ -200,10 +208,10 @@ def test_depth_pruning_measures_where_the_block_table_says_a_target_is_out_of_re
     monkeypatch.setattr(costs, "measure_block_table", no_savings)
     measured = []
 
-    def convolutions_ms(module, images, args, threshold=None):  # a deterministic clock: 0.1 ms a convolution
+    def recording_ms(module, images, args, threshold=None):
         measured.append(module)
-        return 0.1 * sum(isinstance(m, torch.nn.Conv2d) for m in module.modules())
-    monkeypatch.setattr(cmp._compare, "_ms", convolutions_ms)
+        return convolutions_ms(module, images, args, threshold)
+    monkeypatch.setattr(cmp._compare, "_ms", recording_ms)
     monkeypatch.setattr(cmp._compare, "_floor_ms", REAL_FLOOR_MS)
     result = cmp.compare(base_flags(tiny, tiny["root"] / "no-depth", "--methods", "original", "depth_prune"))
     rows = [row for row in result["rows"] if row["method"] == "depth_prune"]
@@ -285,8 +293,6 @@ def test_a_rerun_reuses_its_work_and_another_comparison_is_refused_before_anythi
 
 
 def test_a_target_below_the_network_without_its_gated_blocks_is_refused_before_anything_runs(tiny, monkeypatch):
-    def convolutions_ms(module, images, args, threshold=None):  # a deterministic clock: 0.1 ms a convolution
-        return 0.1 * sum(isinstance(m, torch.nn.Conv2d) for m in module.modules())
     monkeypatch.setattr(cmp._compare, "_ms", convolutions_ms)
     monkeypatch.setattr(cmp._compare, "_floor_ms", REAL_FLOOR_MS)
     out = tiny["root"] / "floor"

@@ -10,6 +10,7 @@ import torch
 
 from benchmarks import table3
 from ofas_wrap import create_model
+from tests.test_compare import floor_reads_zero
 from tests.test_recipes import write_tiny_idx
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit.*deprecated:FutureWarning")
@@ -33,11 +34,7 @@ def kept(tmp_path_factory):
 
 
 def test_smoke_writes_the_line_json_and_the_table(kept, monkeypatch):
-    from ofas_wrap.compare import _compare
-
-    # compare refuses targets below the original without its gated blocks; on a 12-pixel ResNet-8 one quick
-    # measurement of each can put the moonshot's 0.65x under it (tests/test_compare.py tests that refusal)
-    monkeypatch.setattr(_compare, "_floor_ms", lambda original, images, args: 0.0)
+    floor_reads_zero(monkeypatch)  # the moonshot's 0.65x of a 12-pixel ResNet-8 can measure under it
     out = kept["root"] / "out"
     assert table3.main(["--line", "resnet38", "--smoke", "--weights", str(kept["weights"]), "--data", kept["dataset"],
                         "--out", str(out), "--work", str(kept["root"] / "work")]) == 0
