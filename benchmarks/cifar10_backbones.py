@@ -3,12 +3,14 @@
     nohup python benchmarks/cifar10_backbones.py > ../runs/backbones.log 2>&1 &      # start or continue all
     python benchmarks/cifar10_backbones.py --dry-run                                 # the commands, nothing run
     python benchmarks/cifar10_backbones.py --only resnet38 resnet20                  # some of them
+    python benchmarks/cifar10_backbones.py --rescore --only resnet110_ofas_ft        # score kept folders again
 
 Each backbone is ``recipes/train_backbone.py`` into ``RUNS/c10-<short name>`` (outside the checkout), in bf16
 autocast where the CPU has native bf16 kernels (``--mixed-precision``; the recipe trains in fp32 and says so where
 it has not), continued with ``--resume`` when a checkpoint exists, so a stopped session loses at most the steps
-since the last checkpoint: rerun the same command. A finished run is evaluated on the test split (every block, T =
-0) and kept as ``benchmarks/weights/cifar10/<name>/`` (the run folder without checkpoints and logs: about 2 MB of
+since the last checkpoint: rerun the same command. A finished run is evaluated on the whole test split (a plain
+backbone with every block; an OFAS run as deployed, gated at its saved threshold, and with every block beside) and
+kept as ``benchmarks/weights/cifar10/<name>/`` (the run folder without checkpoints and logs: about 2 MB of
 safetensors), with its command, wall time and test accuracy in ``benchmarks/weights/cifar10/backbones.json``. A
 backbone that is already kept is not trained again (a new machine has no run folders): delete its folder to retrain
 it.
@@ -155,15 +157,21 @@ def restore(stashed: Path, run: Path) -> bool:
     return True
 
 
-def test_accuracy(run: Path, dataset: str) -> tuple[float, int]:
-    """Top-1 on the whole test split with every block (the backbone as trained; the head is not used)."""
+def test_scores(folder: Path, dataset: str, gated: bool) -> dict:
+    """The record's scores on the whole test split. A plain backbone: top-1 with every block (the head is not used).
+    An OFAS run (``gated``): ``test_accuracy`` as deployed, gated at its saved threshold, with the blocks it ran
+    (``test_blocks``, ``test_threshold``), and the same backbone with every block as ``test_accuracy_all_blocks``
+    (what this step recorded as ``test_accuracy`` before session 16: a network fine-tuned to skip can score far
+    below its gated self there, e.g. the ResNet-110 fine-tune route)."""
     import torch
+    from accelerate import Accelerator
 
     from ofas_wrap import OFASModel
     from ofas_wrap.data import load_image_data, make_loader
+    from ofas_wrap.training import evaluate_classifier
 
-    model = OFASModel.from_pretrained(run)
-    recorded = json.loads((run / "args.json").read_text())
+    model = OFASModel.from_pretrained(folder)
+    recorded = json.loads((folder / "args.json").read_text()) if (folder / "args.json").is_file() else {}
     data = load_image_data(dataset, in_chans=model.config["input_size"][0],
                            val_size=recorded.get("val_size", 0.1), split_seed=recorded.get("split_seed", 0),
                            augment=False, normalization=model.config.get("normalization"))
@@ -173,14 +181,35 @@ def test_accuracy(run: Path, dataset: str) -> tuple[float, int]:
         for images, labels in make_loader(data.test, 500):
             correct += int((backbone(images).argmax(1) == labels).sum())
             count += int(labels.numel())
-    return correct / count, count
+    if not gated:
+        return {"test_accuracy": correct / count, "test_images": count}
+    deployed = evaluate_classifier(Accelerator(cpu=True), model, make_loader(data.test, 500), ofas=True)
+    return {"test_accuracy": deployed["accuracy"], "test_images": deployed["count"],
+            "test_blocks": round(deployed["executed_blocks"], 4), "test_threshold": model.threshold,
+            "test_accuracy_all_blocks": correct / count}
+
+
+def _write_record(keep_root: Path, name: str, fields: dict, merge: bool = False) -> None:
+    """Write ``name``'s record of backbones.json (atomically): ``fields`` as the whole record, or merged into it."""
+    from ofas_wrap._atomic import write_atomic
+
+    index_path = keep_root / "backbones.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    index[name] = {**index.get(name, {}), **fields} if merge else fields
+    write_atomic(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def rescore(name: str, keep_root: Path, dataset: str) -> dict:
+    """Score a kept folder on the test split again and update its record's test fields (``--rescore``)."""
+    scores = test_scores(keep_root / name, dataset, gated=name in RECIPES)
+    _write_record(keep_root, name, scores, merge=True)
+    print(f"[backbones] rescored {name}: " + ", ".join(f"{k} {v}" for k, v in scores.items()), flush=True)
+    return scores
 
 
 def keep(name: str, run: Path, command: list[str], keep_root: Path, dataset: str) -> dict:
     """Copy the finished run into the repository (atomically) and record it in backbones.json."""
-    from ofas_wrap._atomic import write_atomic
-
-    accuracy, count = test_accuracy(run, dataset)
+    scores = test_scores(run, dataset, gated=name in RECIPES)
     target = keep_root / name
     staging = keep_root / f".{name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
@@ -204,13 +233,13 @@ def keep(name: str, run: Path, command: list[str], keep_root: Path, dataset: str
         "mixed_precision": recorded.get("mixed_precision"),
         "channels_last": recorded.get("channels_last"),
         "val_accuracy": (metrics.get("final_val") or {}).get("accuracy"),
-        "test_accuracy": accuracy, "test_images": count,
+        **scores,
     }
-    index_path = keep_root / "backbones.json"
-    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
-    index[name] = record
-    write_atomic(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
-    print(f"[backbones] kept {name}: test top-1 {100 * accuracy:.2f} % ({count} images) -> {target}", flush=True)
+    _write_record(keep_root, name, record)
+    blocks = (f" with {scores['test_blocks']:.1f} blocks at T = {scores['test_threshold']}" if "test_blocks" in scores
+              else "")
+    print(f"[backbones] kept {name}: test top-1 {100 * scores['test_accuracy']:.2f} %{blocks} "
+          f"({scores['test_images']} images) -> {target}", flush=True)
     return record
 
 
@@ -228,9 +257,18 @@ def main(argv=None) -> int:
                         help="where unfinished runs' latest checkpoints are stashed (default: KEEP/partial)")
     parser.add_argument("--stash-only", action="store_true",
                         help="stash every unfinished run's latest checkpoint and exit (commit the stash after)")
+    parser.add_argument("--rescore", action="store_true",
+                        help="score the kept folders of --only on the test split again, update their records, exit")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
     keep_root = Path(args.keep)
+    if args.rescore:
+        missing = [name for name in args.only if not (keep_root / name / "model.safetensors").is_file()]
+        if missing:
+            parser.error(f"--rescore: not kept in {keep_root}: {' '.join(missing)} (train them first)")
+        for name in args.only:
+            rescore(name, keep_root, args.data)
+        return 0
     stash_root = Path(args.stash) if args.stash else keep_root / "partial"
     for name in args.only:
         run = Path(args.runs) / BACKBONES[name][2]

@@ -207,6 +207,33 @@ def test_cifar10_backbones_resumes_a_stashed_run_on_a_new_machine_and_keeps_it(t
     assert not stashed.exists()  # kept: the stash is gone
 
 
+@pytest.mark.parametrize("bias, blocks_run", [(-20.0, 0), (20.0, 3)], ids=["gates shut", "gates open"])
+def test_cifar10_backbones_scores_an_ofas_run_as_deployed_beside_every_block(tmp_path, bias, blocks_run) -> None:
+    """An OFAS run's record is its gated test accuracy (saved T) with the blocks it ran; the backbone with every
+    block is recorded beside it, and is what a plain backbone's record holds. ``--rescore`` updates a kept record."""
+    import ofas_wrap
+    from benchmarks import cifar10_backbones
+
+    _write_tiny_imagefolder(tmp_path / "data", per_class_train=4, per_class_test=10)
+    model = ofas_wrap.create_model("cifar:resnet8", num_classes=2, gate_bias_init=bias)
+    folder = model.save_pretrained(tmp_path / "kept" / "resnet110_ofas_ft")
+    plain = cifar10_backbones.test_scores(folder, str(tmp_path / "data"), gated=False)
+    gated = cifar10_backbones.test_scores(folder, str(tmp_path / "data"), gated=True)
+    assert plain["test_images"] == gated["test_images"] == 20 and "test_blocks" not in plain
+    assert gated["test_blocks"] == blocks_run and gated["test_threshold"] == 0.5
+    assert gated["test_accuracy_all_blocks"] == plain["test_accuracy"]
+    if blocks_run == 3:  # every gate open: the deployed network is the whole backbone
+        assert gated["test_accuracy"] == plain["test_accuracy"]
+    (tmp_path / "kept" / "backbones.json").write_text(json.dumps({"resnet110_ofas_ft": {"epochs": 3,
+                                                                                          "test_accuracy": 0.1}}))
+    flags = ["--data", str(tmp_path / "data"), "--keep", str(tmp_path / "kept"), "--rescore"]
+    assert cifar10_backbones.main([*flags, "--only", "resnet110_ofas_ft"]) == 0
+    record = json.loads((tmp_path / "kept" / "backbones.json").read_text())["resnet110_ofas_ft"]
+    assert record == {"epochs": 3, **gated}  # the other fields kept
+    with pytest.raises(SystemExit):  # not kept: refused before anything is scored
+        cifar10_backbones.main([*flags, "--only", "resnet110_ofas_ft", "resnet56"])
+
+
 def test_cifar10_backbones_trains_ofas_from_scratch_then_rl_from_that_run(tmp_path) -> None:
     """Issue 26's runs: e2e_finetune from random weights with the pilot's gate flags (29 epochs), then RL (1 epoch)
     starting from that run folder."""
