@@ -46,7 +46,7 @@ from ofas_wrap._atomic import write_atomic
 
 try:
     from benchmarks._runner import run_or_reuse
-    from benchmarks.cifar10_backbones import test_accuracy
+    from benchmarks.cifar10_backbones import test_scores
 except ModuleNotFoundError as error:  # `python benchmarks/train_parity.py`: the repository root is not on sys.path
     if error.name != "benchmarks":
         raise
@@ -125,7 +125,8 @@ def load_reused(path: Optional[str]) -> dict[int, dict[str, dict]]:
 
 def run_row(run: Path, name: str, data: str) -> dict:
     """A finished run's row: its test accuracy and what its args and metrics recorded."""
-    accuracy, count = test_accuracy(run, data)
+    scores = test_scores(run, data, gated=False)  # plain backbones
+    accuracy, count = scores["test_accuracy"], scores["test_images"]
     metrics = json.loads((run / "metrics.json").read_text())
     recorded = json.loads((run / "args.json").read_text())
     return {"test_accuracy": accuracy, "test_images": count, "flags": CONFIGS[name],
