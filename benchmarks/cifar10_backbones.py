@@ -96,6 +96,10 @@ def complete(run: Path) -> bool:
     return (run / "metrics.json").is_file() and (run / "model.safetensors").is_file()
 
 
+def kept(keep_root: Path, name: str) -> bool:
+    return (keep_root / name / "model.safetensors").is_file()
+
+
 def command_for(name: str, args: argparse.Namespace) -> list[str]:
     spec, extra, folder = BACKBONES[name]
     recipe = RECIPES.get(name, "train_backbone")
@@ -163,7 +167,6 @@ def test_scores(folder: Path, dataset: str, gated: bool) -> dict:
     (``test_blocks``, ``test_threshold``), and the same backbone with every block as ``test_accuracy_all_blocks``
     (what this step recorded as ``test_accuracy`` before session 16: a network fine-tuned to skip can score far
     below its gated self there, e.g. the ResNet-110 fine-tune route)."""
-    import torch
     from accelerate import Accelerator
 
     from ofas_wrap import OFASModel
@@ -175,18 +178,14 @@ def test_scores(folder: Path, dataset: str, gated: bool) -> dict:
     data = load_image_data(dataset, in_chans=model.config["input_size"][0],
                            val_size=recorded.get("val_size", 0.1), split_seed=recorded.get("split_seed", 0),
                            augment=False, normalization=model.config.get("normalization"))
-    backbone = model.unwrap().eval()
-    correct = count = 0
-    with torch.no_grad():
-        for images, labels in make_loader(data.test, 500):
-            correct += int((backbone(images).argmax(1) == labels).sum())
-            count += int(labels.numel())
+    accelerator = Accelerator(cpu=True)
+    every_block = evaluate_classifier(accelerator, model.unwrap(), make_loader(data.test, 500), ofas=False)
     if not gated:
-        return {"test_accuracy": correct / count, "test_images": count}
-    deployed = evaluate_classifier(Accelerator(cpu=True), model, make_loader(data.test, 500), ofas=True)
+        return {"test_accuracy": every_block["accuracy"], "test_images": every_block["count"]}
+    deployed = evaluate_classifier(accelerator, model, make_loader(data.test, 500), ofas=True)
     return {"test_accuracy": deployed["accuracy"], "test_images": deployed["count"],
             "test_blocks": round(deployed["executed_blocks"], 4), "test_threshold": model.threshold,
-            "test_accuracy_all_blocks": correct / count}
+            "test_accuracy_all_blocks": every_block["accuracy"]}
 
 
 def _write_record(keep_root: Path, name: str, fields: dict, merge: bool = False) -> None:
@@ -263,7 +262,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     keep_root = Path(args.keep)
     if args.rescore:
-        missing = [name for name in args.only if not (keep_root / name / "model.safetensors").is_file()]
+        missing = [name for name in args.only if not kept(keep_root, name)]
         if missing:
             parser.error(f"--rescore: not kept in {keep_root}: {' '.join(missing)} (train them first)")
         for name in args.only:
@@ -272,7 +271,7 @@ def main(argv=None) -> int:
     stash_root = Path(args.stash) if args.stash else keep_root / "partial"
     for name in args.only:
         run = Path(args.runs) / BACKBONES[name][2]
-        if (keep_root / name / "model.safetensors").is_file():
+        if kept(keep_root, name):
             print(f"[backbones] {name} is kept in {keep_root / name}: not trained again", flush=True)
             continue
         if args.stash_only:
