@@ -231,8 +231,11 @@ def test_e2e_from_random_initialisation_refuses_bad_flags(env, flags, message):
 @pytest.mark.slow
 def test_e2e_accelerate(env, base_run):
     out = env["root"] / "acc-e2e"
-    run(accelerate("e2e_finetune.py", "--init", base_run, "--max-steps", "3", "--output", out, *TINY), env)
+    # a tracker under 2 processes: finishing it must leave the process group to the barriers after it
+    run(accelerate("e2e_finetune.py", "--init", base_run, "--max-steps", "3", "--report-to", "tensorboard",
+                   "--output", out, *TINY), env)
     assert_run_folder(out, 3, 2)
+    assert list((out / "logs").rglob("events.out.tfevents.*"))
 
 
 def test_rl_python_reinforce(env, e2e_run):

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from ..data import DataError
 
-__all__ = ["RunError", "NonFiniteLossError", "TrainingInterrupted", "main_guard"]
+__all__ = ["RunError", "NonFiniteLossError", "TrainingInterrupted", "end_process_group", "main_guard"]
 
 
 class RunError(ValueError):
@@ -32,8 +32,10 @@ def main_guard(run: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Seq
     from .._hub import CheckpointError
     from ..models import WeightsError
 
+    finished = False
     try:
         run(argv)
+        finished = True
     except (RunError, DataError, FileNotFoundError, CheckpointError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -43,4 +45,23 @@ def main_guard(run: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Seq
     except TrainingInterrupted as exc:
         print(str(exc), file=sys.stderr)
         return 130
+    finally:
+        end_process_group(barrier=finished)
     return 0
+
+
+def end_process_group(barrier: bool = True) -> None:
+    """Destroy the process group a multi-process launch opened (after a last barrier unless ``barrier=False``, the
+    failure path, where a rank may never reach it); nothing in a single process.
+
+    A recipe's last step, as Accelerate's ``end_training`` is a script's: left to interpreter exit, one rank tearing
+    down its gloo pairs while the other still holds them could abort that rank (SIGABRT) after the work was done.
+    """
+    distributed = getattr(sys.modules.get("torch"), "distributed", None)
+    if distributed is None or not distributed.is_available() or not distributed.is_initialized():
+        return
+    try:
+        if barrier:
+            distributed.barrier()
+    finally:
+        distributed.destroy_process_group()

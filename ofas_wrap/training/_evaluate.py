@@ -41,7 +41,7 @@ from .._bench import latency_over_images
 from .._calibration import fold_head_temperature, head_temperature
 from .._config import DEFAULT_CALIBRATION_IMAGES, check_threshold
 from .._plan import FLOPS_NOTE
-from ..data import DataError, load_image_data, make_loader
+from ..data import load_image_data, make_loader
 from ._errors import RunError
 from ._runs import _write_json, read_run
 
@@ -813,12 +813,7 @@ def _score_onnx(runner, split, batch: int = 256) -> tuple[torch.Tensor, torch.Te
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``recipes/evaluate.py``: exit 2 with a message for a bad run folder, flag or dataset."""
-    import sys
+    from ._errors import main_guard
 
-    try:
-        evaluate_run(argv)
-    except (RunError, DataError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return main_guard(evaluate_run, argv)
 

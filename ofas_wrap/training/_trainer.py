@@ -451,7 +451,10 @@ class Trainer:
         }
         if args.report_to != "none":
             acc.log({f"final/{k}": v for k, v in final.items() if isinstance(v, (int, float))}, step=state.global_step)
-            acc.end_training()
+            # not end_training(): it also destroys the process group, which the barrier below and a later fit in
+            # this process (compare) still need; main_guard ends it when the recipe is done
+            for tracker in acc.trackers:
+                tracker.finish()
         acc.wait_for_everyone()
         if channels_last:  # back to the default layout: safetensors stores contiguous tensors only
             acc.unwrap_model(module).to(memory_format=torch.contiguous_format)
