@@ -140,10 +140,28 @@ def finetune_early_exit(argv: Sequence[str], model: EarlyExitResNet,
 
 
 def load_early_exit(model: EarlyExitResNet, run: Path) -> EarlyExitResNet:
-    """The weights of a finished :func:`finetune_early_exit` run, loaded into ``model`` (strict)."""
-    from safetensors.torch import load_model
+    """The weights of a finished :func:`finetune_early_exit` run, loaded into ``model`` (strict).
 
-    load_model(model, str(Path(run) / WEIGHTS_NAME))
+    ``save_model`` stores a tensor shared under several names (a projection shortcut's BatchNorm, held by the block
+    and by its shortcut graph) once and records each other name in the file's metadata (name -> stored name); the
+    names are resolved here. Not ``safetensors.torch.load_model``: torch's BatchNorm fills a ``num_batches_tracked``
+    absent from the loaded state itself, which ``load_model`` then reports as an unexpected key and refuses.
+    """
+    from safetensors import safe_open
+
+    path = str(Path(run) / WEIGHTS_NAME)
+    with safe_open(path, framework="pt") as handle:
+        aliases = handle.metadata() or {}
+        stored = {name: handle.get_tensor(name) for name in handle.keys()}
+    state = {}
+    for name in model.state_dict():
+        source = name if name in stored else aliases.get(name)
+        if source in stored:
+            state[name] = stored[source]
+    unused = set(stored) - set(state)
+    if unused:
+        raise RuntimeError(f"{path} does not fit this early-exit network: unexpected weights {sorted(unused)[:5]}")
+    model.load_state_dict(state, strict=True)
     return model.eval()
 
 
