@@ -29,7 +29,7 @@ from ._controls import (
     random_rate_patterns,
     shuffled_patterns,
 )
-from ._errors import NonFiniteLossError, RunError, TrainingInterrupted, end_process_group, main_guard
+from ._errors import NonFiniteLossError, RunError, TrainingInterrupted, main_guard
 from ._evaluate import (
     choose_threshold,
     evaluate_classifier,
@@ -84,7 +84,6 @@ __all__ = [
     "RunError",
     "NonFiniteLossError",
     "TrainingInterrupted",
-    "end_process_group",
     "main_guard",
     # the phases
     "backbone_parser",

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from ..data import DataError
 
-__all__ = ["RunError", "NonFiniteLossError", "TrainingInterrupted", "end_process_group", "main_guard"]
+__all__ = ["RunError", "NonFiniteLossError", "TrainingInterrupted", "main_guard"]
 
 
 class RunError(ValueError):
@@ -46,11 +46,11 @@ def main_guard(run: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Seq
         print(str(exc), file=sys.stderr)
         return 130
     finally:
-        end_process_group(barrier=finished)
+        _end_process_group(barrier=finished)
     return 0
 
 
-def end_process_group(barrier: bool = True) -> None:
+def _end_process_group(barrier: bool = True) -> None:
     """Destroy the process group a multi-process launch opened (after a last barrier unless ``barrier=False``, the
     failure path, where a rank may never reach it); nothing in a single process.
 
