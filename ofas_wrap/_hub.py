@@ -21,7 +21,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -382,6 +382,16 @@ def _resolve_folder(dir_or_repo_id: PathLike, *, revision: Optional[str], token:
         ) from exc
 
 
+def save_model_aliases(metadata: dict[str, str], names: Iterable[str], stored: Container[str]) -> dict[str, str]:
+    """The names ``safetensors.torch.save_model`` left out as shared, each -> the stored name holding its tensor.
+
+    save_model records each dropped name as its own metadata entry (name -> kept name); ``names`` are the model's
+    state names and ``stored`` the file's tensor names.
+    """
+    names = set(names)
+    return {name: kept for name, kept in metadata.items() if name in names and name not in stored and kept in stored}
+
+
 def _load_weights(model: Any, path: Path, config: dict[str, Any]) -> None:
     """Check the file against the model (names, shapes), then load; nothing is loaded if anything is off."""
     from safetensors import SafetensorError, safe_open
@@ -408,9 +418,7 @@ def _load_weights(model: Any, path: Path, config: dict[str, Any]) -> None:
     except json.JSONDecodeError:
         raise CheckpointError(f"{path}: the 'aliases' metadata is not JSON; the file is damaged") from None
     state = _named_state(model)
-    # safetensors.torch.save_model records each dropped shared name as its own metadata entry (name -> kept name)
-    aliases.update({name: kept for name, kept in metadata.items()
-                    if name in state and name not in shapes and name not in aliases and kept in shapes})
+    aliases = {**save_model_aliases(metadata, state, shapes), **aliases}
     missing, mismatched = [], []
     for name, tensor in state.items():
         stored = name if name in shapes else aliases.get(name)

@@ -143,21 +143,22 @@ def load_early_exit(model: EarlyExitResNet, run: Path) -> EarlyExitResNet:
     """The weights of a finished :func:`finetune_early_exit` run, loaded into ``model`` (strict).
 
     ``save_model`` stores a tensor shared under several names (a projection shortcut's BatchNorm, held by the block
-    and by its shortcut graph) once and records each other name in the file's metadata (name -> stored name); the
-    names are resolved here. Not ``safetensors.torch.load_model``: torch's BatchNorm fills a ``num_batches_tracked``
-    absent from the loaded state itself, which ``load_model`` then reports as an unexpected key and refuses.
+    and by its shortcut graph) once and records each other name in the file's metadata; the names are resolved with
+    :func:`ofas_wrap._hub.save_model_aliases`. Not ``safetensors.torch.load_model``: torch's BatchNorm fills a
+    ``num_batches_tracked`` absent from the loaded state itself, which ``load_model`` then reports as an unexpected
+    key and refuses.
     """
     from safetensors import safe_open
 
+    from .._hub import save_model_aliases
+
     path = str(Path(run) / WEIGHTS_NAME)
     with safe_open(path, framework="pt") as handle:
-        aliases = handle.metadata() or {}
+        metadata = handle.metadata() or {}
         stored = {name: handle.get_tensor(name) for name in handle.keys()}
-    state = {}
-    for name in model.state_dict():
-        source = name if name in stored else aliases.get(name)
-        if source in stored:
-            state[name] = stored[source]
+    names = list(model.state_dict())
+    aliases = save_model_aliases(metadata, names, stored)
+    state = {name: stored[aliases.get(name, name)] for name in names if aliases.get(name, name) in stored}
     unused = set(stored) - set(state)
     if unused:
         raise RuntimeError(f"{path} does not fit this early-exit network: unexpected weights {sorted(unused)[:5]}")
