@@ -25,6 +25,10 @@ machine otherwise idle while it runs (pause a background training with ``kill -S
     python -m benchmarks.pretrained --epochs 5 --static-finetune --int8 --work ../runs/compare56 --out docs/results \\
         --name compare_resnet56                                                                      # issue 25 item 5
     python -m benchmarks.pretrained --smoke --work /tmp/w --out /tmp/o                               # the plumbing
+    python -m benchmarks.pretrained --judge docs/results/compare_resnet56.json          # issue 25's rule, again
+
+A run ends by judging its own report by issue 25's rule (``judge``: the user's target and OFAS's bar per target,
+float32 and INT8 apart), written as ``meta.verdict.issue25`` and a section of the ``.md``.
 
 Writes ``OUT/NAME.json`` (compare's rows: ``method``, ``target``, ``seed``, ``threshold``, ``top1``, ``latency_ms``,
 ``chosen``, ``adaptive_gates``, ...; ``meta`` with the verdict per target), ``OUT/NAME.md`` and ``OUT/NAME.png``
@@ -42,6 +46,9 @@ the rows carry compare's keys (no ``mflops``, ``train_seconds`` or ``timed_as``;
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Optional
@@ -104,6 +111,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="INT8 rows beside the float ones (compare --int8: onnxruntime, batch 1, calibrated on "
                              "--calib-images training images)")
     parser.add_argument("--calib-images", type=int, default=256)
+    parser.add_argument("--judge", metavar="REPORT.json", default=None,
+                        help="judge a finished report by issue 25's rule (meta.verdict.issue25 and a section of its "
+                             ".md) and stop; a run judges its own report at its end")
     parser.add_argument("--smoke", action="store_true",
                         help="a plumbing check of a minute: a few steps, 64 images, 1 seed, the ResNet-20 alone as "
                              "the static network and the target")
@@ -157,6 +167,156 @@ def compare_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+# ------------------------------------------------------------------------------------------ issue 25's rule
+RULE = ("issue 25's rule (docs/results.md, written before the runs): at each target, a released network's batch-1 "
+        "latency as measured in the same interleaved timing as the rows, a method is eligible iff its mean measured "
+        "latency is at or under it. The user's target holds iff the best eligible method fine-tuned from the "
+        "ResNet-56 beats the released network by more than 2 standard errors of its seeds' accuracies. OFAS's bar "
+        "holds iff ofas_rl beats depth_prune (both eligible) by more than 2 standard errors of the paired per-seed "
+        "differences, with at least 5 input-dependent gates in every seed. float32 and INT8 rows are judged apart.")
+FROM_RESNET56 = ("depth_prune", "channel_prune", "ofas_e2e", "ofas_rl", "early_exit")
+MIN_ADAPTIVE_GATES = 5
+
+
+def _standard_error(values: list[float]) -> Optional[float]:
+    """The standard error of the mean; None for fewer than 2 values (one seed cannot pass a 2-SE rule)."""
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) >= 2 else None
+
+
+def _eligible(rows: list[dict], method: str, target_ms: float) -> Optional[dict]:
+    """The best (mean test top-1) of ``method``'s row groups, one per choice target, whose mean measured latency is
+    at or under ``target_ms``: its rows by seed, mean accuracy and latency; None when none fits."""
+    groups: dict = {}
+    for row in rows:
+        if row["method"] == method and row.get("top1") is not None and row.get("latency_ms") is not None:
+            groups.setdefault(row.get("target"), []).append(row)
+    fits = []
+    for choice, group in groups.items():
+        latency = statistics.fmean(r["latency_ms"] for r in group)
+        if latency <= target_ms:
+            accuracies = [r["top1"] for r in group]
+            fits.append({"method": method, "choice_target_ms": choice, "latency_ms": round(latency, 4),
+                         "top1": statistics.fmean(accuracies), "seeds": {r.get("seed"): r for r in group},
+                         "se": _standard_error(accuracies)})
+    return max(fits, key=lambda g: g["top1"]) if fits else None
+
+
+def _public(group: Optional[dict]) -> Optional[dict]:
+    if group is None:
+        return None
+    return {"method": group["method"], "choice_target_ms": group["choice_target_ms"], "latency_ms": group["latency_ms"],
+            "top1": round(group["top1"], 5), "seeds": len(group["seeds"]),
+            "se_pp": None if group["se"] is None else round(100 * group["se"], 3)}
+
+
+def judge(rows: list[dict], labels: list[str], targets_ms: list[float], precision: str = "fp32") -> list[dict]:
+    """Issue 25's rule (``RULE``) at each target: ``labels`` name the released networks (``resnet44``) whose
+    measured latency ``targets_ms`` are; with ``precision="int8"`` the ``_int8`` rows are judged among themselves, at
+    the released networks' INT8 latency read from the same rows. A pure function of the report's rows.
+
+    Example:
+        >>> rows = [{"method": "static_resnet44", "top1": 0.90, "latency_ms": 2.0},
+        ...         *[{"method": "depth_prune", "target": 2.0, "seed": s, "top1": a, "latency_ms": 1.9}
+        ...           for s, a in enumerate((0.92, 0.93, 0.94))]]
+        >>> verdict = judge(rows, ["resnet44"], [2.0])[0]
+        >>> verdict["best"]["method"], verdict["user_target_holds"], verdict["margin_pp"], verdict["two_se_pp"]
+        ('depth_prune', True, 3.0, 1.155)
+    """
+    suffix = "_int8" if precision == "int8" else ""
+    out = []
+    for label, target in zip(labels, targets_ms):
+        released = [r for r in rows if r["method"] == f"static_{label}{suffix}" and r.get("top1") is not None]
+        if precision == "int8":
+            timed = [r["latency_ms"] for r in released if r.get("latency_ms") is not None]
+            target = round(statistics.fmean(timed), 4) if timed else None
+        verdict: dict = {"label": label, "precision": precision, "target_ms": target}
+        if not released or target is None:
+            verdict.update(user_target_holds=False, sentence=f"{label}{suffix}: no measured row of the released "
+                                                              f"network: not judged")
+            out.append(verdict)
+            continue
+        reference = statistics.fmean(r["top1"] for r in released)
+        candidates = [g for g in (_eligible(rows, m + suffix, target) for m in FROM_RESNET56) if g]
+        best = max(candidates, key=lambda g: g["top1"]) if candidates else None
+        verdict["released"] = {"method": f"static_{label}{suffix}", "top1": reference}
+        verdict["best"] = _public(best)
+        if best is None:
+            verdict.update(user_target_holds=False, margin_pp=None, two_se_pp=None)
+        else:
+            verdict["margin_pp"] = round(100 * (best["top1"] - reference), 3)
+            verdict["two_se_pp"] = None if best["se"] is None else round(200 * best["se"], 3)
+            verdict["user_target_holds"] = best["se"] is not None and best["top1"] - reference > 2 * best["se"]
+        verdict["ofas_bar"] = _ofas_bar(rows, suffix, target)
+        verdict["sentence"] = _sentence(verdict)
+        out.append(verdict)
+    return out
+
+
+def _ofas_bar(rows: list[dict], suffix: str, target: float) -> dict:
+    """OFAS + RL against depth pruning at one target: the paired per-seed differences of the eligible groups."""
+    ofas, depth = _eligible(rows, "ofas_rl" + suffix, target), _eligible(rows, "depth_prune" + suffix, target)
+    bar = {"ofas_rl": _public(ofas), "depth_prune": _public(depth), "holds": False}
+    if ofas is None or depth is None:
+        bar["reason"] = f"{'ofas_rl' if ofas is None else 'depth_prune'}{suffix} has no row at or under the target"
+        return bar
+    seeds = sorted(set(ofas["seeds"]) & set(depth["seeds"]), key=str)
+    differences = [ofas["seeds"][s]["top1"] - depth["seeds"][s]["top1"] for s in seeds]
+    gates = [ofas["seeds"][s].get("adaptive_gates") for s in seeds]
+    se = _standard_error(differences) if differences else None
+    bar.update(paired_seeds=len(seeds), difference_pp=round(100 * statistics.fmean(differences), 3) if differences
+               else None, two_se_pp=None if se is None else round(200 * se, 3),
+               min_adaptive_gates=min((g for g in gates if g is not None), default=None))
+    enough_gates = bool(gates) and all(g is not None and g >= MIN_ADAPTIVE_GATES for g in gates)
+    bar["holds"] = se is not None and statistics.fmean(differences) > 2 * se and enough_gates
+    if not bar["holds"]:
+        bar["reason"] = ("one paired seed has no standard error" if se is None else
+                         "not above depth pruning by 2 standard errors" if statistics.fmean(differences) <= 2 * se
+                         else f"fewer than {MIN_ADAPTIVE_GATES} input-dependent gates in a seed")
+    return bar
+
+
+def _sentence(verdict: dict) -> str:
+    best, label = verdict.get("best"), verdict["label"]
+    if best is None:
+        return f"at <= {verdict['target_ms']:.3f} ms ({label}): no method from the ResNet-56 fits: user's target fails"
+    text = (f"at <= {verdict['target_ms']:.3f} ms ({label}, {100 * verdict['released']['top1']:.2f} %): best from the "
+            f"ResNet-56 {best['method']} {100 * best['top1']:.2f} % ({verdict['margin_pp']:+.2f} pp, 2 SE "
+            f"{verdict['two_se_pp'] if verdict['two_se_pp'] is not None else 'n/a'} pp): user's target "
+            f"{'holds' if verdict['user_target_holds'] else 'fails'}")
+    bar = verdict["ofas_bar"]
+    if bar.get("difference_pp") is not None:
+        text += (f"; OFAS + RL minus depth pruning {bar['difference_pp']:+.2f} pp (2 SE {bar['two_se_pp']} pp, "
+                 f"min {bar['min_adaptive_gates']} adaptive gates): OFAS's bar {'holds' if bar['holds'] else 'fails'}")
+    else:
+        text += f"; OFAS's bar fails ({bar['reason']})"
+    return text
+
+
+def judge_report(path: Path) -> dict:
+    """Judge a finished compare report by issue 25's rule: ``meta.verdict.issue25`` in its JSON and a section at the
+    end of its Markdown (both rewritten atomically; a second call replaces the first's)."""
+    from ofas_wrap._atomic import write_atomic
+
+    report = json.loads(path.read_text())
+    meta = report["meta"]
+    labels, targets = meta["target_labels"], meta["judged_targets_ms"]
+    result = {"rule": RULE, "fp32": judge(report["rows"], labels, targets)}
+    if meta.get("int8"):
+        result["int8"] = judge(report["rows"], labels, targets, "int8")
+    meta["verdict"]["issue25"] = result
+    write_atomic(path, json.dumps(report, indent=2) + "\n")
+    markdown = path.with_suffix(".md")
+    if markdown.is_file():
+        text = markdown.read_text().split(MD_HEADING)[0].rstrip("\n")
+        lines = [text, "", MD_HEADING, "", RULE, ""]
+        lines += [f"- {v['precision']}: {v['sentence']}" for key in ("fp32", "int8") for v in result.get(key, [])]
+        write_atomic(markdown, "\n".join(lines) + "\n")
+    return result
+
+
+MD_HEADING = "## Issue 25's rule"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     try:
         from benchmarks._runner import run_compare
@@ -166,8 +326,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         from _runner import run_compare
 
     args = parse_args(argv)
-    argv = compare_argv(args)
-    return run_compare("pretrained", argv)
+    if args.judge:
+        result = judge_report(Path(args.judge))
+        for verdict in [*result["fp32"], *result.get("int8", [])]:
+            print(f"[pretrained] {verdict['precision']}: {verdict['sentence']}")
+        return 0
+    code = run_compare("pretrained", compare_argv(args))
+    if code == 0:
+        for verdict in judge_report(Path(args.out) / f"{args.name}.json")["fp32"]:
+            print(f"[pretrained] {verdict['sentence']}", flush=True)
+    return code
 
 
 if __name__ == "__main__":

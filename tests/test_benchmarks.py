@@ -303,6 +303,81 @@ def test_pretrained_smoke_runs_the_released_resnet56_journey_through_compare(tmp
     assert "'--ofas-rl-args=--policy-loss blockdrop'" in result["meta"]["command"]
     assert {"target_ms", "deploy", "next_best", "sentence"} <= result["meta"]["verdict"]["per_target"][0].keys()
     assert "## Verdict" in (tmp_path / "out" / "pretrained.md").read_text()
+    # the run judges its own report by issue 25's rule: one seed has no standard error, so nothing can pass
+    judged = result["meta"]["verdict"]["issue25"]["fp32"]
+    assert [v["label"] for v in judged] == ["resnet20"] and judged[0]["user_target_holds"] is False
+    assert "## Issue 25's rule" in (tmp_path / "out" / "pretrained.md").read_text()
+
+
+def rule_rows(ofas=(0.931, 0.932, 0.933), depth=(0.925, 0.926, 0.927), gates=(6, 7, 5), precision="fp32"):
+    """A report's rows for issue 25's rule at one target (2.0 ms): the released ResNet-44 and ResNet-32, depth
+    pruning and OFAS + RL over 3 seeds, a faster and a too-slow channel pruning, a control that never counts."""
+    suffix = "_int8" if precision == "int8" else ""
+    rows = [{"method": f"static_resnet44{suffix}", "top1": 0.92, "latency_ms": 2.0, "seed": None, "target": None},
+            {"method": f"static_resnet32{suffix}", "top1": 0.91, "latency_ms": 1.5, "seed": None, "target": None},
+            {"method": f"fixed_subset{suffix}", "top1": 0.99, "latency_ms": 1.0, "seed": 0, "target": 2.0,
+             "control": True}]
+    for seed in range(3):
+        rows += [{"method": f"depth_prune{suffix}", "target": 2.0, "seed": seed, "top1": depth[seed],
+                  "latency_ms": 1.95},
+                 {"method": f"ofas_rl{suffix}", "target": 2.0, "seed": seed, "top1": ofas[seed], "latency_ms": 1.98,
+                  "adaptive_gates": gates[seed]},
+                 {"method": f"channel_prune{suffix}", "target": 2.0, "seed": seed, "top1": 0.95, "latency_ms": 2.3}]
+    return rows
+
+
+@pytest.mark.parametrize("change, user_target, bar, reason", [
+    ({}, True, True, None),
+    ({"gates": (6, 4, 5)}, True, False, "fewer than 5 input-dependent gates"),
+    ({"ofas": (0.926, 0.932, 0.926)}, True, False, "not above depth pruning by 2 standard errors"),
+    ({"ofas": (0.93, 0.931, 0.929), "depth": (0.93, 0.928, 0.931)}, True, False, "not above depth pruning"),
+    ({"ofas": (0.921, 0.925, 0.918), "depth": (0.919, 0.920, 0.921)}, False, False, "not above depth pruning"),
+])
+def test_issue25_rule_judges_the_users_target_and_ofas_bar(change, user_target, bar, reason) -> None:
+    from benchmarks.pretrained import judge
+
+    verdict = judge(rule_rows(**change), ["resnet44"], [2.0])[0]
+    assert verdict["user_target_holds"] is user_target
+    assert verdict["best"]["method"] in {"ofas_rl", "depth_prune"}  # the control and the too-slow method never count
+    assert verdict["ofas_bar"]["holds"] is bar and (reason is None or reason in verdict["ofas_bar"]["reason"])
+    assert verdict["ofas_bar"]["paired_seeds"] == 3
+
+
+def test_issue25_rule_judges_int8_rows_among_themselves_at_the_released_int8_latency() -> None:
+    from benchmarks.pretrained import judge
+
+    rows = rule_rows() + rule_rows(ofas=(0.80, 0.81, 0.82), depth=(0.90, 0.91, 0.92), precision="int8")
+    fp32, int8 = judge(rows, ["resnet44"], [2.0])[0], judge(rows, ["resnet44"], [5.0], "int8")[0]
+    assert fp32["ofas_bar"]["holds"] and not int8["ofas_bar"]["holds"]
+    assert int8["target_ms"] == 2.0 and int8["released"]["method"] == "static_resnet44_int8"  # read from the rows
+    assert int8["ofas_bar"]["difference_pp"] == -10.0 and int8["best"]["method"] == "depth_prune_int8"
+
+
+def test_issue25_rule_cannot_pass_on_one_seed_nor_without_an_eligible_row() -> None:
+    from benchmarks.pretrained import judge
+
+    one_seed = [r for r in rule_rows() if r.get("seed") in (None, 0)]
+    verdict = judge(one_seed, ["resnet44"], [2.0])[0]
+    assert verdict["margin_pp"] > 0 and verdict["two_se_pp"] is None and not verdict["user_target_holds"]
+    too_fast = judge(rule_rows(), ["resnet32"], [1.5])[0]
+    assert too_fast["best"] is None and not too_fast["user_target_holds"]
+    assert "has no row at or under the target" in too_fast["ofas_bar"]["reason"]
+
+
+def test_issue25_judge_report_writes_the_json_and_replaces_its_md_section(tmp_path) -> None:
+    from benchmarks.pretrained import judge_report
+
+    path = tmp_path / "compare_resnet56.json"
+    path.write_text(json.dumps({"rows": rule_rows(), "meta": {"target_labels": ["resnet44", "resnet32"],
+                                                               "judged_targets_ms": [2.0, 1.5], "verdict": {}}}))
+    (tmp_path / "compare_resnet56.md").write_text("# compare\n\n## Verdict\n")
+    for _ in range(2):
+        judge_report(path)
+    saved = json.loads(path.read_text())["meta"]["verdict"]["issue25"]
+    assert [v["user_target_holds"] for v in saved["fp32"]] == [True, False] and "int8" not in saved
+    markdown = (tmp_path / "compare_resnet56.md").read_text()
+    assert markdown.startswith("# compare") and markdown.count("## Issue 25's rule") == 1
+    assert "user's target holds" in markdown and "user's target fails" in markdown
 
 
 @pytest.mark.parametrize("flags, budget, targets", [
