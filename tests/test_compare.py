@@ -5,6 +5,7 @@ ResNet-8 and ResNet-8 statics, a few steps each."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -319,6 +320,27 @@ def test_a_rerun_keeps_the_blocks_its_run_folders_were_made_for(tiny):
     result = cmp.compare(base_flags(tiny, out, "--methods", "original", "depth_prune", "--server-batch", "0"))
     rows = [row for row in result["rows"] if row["method"] == "depth_prune"]
     assert [row["kept_blocks"] for row in rows] == [saved["keep"]] and rows[0]["choice_ms"] == 0.1
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_started_again(tiny):
+    from safetensors.torch import save_file
+
+    import ofas_wrap
+
+    out = tiny["root"] / "stopped"
+    out.mkdir()
+    torch.manual_seed(0)  # an original with weights, so that the rerun is the same comparison
+    original = ofas_wrap.create_model("cifar:resnet8", num_classes=4, in_chans=1, input_size=(1, 12, 12)).unwrap()
+    save_file(original.state_dict(), str(out / "original.safetensors"))
+    flags = base_flags(tiny, out, "--methods", "original", "depth_prune", "--server-batch", "0", "--weights",
+                       str(out / "original.safetensors"))
+    cmp.compare(flags)
+    run = out / "runs" / "depth_prune-0.95x-seed0"
+    for path in run.iterdir():  # what a stop before the first checkpoint leaves: the run's arguments, nothing trained
+        if path.name not in ("args.json", "data.json"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    cmp.compare(flags)
+    assert (run / "metrics.json").is_file() and (run / "model.safetensors").is_file()
 
 
 def test_a_static_network_of_another_task_is_refused(tiny, tmp_path):

@@ -313,10 +313,18 @@ class _Runs:
             self.common.append("--no-progress")
 
     def _folder(self, name: str) -> tuple[Path, list[str]]:
+        """The run folder of ``name`` and the flags that continue it: ``--resume`` from its last checkpoint, or
+        ``--overwrite`` when a stop came before the first checkpoint (the folder holds its args.json and nothing
+        trained; without this the rerun refused it and the comparison stopped there)."""
+        from ..training._runs import latest_checkpoint
+
         run = self.work / name
         flags = ["--output", str(run)]
-        if (run / "checkpoints").is_dir() and not (run / "metrics.json").is_file():
-            flags.append("--resume")
+        if run.is_dir() and not self.complete(run):
+            if latest_checkpoint(run) is not None:
+                flags.append("--resume")
+            elif any(run.iterdir()):
+                flags.append("--overwrite")
         return run, flags
 
     @staticmethod
