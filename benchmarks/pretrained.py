@@ -39,7 +39,8 @@ Changed when it became a script over compare (issue 25): T is chosen per latency
 budget); ``--common-args`` is gone (``--lr``, ``--distill-weight`` and ``--distill-tau`` hold for every fine-tuned
 method; ``--freeze-bn`` is in the default ``--method-args``); the ``original_finetuned`` row and ``--skip
 finetune_control`` are gone (depth pruning and the fine-tuned static networks get the same fine-tune; ``--skip``
-leaves out compare's methods); ``--static-finetune`` rows are ``static_resnetD_ft``; ``--control-val-images`` is gone;
+leaves out compare's methods); ``--static-finetune`` rows are ``static_resnetD_ft``; ``--control-val-images`` is now
+compare's ``--control-images`` (default 2,000: fixed_subset's greedy search on depth pruning's ranking images);
 the rows carry compare's keys (no ``mflops``, ``train_seconds`` or ``timed_as``; ``runtime`` instead).
 """
 
@@ -89,6 +90,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--distill-weight", type=float, default=1.0)
     parser.add_argument("--distill-tau", type=float, default=4.0)
     parser.add_argument("--method-args", default=METHOD_ARGS, help="OFAS's e2e flags")
+    parser.add_argument("--control-images", type=int, default=2000,
+                        help="held-out images of fixed_subset's greedy search: the 2,000 that depth pruning ranks its "
+                             "blocks on (on all 5,000 the search took about an hour a seed here)")
     parser.add_argument("--rl-args", default="", help="OFAS's RL flags (e.g. '--policy-loss blockdrop')")
     parser.add_argument("--rl-share", type=float, default=0.2, help="share of the budget's steps for RL")
     parser.add_argument("--thresholds", default=None, help="OFAS's T sweep (default: compare's)")
@@ -147,7 +151,7 @@ def compare_argv(args: argparse.Namespace) -> list[str]:
             "--seeds", *map(str, args.seeds), f"--ofas-e2e-args={args.method_args}", f"--ofas-rl-args={args.rl_args}",
             "--ofas-rl-share", str(args.rl_share), "--runtime", args.runtime, "--threads", str(args.threads),
             "--latency-samples", str(args.latency_samples), "--latency-runs", str(args.latency_runs),
-            "--latency-rounds", str(args.latency_rounds),
+            "--latency-rounds", str(args.latency_rounds), "--control-images", str(args.control_images),
             "--methods", "original", "static", *[m for m in SKIPPABLE if m not in args.skip],
             "--targets-static", *[f"resnet{d}" for d in args.targets_static],
             "--output", args.out, "--report-name", args.name, "--work", str(Path(args.work).resolve())]

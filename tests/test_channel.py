@@ -17,7 +17,8 @@ from tests.test_prune import CASES, adapted, inputs, same, snapshot
 pytest.importorskip("torch_pruning", reason="channel pruning needs Torch-Pruning: pip install 'ofas-wrap[prune]'")
 
 # name: the inner convolutions of its first gated block (every convolution of the block but the last)
-INNER = {"option_a": ["layer1.0.conv1"], "projection": ["blocks.0.conv1"], "bottleneck": ["layer1.0.conv1", "layer1.0.conv2"]}
+INNER = {"option_a": ["layer1.0.conv1"], "projection": ["blocks.0.conv1"],
+         "bottleneck": ["layer1.0.conv1", "layer1.0.conv2"]}
 
 
 def layer_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:

@@ -278,18 +278,36 @@ def test_a_rerun_reuses_its_work_and_another_comparison_is_refused_before_anythi
     # early exit too: the registry ResNet-8's projection shortcuts share their BatchNorm with a shortcut graph, and
     # reloading a finished early-exit run of such a model was refused (session 17, on the kept ResNet-110)
     flags = [*base_flags(tiny, out, "--methods", "original", "depth_prune", "ofas", "early_exit", "--server-batch",
-                         "0", "--weights", str(out / "original.safetensors"), "--no-controls"), *spec]
+                         "0", "--weights", str(out / "original.safetensors"), "--thresholds", "0.3,0.5,0.97"), *spec]
+    # the choices' quick measurements: OFAS fits the target only at T = 0.97, where gates close and fixed_subset's
+    # greedy search has steps to take; every other model fits
+    def choice_ms(timed, *args, **kwargs):
+        threshold = timed.gate_threshold.item() if hasattr(timed, "gate_threshold") else None
+        return (0.0 if threshold is None or threshold > 0.96 else 1e6), 0.0
+    monkeypatch.setattr(cmp._compare, "latency_over_images", choice_ms)
     first = cmp.compare(flags)
     names = ("depth_prune", "ofas_e2e", "ofas_rl") + (("early_exit",) if model == "registry" else ())
     runs = [next((out / "runs").glob(f"{name}-*seed0")) for name in names]
     trained = [(run / "metrics.json").stat().st_mtime_ns for run in runs]
-    again = cmp.compare(flags)  # the same comparison: its run folders and its choice of blocks are reused
+    # the same comparison: its run folders, its choice of blocks, OFAS's threshold sweeps and fixed_subset's greedy
+    # search are reused (none of them runs again)
+    monkeypatch.setattr(cmp._compare, "_sweep", lambda *a, **k: pytest.fail("the sweep ran again"))
+    import ofas_wrap.training._controls as controls
+    monkeypatch.setattr(controls, "_trials_from_shared_prefix", lambda *a, **k: pytest.fail("the search ran again"))
+    monkeypatch.setattr(controls, "_trials_whole", lambda *a, **k: pytest.fail("the search ran again"))
+    again = cmp.compare(flags)
     assert [(run / "metrics.json").stat().st_mtime_ns for run in runs] == trained
     assert {r["method"] for r in again["rows"]} >= {"ofas_e2e", "ofas_rl", "depth_prune"}
 
     def kept(report):
         return [row["kept_blocks"] for row in report["rows"] if row["method"] == "depth_prune"]
     assert kept(again) == kept(first) and kept(first)
+
+    def ofas(report):
+        return [(r["method"], r["threshold"], r["top1"]) for r in report["rows"]
+                if r["method"] in ("ofas_e2e", "ofas_rl", "fixed_subset")]
+    assert ofas(again) == ofas(first) and any(r[0] == "fixed_subset" for r in ofas(first))
+    assert json.loads((out / "runs" / "compare_choices.json").read_text())["fixed_subset_path-seed0"]["path"]
     before = sorted(p.name for p in (out / "runs").iterdir())
     with pytest.raises(RunError, match=r"holds the runs of another comparison \(lr differ\)"):
         cmp.compare([*flags, "--lr", "0.5"])
@@ -320,6 +338,24 @@ def test_a_rerun_keeps_the_blocks_its_run_folders_were_made_for(tiny):
     result = cmp.compare(base_flags(tiny, out, "--methods", "original", "depth_prune", "--server-batch", "0"))
     rows = [row for row in result["rows"] if row["method"] == "depth_prune"]
     assert [row["kept_blocks"] for row in rows] == [saved["keep"]] and rows[0]["choice_ms"] == 0.1
+
+
+def test_the_sweeps_accuracy_at_each_threshold_is_that_thresholds_own_forward():
+    import argparse
+
+    import ofas_wrap
+
+    torch.manual_seed(0)
+    model = ofas_wrap.create_model("cifar:resnet8", num_classes=4, in_chans=1, input_size=(1, 12, 12)).eval()
+    images, labels = torch.randn(60, 1, 12, 12), torch.randint(0, 4, (60,))
+    timed, _ = cmp._compare.deployed(model, "eager")
+    thresholds = [0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7]
+    sweep = cmp._compare._sweep(model, timed, thresholds, images, labels, images[:2],
+                                argparse.Namespace(latency_runs=1, threads=1))
+    assert len({point["blocks"] for point in sweep}) > 2  # the gates change across the thresholds
+    for point in sweep:  # each image's class recomputed only where its gates changed: the same as a whole pass
+        model.threshold = point["threshold"]
+        assert point["val_top1"] == cmp._compare._accuracy(model, images, labels)
 
 
 def test_a_run_stopped_before_its_first_checkpoint_is_started_again(tiny):

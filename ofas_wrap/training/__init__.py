@@ -26,6 +26,7 @@ from ._controls import (
     control_rows,
     greedy_fixed_subset,
     greedy_path,
+    predictions_under_patterns,
     random_rate_patterns,
     shuffled_patterns,
 )
@@ -124,6 +125,7 @@ __all__ = [
     "shuffled_patterns",
     "random_rate_patterns",
     "accuracy_under_patterns",
+    "predictions_under_patterns",
     "greedy_path",
     "greedy_fixed_subset",
     "control_rows",

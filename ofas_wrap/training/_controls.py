@@ -23,8 +23,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["shuffled_patterns", "random_rate_patterns", "accuracy_under_patterns", "greedy_path", "greedy_fixed_subset",
-           "control_rows"]
+__all__ = ["shuffled_patterns", "random_rate_patterns", "accuracy_under_patterns", "predictions_under_patterns",
+           "greedy_path", "greedy_fixed_subset", "control_rows"]
 
 
 def shuffled_patterns(patterns: Tensor, seed: int = 0) -> Tensor:
@@ -49,14 +49,20 @@ def accuracy_under_patterns(model: nn.Module, images: Tensor, labels: Tensor, pa
 
 def _correct_under_patterns(model: nn.Module, images: Tensor, labels: Tensor, patterns: Tensor,
                             batch_size: int) -> int:
+    return int((predictions_under_patterns(model, images, patterns, batch_size) == labels).sum())
+
+
+@torch.no_grad()
+def predictions_under_patterns(model: nn.Module, images: Tensor, patterns: Tensor, batch_size: int = 256) -> Tensor:
+    """The top-1 class of ``model`` (eval mode) for each image when image ``i`` runs exactly the gates
+    ``patterns[i]``."""
     model.eval()
-    correct = 0
+    out = []
     for start in range(0, images.shape[0], batch_size):
         stop = start + batch_size
         with model.forced_gates(patterns[start:stop]):
-            logits = model(images[start:stop])
-        correct += int((logits.argmax(1) == labels[start:stop]).sum())
-    return correct
+            out.append(model(images[start:stop]).argmax(1))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
 @torch.no_grad()
