@@ -352,7 +352,7 @@ class _Runs:
     def early_exit(self, name: str, network: EarlyExitResNet, teacher: nn.Module, seed: int) -> EarlyExitResNet:
         """The early-exit network (trained in place) fine-tuned with the teacher and the budget; returns it."""
         run, flags = self._folder(name)
-        if (run / "metrics.json").is_file() and (run / "model.safetensors").is_file():
+        if self.complete(run):
             return load_early_exit(network, run)
         argv = [*self.common, *flags, "--max-steps", str(self.steps), "--lr", str(self.args.lr), "--seed", str(seed)]
         if self.args.distill_weight > 0:
@@ -540,6 +540,7 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         raise RunError("the held-out split or the test split is empty: give --val-size > 0 and a dataset with a test "
                        "split")
     choice_x = val_x[:args.latency_samples]
+    control_val = (val_x[:args.control_images], val_y[:args.control_images])  # fixed_subset's greedy search's
 
     # ---- the targets, and whether they can be reached at all
     full_ms = _ms(original.unwrap(), choice_x, args)
@@ -740,19 +741,18 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 scripted, runtimes[method] = deployed(model, args.runtime)  # once: the sweep's and the report's
                 # a rerun after a stop keeps the sweep (the choices' data) and fixed_subset's greedy search, which
                 # together took hours a seed on the ResNet-56's held-out half
-                saved = choices.get(f"sweep-{method}-seed{seed}")
-                if saved is not None and saved["thresholds"] == list(thresholds):
-                    sweep = saved["sweep"]
+                saved_sweep = choices.get(f"sweep-{method}-seed{seed}")
+                if saved_sweep is not None and saved_sweep["thresholds"] == list(thresholds):
+                    sweep = saved_sweep["sweep"]
                     log(f"{method} seed {seed}: the threshold sweep of an earlier run of this comparison (--work)")
                 else:
                     sweep = _sweep(model, scripted, thresholds, val_x, val_y, choice_x, args)
                     choices.put(f"sweep-{method}-seed{seed}", {"thresholds": list(thresholds), "sweep": sweep})
                 search: list = []  # fixed_subset's greedy search, shared by the targets (it extends in place)
-                path_key, control_images = f"fixed_subset_path-seed{seed}", int(min(len(val_y), args.control_images
-                                                                                    or len(val_y)))
-                saved = choices.get(path_key) if method == "ofas_rl" else None
-                if saved is not None and saved["images"] == control_images:
-                    search += [torch.tensor(pattern, dtype=torch.bool) for pattern in saved["path"]]
+                path_key = f"fixed_subset_path-seed{seed}"
+                saved_path = choices.get(path_key) if method == "ofas_rl" else None
+                if saved_path is not None and saved_path["images"] == len(control_val[1]):
+                    search += [torch.tensor(pattern, dtype=torch.bool) for pattern in saved_path["path"]]
                 skipnet = (_skipnet_style(model, seed, args, log) if method == "ofas_rl" and "skipnet_style" in methods
                            else None)
                 if isinstance(skipnet, tuple):
@@ -776,11 +776,10 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                         if skipnet is not None:
                             _add_skipnet_row(skipnet, model, row, test_x, test_y, timer.images, add_row, rows)
                         if not args.no_controls:
-                            _controls(model, best["threshold"], target, seed, (test_x, test_y),
-                                      (val_x[:args.control_images], val_y[:args.control_images]),
+                            _controls(model, best["threshold"], target, seed, (test_x, test_y), control_val,
                                       timer.images, scripted, add_row, control_list, control_rows, search)
                 if method == "ofas_rl" and search:
-                    choices.put(path_key, {"images": control_images, "path": [p.tolist() for p in search]})
+                    choices.put(path_key, {"images": len(control_val[1]), "path": [p.tolist() for p in search]})
                 if method == "ofas_rl" and args.int8:
                     add_ofas_int8(model, sweep, seed)
 
@@ -863,7 +862,7 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                        "runs": args.latency_runs, "rounds": args.latency_rounds, "server_batch": args.server_batch},
             "ofas_e2e_args": None if args.ofas_runs else args.ofas_e2e_args, "ofas_rl_share": args.ofas_rl_share,
             "ofas_runs": args.ofas_runs, "calibrate_head": args.calibrate_head,
-            "control_images": None if args.no_controls else min(args.control_images or len(val_y), len(val_y)),
+            "control_images": None if args.no_controls else len(control_val[1]),
             "exit_thresholds": args.exit_thresholds if "early_exit" in methods else None,
             "int8": {"calibration_images": int(calibration.shape[0]), "from": "train", "runtime": INT8_RUNTIME,
                      "batch": 1} if args.int8 else None,
