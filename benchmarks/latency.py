@@ -15,7 +15,8 @@ For every model spec, with TorchScript (``torch.jit.script``) on the CPU at a st
    gate network before every block, ``ofas_wrap.compare.SkipNetStyle``): ``skipnet_over_ofas`` = median over the
    patterns of latency(SkipNet-style) / latency(OFAS).
 
-Timing uses ``torch.utils.benchmark.Timer`` (``num_threads`` set explicitly). All sides compared within one
+Timing uses ``torch.utils.benchmark.Timer`` (``num_threads`` set explicitly; on a GPU it synchronises the device
+around every timed block). All sides compared within one
 section are timed in interleaved rounds, in a fresh random order every round, so that machine noise hits
 them alike; ratios are taken per round (paired) and their median is reported with the interquartile range.
 
@@ -24,6 +25,16 @@ Usage (from the repository root)::
     python benchmarks/latency.py --out docs/results    # full run, 1 thread, several minutes
     python benchmarks/latency.py --quick --json /tmp/latency.json     # about a minute
     python benchmarks/latency.py --specs torchvision:resnet50@224/112 --threads 2 --out /tmp/r50
+    python benchmarks/latency.py --device cuda --block-time 0.05 --out docs/results    # writes latency_cuda.*
+
+``--device cuda``: models and inputs on the GPU. There (or anywhere with ``--gates decided``) the batch-1 skip
+patterns are *decided* by the gate networks themselves instead of forced: the last linear layer of the OFAS head
+(of every SkipNet-style gate) gets zero weights and biases of +-8, so the real inference path runs -- gate network,
+comparison with T, and the read back to the host that decides which blocks to launch (one synchronisation per
+forward for OFAS, one per gated block for SkipNet-style). A forced mask lives on the host and would skip that
+synchronisation, which on a CPU costs nothing but on a GPU stalls the kernel queue. The batched section keeps
+forced per-sample masks (a bias cannot give every sample its own pattern); its one synchronisation per forward is
+amortised over the batch.
 
 A spec is ``SOURCE:NAME[@RES[/BATCHED_RES]]``: ``RES`` is the square input side for the batch-1 sections,
 ``BATCHED_RES`` the one for the batched routing section (batch 256 of ResNet-50 at 224 px takes minutes a
@@ -31,6 +42,7 @@ forward on two cores). Only timings taken on a quiet machine are meaningful; not
 """
 
 import argparse
+import copy
 import csv
 import json
 import math
@@ -99,6 +111,8 @@ class Config:
     threads: int
     seed: int
     mode: str
+    device: str = "cpu"
+    gates: str = "auto"  # batch-1 patterns: "forced", "decided" (by the gate networks), "auto" (decided on a GPU)
 
 
 MODES: dict[str, dict[str, Any]] = {
@@ -145,8 +159,10 @@ def time_interleaved(sides: Sequence[Side], rounds: int, config: Config, rng: ra
             side.fn()
     for side in order:
         side.prepare()
+        synchronize(config.device)
         start = time.perf_counter()
         side.fn()
+        synchronize(config.device)
         per_call = time.perf_counter() - start
         side.number = max(1, round(config.block_time / max(per_call, 1e-6)))
         side.timer = Timer(stmt="fn()", globals={"fn": side.fn}, num_threads=config.threads, label=side.name)
@@ -156,6 +172,12 @@ def time_interleaved(sides: Sequence[Side], rounds: int, config: Config, rng: ra
             side.prepare()
             assert side.timer is not None
             side.times.append(side.timer.timeit(side.number).median)
+
+
+def synchronize(device: str) -> None:
+    """Wait for the accelerator's queued work (nothing on the CPU)."""
+    if device != "cpu":
+        torch.accelerator.synchronize()
 
 
 def quantile(values: Sequence[float], q: float) -> float:
@@ -219,8 +241,58 @@ def setter(module: Any, mask: Optional[Tensor]) -> Callable[[], None]:
     return prepare
 
 
-def machine_info(threads: int) -> dict[str, Any]:
-    """CPU model, core count, thread count, library versions, load average."""
+GATE_LOGIT = 8.0  # sigmoid(8) = 0.9997, sigmoid(-8) = 0.0003: far from T = 0.5 whatever the gate's input
+
+
+def ofas_decider(model: Any, scripted: Any) -> Callable[[Tensor], Callable[[], None]]:
+    """``decider(mask)`` is a ``prepare`` callback after which the OFAS head itself decides ``mask`` (True =
+    execute) for every input: its last linear layer gets zero weights and biases of +-``GATE_LOGIT``, T = 0.5.
+    The scripted module shares these parameters, so the timed call runs the real decision path."""
+    last = model.head.fcs[-1]
+    if not isinstance(last, nn.Linear) or last.out_features != model.num_gates:
+        raise TypeError(f"the OFAS head's last layer is {type(last).__name__}, expected a Linear with "
+                        f"{model.num_gates} outputs")
+
+    def decider(mask: Tensor) -> Callable[[], None]:
+        bias = torch.where(mask, GATE_LOGIT, -GATE_LOGIT).to(last.bias)
+
+        def prepare() -> None:
+            scripted.forced_gate_mask = None
+            with torch.no_grad():
+                last.weight.zero_()
+                last.bias.copy_(bias)
+                model.gate_threshold.fill_(0.5)
+
+        return prepare
+
+    return decider
+
+
+def skipnet_decider(skipnet: Any, scripted: Any) -> Callable[[Tensor], Callable[[], None]]:
+    """As :func:`ofas_decider` for a SkipNet-style model: gate ``i``'s own FFGate decides ``mask[i]``."""
+    gated = [gate.fc for gate, block in sorted(((g, b) for g, b in zip(skipnet.gates, skipnet.blocks)
+                                                 if b.gate_index >= 0), key=lambda pair: pair[1].gate_index)]
+    if len(gated) != skipnet.num_gates:
+        raise ValueError(f"found {len(gated)} gate networks for {skipnet.num_gates} gates")
+
+    def decider(mask: Tensor) -> Callable[[], None]:
+        values = [GATE_LOGIT if bool(run) else -GATE_LOGIT for run in mask]
+
+        def prepare() -> None:
+            scripted.forced_gate_mask = None
+            with torch.no_grad():
+                for fc, value in zip(gated, values):
+                    fc.weight.zero_()
+                    fc.bias.fill_(value)
+                skipnet.gate_threshold.fill_(0.5)
+
+        return prepare
+
+    return decider
+
+
+def machine_info(threads: int, device: str = "cpu") -> dict[str, Any]:
+    """CPU model, core count, thread count, library versions, load average (and the GPU, when one is used)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as handle:
@@ -231,11 +303,15 @@ def machine_info(threads: int) -> dict[str, Any]:
     except OSError:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {
+    info = {
         "cpu": cpu, "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__,
         "ofas_wrap": ofas_wrap.__version__, "python": platform.python_version(),
-        "load_average_1m_at_start": round(load[0], 2),
+        "load_average_1m_at_start": round(load[0], 2), "device": device,
     }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda"] = torch.version.cuda
+    return info
 
 
 # ------------------------------------------------------------------------------------------------ benchmark
@@ -244,39 +320,64 @@ def bench_spec(model_spec: ModelSpec, config: Config, log: Callable[[str], None]
     rng = random.Random(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     size = model_spec.resolution
-    model = ofas_wrap.create_model(model_spec.spec, input_size=(3, size, size), threshold=0.0).eval()
+    device = torch.device(config.device)
+    model = ofas_wrap.create_model(model_spec.spec, input_size=(3, size, size), threshold=0.0).eval().to(device)
     backbone = model.unwrap().eval()
     n = model.num_gates
     plan = model.plan
-    example = torch.randn(1, 3, size, size)
+    example = torch.randn(1, 3, size, size, device=device)
+    skipnet_eager = SkipNetStyle(model).eval().to(device)
     plain = script(backbone)
     ofas: Any = script(model)
-    skipnet: Any = script(SkipNetStyle(model))
-    naive: Any = script(MaskedExecution(model))
+    skipnet: Any = script(skipnet_eager)
+    naive: Any = script(MaskedExecution(model).to(device))
     scripted_forcing = forcing_works(ofas, example, n) and forcing_works(skipnet, example, n)
     if not scripted_forcing:  # pragma: no cover - the core supports it; keep the benchmark usable if not
         log(f"  {model_spec.spec}: forcing a scripted model failed; timing the eager OFAS / SkipNet-style models")
-        ofas, skipnet, naive = model, SkipNetStyle(model).eval(), MaskedExecution(model).eval()
+        ofas, skipnet, naive = model, skipnet_eager, MaskedExecution(model).eval()
     all_on = torch.ones(n, dtype=torch.bool)
     full_flops = float(plan.executed_flops(all_on)[0])
-    log(f"  {model_spec.spec}: {n} gated blocks, {full_flops / 1e6:.1f} MFLOPs at {size}x{size}, "
-        f"TorchScript forcing {'ok' if scripted_forcing else 'FAILED (eager)'}")
+    # see the module docstring: on a GPU the decision's synchronisation counts
+    decided = config.gates == "decided" or (config.gates == "auto" and config.device != "cpu")
+    if decided:
+        ofas_pattern, skipnet_pattern = ofas_decider(model, ofas), skipnet_decider(skipnet_eager, skipnet)
+    else:
+        ofas_pattern = skipnet_pattern = None
+    log(f"  {model_spec.spec}: {n} gated blocks, {full_flops / 1e6:.1f} MFLOPs at {size}x{size} on "
+        f"{config.device}, TorchScript forcing {'ok' if scripted_forcing else 'FAILED (eager)'}, batch-1 patterns "
+        f"{'decided by the gate networks' if decided else 'forced'}")
+
+    def ofas_prepare(mask: Optional[Tensor]) -> Callable[[], None]:
+        if ofas_pattern is None:
+            return setter(ofas, mask)
+        return ofas_pattern(all_on if mask is None else mask)
+
+    def skipnet_prepare(mask: Tensor) -> Callable[[], None]:
+        return setter(skipnet, mask) if skipnet_pattern is None else skipnet_pattern(mask)
 
     # ---- batch 1: overhead, skip efficiency, SkipNet-style at the same patterns (one interleaved run)
     side_plain = Side("backbone", lambda: plain(example))
-    side_t0 = Side("ofas T=0", lambda: ofas(example), setter(ofas, None))
-    side_skip_on = Side("skipnet all-on", lambda: skipnet(example), setter(skipnet, all_on))
+    side_t0 = Side("ofas T=0", lambda: ofas(example), ofas_prepare(None))
+    side_skip_on = Side("skipnet all-on", lambda: skipnet(example), skipnet_prepare(all_on))
     sides = [side_plain, side_t0, side_skip_on]
     patterns: list[tuple[float, Tensor, Side, Side]] = []
     for fraction in FRACTIONS:
         for index in range(config.patterns):
             mask = skip_pattern(n, fraction, generator)
-            ofas_side = Side(f"ofas {fraction:g} #{index}", lambda: ofas(example), setter(ofas, mask))
-            skip_side = Side(f"skipnet {fraction:g} #{index}", lambda: skipnet(example), setter(skipnet, mask))
+            ofas_side = Side(f"ofas {fraction:g} #{index}", lambda: ofas(example), ofas_prepare(mask))
+            skip_side = Side(f"skipnet {fraction:g} #{index}", lambda: skipnet(example), skipnet_prepare(mask))
             patterns.append((fraction, mask, ofas_side, skip_side))
             sides += [ofas_side, skip_side]
     started = time.perf_counter()
     time_interleaved(sides, config.rounds, config, rng, warmup_calls=max(3, config.warmup))
+    if decided:  # the timed calls must have run the patterns they are filed under
+        for _, mask, ofas_side, skip_side in patterns:
+            for side, module in ((ofas_side, ofas), (skip_side, skipnet)):
+                side.prepare()
+                side.fn()
+                if not torch.equal(module.last_gates.cpu()[0], mask):
+                    raise RuntimeError(f"{side.name}: the gate networks decided {module.last_gates.cpu()[0]}, "
+                                       f"not the pattern {mask}")
     log(f"    batch 1: {len(sides)} sides x {config.rounds} rounds in {time.perf_counter() - started:.1f} s")
 
     overhead = paired(side_t0, side_plain)
@@ -311,11 +412,12 @@ def bench_spec(model_spec: ModelSpec, config: Config, log: Callable[[str], None]
 
     # ---- batched per-sample routing at 50 % skipped
     bsize = model_spec.batched_resolution
-    batched_plan = plan if bsize == size else ofas_wrap.adaptify(backbone, input_size=(3, bsize, bsize)).plan
+    batched_plan = plan if bsize == size else ofas_wrap.adaptify(copy.deepcopy(backbone).cpu(),
+                                                                 input_size=(3, bsize, bsize)).plan
     backbone_flops = float(batched_plan.executed_flops(all_on)[0] - batched_plan.head_flops)
     routing: dict[str, dict[str, Any]] = {}
     for batch in config.batch_sizes:
-        x = torch.randn(batch, 3, bsize, bsize)
+        x = torch.randn(batch, 3, bsize, bsize, device=device)
         masks = torch.stack([skip_pattern(n, 0.5, generator) for _ in range(batch)])
         mean_flops = float(batched_plan.executed_flops(masks).mean())
         b_plain = Side(f"backbone b{batch}", lambda x=x: plain(x))
@@ -350,6 +452,7 @@ def bench_spec(model_spec: ModelSpec, config: Config, log: Callable[[str], None]
         "details": {
             "spec": str(model_spec), "resolution": size, "batched_resolution": bsize, "threads": config.threads,
             "num_gates": n, "mflops_all_blocks": full_flops / 1e6, "torchscript_forcing": scripted_forcing,
+            "device": config.device, "batch1_patterns": "decided" if decided else "forced",
             "plain_ms": summary(side_plain.times)["median"] * 1e3,
             "plain_iqr_ms": summary(side_plain.times)["iqr"] * 1e3,
             "ofas_t0_ms": summary(side_t0.times)["median"] * 1e3,
@@ -371,10 +474,14 @@ def _ms(times: Sequence[float]) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------- output
 def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     """The Markdown report: machine, then the batch-1 table, the per-fraction table and the batched table."""
+    where = f"**GPU {meta['gpu']}** (CUDA {meta['cuda']}), host " if meta.get("gpu") else ""
+    patterns = ("batch-1 skip patterns **decided by the gate networks** (their host synchronisations count)"
+                if meta.get("batch1_patterns") == "decided" else "batch-1 skip patterns forced")
     lines = [
-        f"Machine: {meta['cpu']}, {meta['cores']} cores, **{meta['threads']} thread(s)**, torch {meta['torch']}, "
-        f"TorchScript (`torch.jit.script`), mode `{meta['mode']}`, 1-min load average at start "
-        f"{meta['load_average_1m_at_start']}. Medians over interleaved rounds; ± is the interquartile range.",
+        f"Machine: {where}{meta['cpu']}, {meta['cores']} cores, **{meta['threads']} thread(s)**, torch "
+        f"{meta['torch']}, TorchScript (`torch.jit.script`), mode `{meta['mode']}`, 1-min load average at start "
+        f"{meta['load_average_1m_at_start']}; {patterns}. Medians over interleaved rounds; ± is the interquartile "
+        "range.",
         "",
         "| model | input | plain ms | OFAS T=0 ms | overhead (goal <= 1.02) | skip eff. 25 / 50 / 75 % (goal >= 0.9) "
         "| SkipNet-style / OFAS | SkipNet-style all-on / plain |",
@@ -419,9 +526,9 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     lines += [
         "",
         "Definitions: overhead = OFAS at T = 0 (head computed, every block run) / plain backbone, batch 1. Skip "
-        "efficiency = (1 - latency(pattern) / latency(T = 0)) / (1 - FLOPs(pattern) / FLOPs(T = 0)) for forced "
+        "efficiency = (1 - latency(pattern) / latency(T = 0)) / (1 - FLOPs(pattern) / FLOPs(T = 0)) for "
         "patterns skipping 25 / 50 / 75 % of the gated blocks (median over the random patterns). SkipNet-style / OFAS "
-        "= latency of an FFGate-I-style controller (a gate network before every block) / OFAS at the same forced "
+        "= latency of an FFGate-I-style controller (a gate network before every block) / OFAS at the same "
         "patterns (`skipnet_over_ofas` in the JSON: median over all patterns). Batched: every sample has its own "
         "random pattern skipping 50 % of the gated blocks; throughput gain = latency(plain) / latency(routed); ideal "
         "gain = FLOPs(plain) / mean FLOPs(routed); routing / ideal = `routing_vs_ideal`; naive masked = every block "
@@ -441,11 +548,12 @@ def write_outputs(results: dict[str, dict[str, Any]], meta: dict[str, Any], repo
         json_path.write_text(json.dumps(document, indent=2) + "\n")
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "latency.json").write_text(json.dumps(document, indent=2) + "\n")
-        (out_dir / "latency.md").write_text(f"# Latency (benchmarks/latency.py)\n\nCommand: `{meta['command']}`\n\n"
+        stem = "latency" if meta.get("device", "cpu") == "cpu" else f"latency_{meta['device'].split(':')[0]}"
+        (out_dir / f"{stem}.json").write_text(json.dumps(document, indent=2) + "\n")
+        (out_dir / f"{stem}.md").write_text(f"# Latency (benchmarks/latency.py)\n\nCommand: `{meta['command']}`\n\n"
                                             + report)
         rows = [row for entry in results.values() for row in entry["rows"]]
-        with open(out_dir / "latency.csv", "w", newline="") as handle:
+        with open(out_dir / f"{stem}.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
@@ -468,7 +576,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="intra-op threads (default 1: robust on a shared machine, where a second OpenMP "
                              f"thread can stall for whole time slices; this machine has {os.cpu_count()} cores)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, help="write latency.md, latency.csv and latency.json into DIR")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (default) or cuda[:N]: where the models run (see the module docstring)")
+    parser.add_argument("--gates", choices=("auto", "forced", "decided"), default="auto",
+                        help="batch-1 skip patterns: forced masks or decided by the gate networks themselves "
+                             "(default auto: decided on a GPU, forced on the CPU)")
+    parser.add_argument("--block-time", type=float,
+                        help="seconds per timed block (default: per mode; 0.05 is plenty on a GPU)")
+    parser.add_argument("--out", type=Path, help="write latency.md, latency.csv and latency.json into DIR "
+                                                 "(latency_cuda.* with --device cuda)")
     parser.add_argument("--json", type=Path, help="write the per-spec metrics as JSON to PATH")
     return parser.parse_args(argv)
 
@@ -480,17 +596,29 @@ def make_config(args: argparse.Namespace) -> Config:
     specs = args.specs.split(",") if args.specs else defaults["specs"]
     if args.threads < 1:
         raise SystemExit("--threads must be at least 1")
+    if args.block_time is not None and args.block_time <= 0:
+        raise SystemExit(f"--block-time must be positive, got {args.block_time}")
+    if args.device != "cpu":
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as error:
+            raise SystemExit(f"--device {args.device!r} is not a device: {error}") from None
+        if device.type != "cuda" or not torch.cuda.is_available():
+            raise SystemExit(f"--device {args.device!r}: no CUDA device here (torch.cuda.is_available() is "
+                             f"{torch.cuda.is_available()}); use --device cpu")
     return Config(
         specs=[ModelSpec.parse(s) for s in specs if s.strip()],
         batch_sizes=[int(b) for b in args.batch_sizes.split(",") if b.strip()],
         patterns=args.patterns or defaults["patterns"],
         rounds=args.rounds or defaults["rounds"],
         batched_rounds=args.batched_rounds or defaults["batched_rounds"],
-        block_time=defaults["block_time"],
+        block_time=args.block_time or defaults["block_time"],
         warmup=defaults["warmup"],
         threads=args.threads,
         seed=args.seed,
         mode=mode,
+        device=args.device,
+        gates=args.gates,
     )
 
 
@@ -499,15 +627,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, Any]]:
     config = make_config(args)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    meta = machine_info(config.threads)
+    meta = machine_info(config.threads, config.device)
     meta["mode"] = config.mode
+    decided = config.gates == "decided" or (config.gates == "auto" and config.device != "cpu")
+    meta["batch1_patterns"] = "decided" if decided else "forced"
     meta["command"] = "python benchmarks/latency.py " + " ".join(sys.argv[1:] if argv is None else argv)
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
     log(f"latency benchmark ({config.mode}): {meta['cpu']}, {meta['cores']} cores, {config.threads} thread(s), "
-        f"torch {meta['torch']}, TorchScript")
+        f"torch {meta['torch']}, TorchScript, device {config.device}")
     started = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
     with torch.inference_mode():

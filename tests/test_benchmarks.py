@@ -81,8 +81,9 @@ def _fake_seconds(times: dict, name: str) -> float:
     return times[kind](float(fraction))
 
 
+@pytest.mark.parametrize("gates", ["forced", "decided"])
 @pytest.mark.parametrize("case, positive", [("saving", True), ("costing", False)])
-def test_latency_ratios_have_the_sign_of_the_timing(monkeypatch, case, positive) -> None:
+def test_latency_ratios_have_the_sign_of_the_timing(monkeypatch, case, positive, gates) -> None:
     from benchmarks import latency
 
     def fake_time_interleaved(sides, rounds, config, rng, warmup_calls=3, warmup_passes=2):
@@ -91,8 +92,9 @@ def test_latency_ratios_have_the_sign_of_the_timing(monkeypatch, case, positive)
 
     monkeypatch.setattr(latency, "time_interleaved", fake_time_interleaved)
     config = latency.Config(specs=[], batch_sizes=[4], patterns=2, rounds=3, batched_rounds=2, block_time=0.01,
-                            warmup=3, threads=1, seed=0, mode="smoke")
+                            warmup=3, threads=1, seed=0, mode="smoke", gates=gates)
     entry = latency.bench_spec(ModelSpec.parse("cifar:resnet8@16/16"), config, lambda line: None)
+    assert entry["details"]["batch1_patterns"] == gates
     times = FAKE_TIMES[case]
     assert entry["overhead_ratio"] == pytest.approx(1.01)
     assert entry["skipnet_over_ofas"] == pytest.approx(times["skipnet all-on"] / 1.01)
@@ -101,6 +103,37 @@ def test_latency_ratios_have_the_sign_of_the_timing(monkeypatch, case, positive)
     assert all(value > 0 for value in entry["routing_vs_ideal"].values())  # a ratio of times: positive either way
     gains = [routed["throughput_gain"] for routed in entry["details"]["routing"].values()]
     assert gains and all((gain > 1) == positive for gain in gains), gains
+
+
+@pytest.mark.parametrize("controller", ["ofas", "skipnet"])
+def test_a_decider_makes_the_scripted_gate_networks_decide_its_pattern(controller) -> None:
+    import torch
+
+    import ofas_wrap
+    from benchmarks import latency
+    from ofas_wrap.compare import SkipNetStyle
+
+    model = ofas_wrap.create_model("cifar:resnet8", input_size=(3, 16, 16), threshold=0.0).eval()
+    eager = model if controller == "ofas" else SkipNetStyle(model).eval()
+    scripted = latency.script(eager)
+    decider = (latency.ofas_decider if controller == "ofas" else latency.skipnet_decider)(eager, scripted)
+    scripted.forced_gate_mask = torch.ones(model.num_gates, dtype=torch.bool)  # a decider clears a forced mask
+    for mask in ([True, False, True], [False, False, False], [True, True, True], [False, True, True]):
+        decider(torch.tensor(mask))()
+        with torch.inference_mode():
+            scripted(torch.randn(3, 3, 16, 16))  # every input of the batch: the decision is the gate's bias
+        assert scripted.last_gates.tolist() == [mask] * 3
+
+
+def test_latency_refuses_a_device_that_is_not_here() -> None:
+    from benchmarks import latency
+
+    if latency.torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(SystemExit, match="no CUDA device here"):
+        latency.make_config(latency.parse_args(["--smoke", "--device", "cuda"]))
+    with pytest.raises(SystemExit, match="block-time"):
+        latency.make_config(latency.parse_args(["--smoke", "--block-time", "0"]))
 
 
 def _write_tiny_imagefolder(root, per_class_train=60, per_class_test=20) -> None:
