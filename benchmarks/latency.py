@@ -291,6 +291,29 @@ def skipnet_decider(skipnet: Any, scripted: Any) -> Callable[[Tensor], Callable[
     return decider
 
 
+def graph_side(backbone: nn.Module, example: Tensor) -> Side:
+    """The plain backbone captured whole in a CUDA graph and replayed (what ``torch.compile(mode=
+    "reduce-overhead")`` does for a static network): no launch overhead per kernel. An OFAS or SkipNet-style model
+    cannot be captured whole, since the host decides between its kernels; the row shows what a static network
+    gains on a GPU that the adaptive ones cannot. Checked to reproduce the eager output before it is timed."""
+    static_input = example.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm up on a side stream, as torch.cuda.graphs' documentation asks
+        for _ in range(3):
+            backbone(static_input)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_output = backbone(static_input)
+    graph.replay()
+    torch.cuda.synchronize()
+    expected = backbone(static_input)
+    if not torch.allclose(static_output, expected, rtol=1e-3, atol=1e-3):
+        raise RuntimeError("the CUDA graph of the plain backbone does not reproduce its eager output")
+    return Side("backbone cuda graph", graph.replay)
+
+
 def machine_info(threads: int, device: str = "cpu") -> dict[str, Any]:
     """CPU model, core count, thread count, library versions, load average (and the GPU, when one is used)."""
     cpu = platform.processor() or platform.machine()
@@ -360,6 +383,9 @@ def bench_spec(model_spec: ModelSpec, config: Config, log: Callable[[str], None]
     side_t0 = Side("ofas T=0", lambda: ofas(example), ofas_prepare(None))
     side_skip_on = Side("skipnet all-on", lambda: skipnet(example), skipnet_prepare(all_on))
     sides = [side_plain, side_t0, side_skip_on]
+    side_graph = graph_side(backbone, example) if device.type == "cuda" else None
+    if side_graph is not None:
+        sides.append(side_graph)
     patterns: list[tuple[float, Tensor, Side, Side]] = []
     for fraction in FRACTIONS:
         for index in range(config.patterns):
@@ -382,12 +408,12 @@ def bench_spec(model_spec: ModelSpec, config: Config, log: Callable[[str], None]
 
     overhead = paired(side_t0, side_plain)
     rows: list[dict[str, Any]] = []
-    for side in sides[:3]:
+    for side in [side_plain, side_t0, side_skip_on] + ([side_graph] if side_graph is not None else []):
         rows.append({"spec": model_spec.spec, "section": "batch1", "side": side.name, "batch": 1, "resolution": size,
                      "skip_fraction": 0.0, "mflops": full_flops / 1e6, **_ms(side.times)})
     per_fraction: dict[str, dict[str, Any]] = {}
     for fraction in FRACTIONS:
-        efficiencies, skip_ratios, flop_reductions, latency_reductions = [], [], [], []
+        efficiencies, skip_ratios, flop_reductions, latency_reductions, ofas_ms = [], [], [], [], []
         for frac, mask, ofas_side, skip_side in patterns:
             if frac != fraction:
                 continue
@@ -397,6 +423,7 @@ def bench_spec(model_spec: ModelSpec, config: Config, log: Callable[[str], None]
             efficiencies.append(latency_reduction / flop_reduction)
             flop_reductions.append(flop_reduction)
             latency_reductions.append(latency_reduction)
+            ofas_ms.append(summary(ofas_side.times)["median"] * 1e3)
             skip_ratios.append(summary(paired(skip_side, ofas_side))["median"])
             for side in (ofas_side, skip_side):
                 rows.append({"spec": model_spec.spec, "section": "batch1", "side": side.name, "batch": 1,
@@ -406,7 +433,7 @@ def bench_spec(model_spec: ModelSpec, config: Config, log: Callable[[str], None]
             "skip_efficiency": quantile(efficiencies, 0.5),
             "skip_efficiency_min": min(efficiencies), "skip_efficiency_max": max(efficiencies),
             "flop_reduction": quantile(flop_reductions, 0.5), "latency_reduction": quantile(latency_reductions, 0.5),
-            "skipnet_over_ofas": quantile(skip_ratios, 0.5),
+            "skipnet_over_ofas": quantile(skip_ratios, 0.5), "ofas_ms": quantile(ofas_ms, 0.5),
         }
     skipnet_ratios = [summary(paired(s, o))["median"] for _, _, o, s in patterns]
 
@@ -455,6 +482,7 @@ def bench_spec(model_spec: ModelSpec, config: Config, log: Callable[[str], None]
             "device": config.device, "batch1_patterns": "decided" if decided else "forced",
             "plain_ms": summary(side_plain.times)["median"] * 1e3,
             "plain_iqr_ms": summary(side_plain.times)["iqr"] * 1e3,
+            "plain_cuda_graph_ms": None if side_graph is None else summary(side_graph.times)["median"] * 1e3,
             "ofas_t0_ms": summary(side_t0.times)["median"] * 1e3,
             "ofas_t0_iqr_ms": summary(side_t0.times)["iqr"] * 1e3,
             "overhead_ratio_iqr": overhead_summary["iqr"],
@@ -509,6 +537,21 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
                 f"| {value['skip_efficiency']:.2f} ({value['skip_efficiency_min']:.2f}-"
                 f"{value['skip_efficiency_max']:.2f}) | {value['skipnet_over_ofas']:.2f} |"
             )
+    graphed = {spec: entry for spec, entry in results.items() if entry["details"].get("plain_cuda_graph_ms")}
+    if graphed:
+        lines += [
+            "",
+            "What a static network gains on a GPU: the plain backbone captured whole in a CUDA graph (one replay, no "
+            "per-kernel launch); OFAS cannot be captured whole (the host decides between its kernels).",
+            "",
+            "| model | plain ms | plain, CUDA graph ms | OFAS T=0 ms | OFAS 25 / 50 / 75 % skipped ms |",
+            "|---|---|---|---|---|",
+        ]
+        for spec, entry in graphed.items():
+            d = entry["details"]
+            skipped = " / ".join(f"{d['per_fraction'][k]['ofas_ms']:.2f}" for k in ("0.25", "0.5", "0.75"))
+            lines.append(f"| {spec} | {d['plain_ms']:.2f} | {d['plain_cuda_graph_ms']:.2f} | {d['ofas_t0_ms']:.2f} "
+                         f"| {skipped} |")
     lines += [
         "",
         "| model | input | batch | plain ms | routed ms | naive masked ms | throughput gain | ideal (FLOP) gain "

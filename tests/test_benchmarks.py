@@ -103,6 +103,12 @@ def test_latency_ratios_have_the_sign_of_the_timing(monkeypatch, case, positive,
     assert all(value > 0 for value in entry["routing_vs_ideal"].values())  # a ratio of times: positive either way
     gains = [routed["throughput_gain"] for routed in entry["details"]["routing"].values()]
     assert gains and all((gain > 1) == positive for gain in gains), gains
+    meta = {"cpu": "cpu", "cores": 2, "threads": 1, "torch": "t", "mode": "smoke", "load_average_1m_at_start": 0}
+    assert entry["details"]["plain_cuda_graph_ms"] is None  # a CPU run has no CUDA graph row
+    assert "CUDA graph" not in latency.markdown({"m": entry}, meta)
+    entry["details"]["plain_cuda_graph_ms"] = 0.25
+    ofas_ms = " / ".join(f"{entry['details']['per_fraction'][k]['ofas_ms']:.2f}" for k in ("0.25", "0.5", "0.75"))
+    assert f"| 0.25 | {entry['details']['ofas_t0_ms']:.2f} | {ofas_ms} |" in latency.markdown({"m": entry}, meta)
 
 
 @pytest.mark.parametrize("controller", ["ofas", "skipnet"])
