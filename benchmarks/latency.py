@@ -114,6 +114,12 @@ class Config:
     device: str = "cpu"
     gates: str = "auto"  # batch-1 patterns: "forced", "decided" (by the gate networks), "auto" (decided on a GPU)
 
+    @property
+    def decided_patterns(self) -> bool:
+        """Whether the batch-1 patterns are decided by the gate networks (see the module docstring: on a GPU the
+        decision's host synchronisation counts, so ``auto`` decides there)."""
+        return self.gates == "decided" or (self.gates == "auto" and self.device != "cpu")
+
 
 MODES: dict[str, dict[str, Any]] = {
     "full": dict(specs=["cifar:resnet38@32/32", "cifar:resnet110@32/32", "torchvision:resnet50@224/112"],
@@ -360,8 +366,7 @@ def bench_spec(model_spec: ModelSpec, config: Config, log: Callable[[str], None]
         ofas, skipnet, naive = model, skipnet_eager, MaskedExecution(model).eval()
     all_on = torch.ones(n, dtype=torch.bool)
     full_flops = float(plan.executed_flops(all_on)[0])
-    # see the module docstring: on a GPU the decision's synchronisation counts
-    decided = config.gates == "decided" or (config.gates == "auto" and config.device != "cpu")
+    decided = config.decided_patterns
     if decided:
         ofas_pattern, skipnet_pattern = ofas_decider(model, ofas), skipnet_decider(skipnet_eager, skipnet)
     else:
@@ -672,8 +677,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, Any]]:
     torch.manual_seed(config.seed)
     meta = machine_info(config.threads, config.device)
     meta["mode"] = config.mode
-    decided = config.gates == "decided" or (config.gates == "auto" and config.device != "cpu")
-    meta["batch1_patterns"] = "decided" if decided else "forced"
+    meta["batch1_patterns"] = "decided" if config.decided_patterns else "forced"
     meta["command"] = "python benchmarks/latency.py " + " ".join(sys.argv[1:] if argv is None else argv)
 
     def log(message: str) -> None:
