@@ -358,6 +358,23 @@ def test_the_sweeps_accuracy_at_each_threshold_is_that_thresholds_own_forward():
         assert point["val_top1"] == cmp._compare._accuracy(model, images, labels)
 
 
+def test_a_kept_sweep_is_timed_again_so_its_latencies_meet_targets_measured_now(monkeypatch):
+    import argparse
+
+    import ofas_wrap
+
+    model = ofas_wrap.create_model("cifar:resnet8", num_classes=4, in_chans=1, input_size=(1, 12, 12)).eval()
+    timed, _ = cmp._compare.deployed(model, "eager")
+    # as an earlier session left it: timed on a machine state this run's targets were not measured on
+    kept = [{"threshold": t, "val_top1": 0.5, "blocks": 2.0, "choice_ms": 1e6, "adaptive_gates": 1}
+            for t in (0.3, 0.7)]
+    monkeypatch.setattr(cmp._compare, "latency_over_images", lambda m, *a, **k: (10 * m.threshold, 0.0))
+    again = cmp._compare._retimed(kept, timed, torch.randn(2, 1, 12, 12),
+                                  argparse.Namespace(latency_runs=1, threads=1))
+    assert [p["choice_ms"] for p in again] == pytest.approx([3.0, 7.0])  # each measured at its own T
+    assert [{**p, "choice_ms": 1e6} for p in again] == kept and kept[0]["choice_ms"] == 1e6  # the rest kept, input too
+
+
 def test_a_run_stopped_before_its_first_checkpoint_is_started_again(tiny):
     from safetensors.torch import save_file
 

@@ -743,8 +743,12 @@ def compare(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 # together took hours a seed on the ResNet-56's held-out half
                 saved_sweep = choices.get(f"sweep-{method}-seed{seed}")
                 if saved_sweep is not None and saved_sweep["thresholds"] == list(thresholds):
-                    sweep = saved_sweep["sweep"]
-                    log(f"{method} seed {seed}: the threshold sweep of an earlier run of this comparison (--work)")
+                    # its accuracies are kept; its latencies are measured again, beside the targets measured in this
+                    # run: a sweep timed in an earlier session on a VM 1.5x faster or slower picked a T for another
+                    # machine (issue 25's ResNet-56 rerun of session 21)
+                    sweep = _retimed(saved_sweep["sweep"], scripted, choice_x, args)
+                    log(f"{method} seed {seed}: the threshold sweep of an earlier run of this comparison (--work), "
+                        "its latencies measured again")
                 else:
                     sweep = _sweep(model, scripted, thresholds, val_x, val_y, choice_x, args)
                     choices.put(f"sweep-{method}-seed{seed}", {"thresholds": list(thresholds), "sweep": sweep})
@@ -923,10 +927,20 @@ def _sweep(model: OFASModel, timed: Any, thresholds: Sequence[float], val_x: tor
             predicted[changed] = predictions_under_patterns(model, val_x[changed], gates[changed], 500)
         made_with = gates
         sweep.append({"threshold": threshold, "val_top1": int((predicted == val_y).sum()) / max(len(val_y), 1),
-                      "blocks": float(gates.float().sum(1).mean()),
-                      "choice_ms": latency_over_images(timed, choice_x, runs=args.latency_runs,
-                                                       threads=args.threads)[0], **adaptivity(probs, threshold)})
-    return sweep
+                      "blocks": float(gates.float().sum(1).mean()), "choice_ms": 0.0, **adaptivity(probs, threshold)})
+    return _retimed(sweep, timed, choice_x, args)
+
+
+def _retimed(sweep: Sequence[dict[str, Any]], timed: Any, choice_x: torch.Tensor,
+             args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``sweep`` with each threshold's ``choice_ms`` measured now on ``timed``, the deployed model: the latencies a
+    T is chosen by must come from the same machine state as the targets they are compared with."""
+    retimed = []
+    for point in sweep:
+        set_threshold(timed, point["threshold"])
+        retimed.append({**point, "choice_ms": latency_over_images(timed, choice_x, runs=args.latency_runs,
+                                                                  threads=args.threads)[0]})
+    return retimed
 
 
 SKIPNET_NOTE = ("SkipNet-style per-block gates (FFGate-I sized, untrained) forced to OFAS + RL's decisions on each "
@@ -1060,22 +1074,24 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(7, 4.5))
+    figure = Figure(figsize=(8.5, 4.5))
     axes = figure.add_subplot()
     methods = sorted({r["method"] for r in report["rows"] if r.get("latency_ms") is not None})
-    for method in methods:
+    colours, markers = matplotlib.colormaps["tab20"].colors, "os^DvP<X>*h"  # 220 distinct pairs: ~20 methods
+    for index, method in enumerate(methods):
         points = [(r["latency_ms"], 100 * r["top1"]) for r in report["rows"]
                   if r["method"] == method and r.get("latency_ms") is not None and r.get("top1") is not None]
         if points:
             xs, ys = zip(*sorted(points))
-            axes.plot(xs, ys, "o" if len(points) == 1 or method.startswith("static") else "o-", label=method)
+            axes.plot(xs, ys, "" if len(points) == 1 or method.startswith("static") else "-", label=method,
+                      marker=markers[index % len(markers)], color=colours[index % len(colours)])
     for target in report["meta"].get("judged_targets_ms") or report["meta"]["targets_ms"]:
         axes.axvline(target, color="grey", linestyle=":", linewidth=1)
     axes.set_xlabel(f"batch-1 latency (ms, {report['meta']['timing']['runtime']})")
     axes.set_ylabel("test top-1 (%)")
     axes.set_title("What to deploy: accuracy against measured latency")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=7, loc="lower right")
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: never over a point
     figure.tight_layout()
     with atomic_path(path, suffix=".png") as temporary:
         figure.savefig(temporary, dpi=120)
