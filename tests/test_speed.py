@@ -28,11 +28,11 @@ class Block(nn.Module):
 
 
 class TinyNet(nn.Module):
-    def __init__(self, blocks: int = 4) -> None:
+    def __init__(self, blocks: int = 4, in_chans: int = 3, classes: int = 3) -> None:
         super().__init__()
-        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.stem = nn.Conv2d(in_chans, 4, 3, padding=1)
         self.layers = nn.Sequential(*[Block(4) for _ in range(blocks)])
-        self.fc = nn.Linear(4, 3)
+        self.fc = nn.Linear(4, classes)
 
     def forward(self, x):
         return self.fc(self.layers(self.stem(x)).mean((2, 3)))
@@ -205,26 +205,18 @@ def test_a_second_precision_in_one_process_is_refused_with_what_to_do(tmp_path, 
 
 BF16_FINETUNE = """
 import sys
+from pathlib import Path
+
 import torch
-from torch import nn
+
 from ofas_wrap.training import train_backbone
 from tests.test_recipes import TINY, write_tiny_idx
-from tests.test_speed import Block
+from tests.test_speed import TinyNet
 
-class GreyNet(nn.Module):  # TinyNet for the tiny idx data: one channel in, four classes
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(1, 4, 3, padding=1)
-        self.layers = nn.Sequential(Block(4), Block(4))
-        self.fc = nn.Linear(4, 4)
-
-    def forward(self, x):
-        return self.fc(self.layers(self.stem(x)).mean((2, 3)))
-
-root = sys.argv[1]
-model = GreyNet()
-train_backbone(["--dataset", write_tiny_idx(__import__("pathlib").Path(root) / "idx"), "--max-steps", "2",
-                "--val-size", "16", "--mixed-precision", "bf16", "--output", root + "/run", *TINY], model=model)
+root = Path(sys.argv[1])
+model = TinyNet(blocks=2, in_chans=1, classes=4)  # the tiny idx data: one channel, four classes
+train_backbone(["--dataset", write_tiny_idx(root / "idx"), "--max-steps", "2", "--val-size", "16",
+                "--mixed-precision", "bf16", "--output", str(root / "run"), *TINY], model=model)
 scripted = torch.jit.script(model.eval())
 images = torch.randn(2, 1, 12, 12)
 assert torch.equal(scripted(images), model(images)) and model(images).dtype == torch.float32
@@ -243,11 +235,7 @@ def test_a_model_fine_tuned_in_bf16_comes_back_without_the_precision_wrapper_and
     # a process of its own: Accelerate fixes the precision once per process, and other tests here train in fp32.
     # Accelerate's autocast wrapper on forward made TorchScript fail ("Can't redefine method: forward") and kept
     # evaluating in bf16, so compare timed the rows it had just fine-tuned eagerly
-    root = str(Path(__file__).parents[1])
-    env = {**os.environ, "OFAS_WRAP_CACHE": str(tmp_path / "cache"), "ACCELERATE_MIXED_PRECISION": "bf16",
-           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    script = tmp_path / "bf16_finetune.py"  # a file: TorchScript reads GreyNet's source
-    script.write_text(BF16_FINETUNE)
-    done = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=Path(__file__).parents[1],
+    env = {**os.environ, "OFAS_WRAP_CACHE": str(tmp_path / "cache"), "ACCELERATE_MIXED_PRECISION": "bf16"}
+    done = subprocess.run([sys.executable, "-c", BF16_FINETUNE, str(tmp_path)], cwd=Path(__file__).parents[1],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "SCRIPTED" in done.stdout, done.stderr[-3000:]

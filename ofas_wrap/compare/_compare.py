@@ -920,15 +920,14 @@ def _sweep(model: OFASModel, timed: Any, thresholds: Sequence[float], val_x: tor
     sweep = []
     for threshold in thresholds:
         model.threshold = threshold
-        set_threshold(timed, threshold)
         gates = probs >= threshold
         changed = torch.ones(len(gates), dtype=torch.bool) if made_with is None else (gates != made_with).any(1)
         if bool(changed.any()):
             predicted[changed] = predictions_under_patterns(model, val_x[changed], gates[changed], 500)
         made_with = gates
         sweep.append({"threshold": threshold, "val_top1": int((predicted == val_y).sum()) / max(len(val_y), 1),
-                      "blocks": float(gates.float().sum(1).mean()), "choice_ms": 0.0, **adaptivity(probs, threshold)})
-    return _retimed(sweep, timed, choice_x, args)
+                      "blocks": float(gates.float().sum(1).mean()), **adaptivity(probs, threshold)})
+    return _retimed(sweep, timed, choice_x, args)  # each T's latency, timed once its accuracy is known
 
 
 def _retimed(sweep: Sequence[dict[str, Any]], timed: Any, choice_x: torch.Tensor,

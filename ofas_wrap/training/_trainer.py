@@ -459,9 +459,9 @@ class Trainer:
         # the caller's model without the mixed-precision wrapper prepare() put on its forward: with it TorchScript
         # cannot compile the model ("Can't redefine method: forward"), so compare timed the rows it had just
         # fine-tuned in bf16 eagerly (found on the ResNet-56, session 21)
-        acc.unwrap_model(module, keep_fp32_wrapper=False)
+        inner = acc.unwrap_model(module, keep_fp32_wrapper=False)
         if channels_last:  # back to the default layout: safetensors stores contiguous tensors only
-            acc.unwrap_model(module).to(memory_format=torch.contiguous_format)
+            inner.to(memory_format=torch.contiguous_format)
         if self.is_main:
             if save_fn is not None:
                 save_fn(self.run_dir)
